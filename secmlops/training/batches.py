@@ -1,0 +1,186 @@
+"""Decoded, resized training tensors and on-device batch augmentation.
+
+The whole split is decoded once into a uint8 tensor at the model's input size: small datasets
+fit in memory many times over, and re-decoding JPEGs every epoch would cost more CPU than the
+compact model's forward pass. Augmentation runs batched in torch on the training device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from secmlops.data.dataset import DetectionDataset, ImageAnnotations, read_rgb
+
+# A box cut by the augmentation crop that keeps less than this share of its area becomes an
+# ignore region: neither teaching the model to fire on a sliver nor to stay silent on a person.
+MIN_VISIBLE_FRACTION = 0.5
+
+
+@dataclass
+class PreparedSplit:
+    """A split decoded at the model's input size: pixels plus boxes in input pixels."""
+
+    images: Tensor  # uint8 [N, 3, H, W]
+    boxes: list[Tensor]  # float [n_i, 4] x1y1x2y2 in input pixels
+    ignore: list[Tensor]
+    records: list[ImageAnnotations]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def resize_image(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resize float [B,3,H,W] to `size` the way the compact detector does (antialiased)."""
+    if tuple(image.shape[-2:]) == size:
+        return image
+    shrinking = image.shape[-2] > size[0] or image.shape[-1] > size[1]
+    return F.interpolate(
+        image, size=size, mode="bilinear", align_corners=False, antialias=shrinking
+    )
+
+
+def read_image_tensor(path: Path) -> Tensor:
+    """Decode one image file to float [3,H,W] in [0,1] (the detector contract's input)."""
+    return torch.from_numpy(read_rgb(path)).permute(2, 0, 1).float().div_(255)
+
+
+def prepare_split(
+    dataset: DetectionDataset,
+    records: Sequence[ImageAnnotations],
+    input_size: tuple[int, int],
+    progress: Callable[[int], None] | None = None,
+    threads: int = 2,
+) -> PreparedSplit:
+    """Decode and resize every image of `records` into one uint8 tensor."""
+
+    def one(record: ImageAnnotations) -> Tensor:
+        image = resize_image(
+            read_image_tensor(dataset.image_path(record)).unsqueeze(0), input_size
+        )[0]
+        if progress:
+            progress(1)
+        return image.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        images = list(pool.map(one, records))
+    boxes, ignore = [], []
+    for record in records:
+        factor = torch.tensor(
+            [input_size[1] / record.width, input_size[0] / record.height] * 2, dtype=torch.float32
+        )
+        boxes.append(torch.tensor(record.boxes, dtype=torch.float32).reshape(-1, 4) * factor)
+        ignore.append(torch.tensor(record.ignore, dtype=torch.float32).reshape(-1, 4) * factor)
+    return PreparedSplit(torch.stack(images), boxes, ignore, list(records))
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Photometric and geometric augmentation strengths."""
+
+    flip: float = 0.5
+    scale: tuple[float, float] = (0.75, 1.3)
+    translate: float = 0.1
+    brightness: float = 0.25
+    contrast: float = 0.25
+    saturation: float = 0.3
+    noise_std: float = 0.02
+
+
+def augment_batch(
+    images: Tensor,
+    boxes: Sequence[Tensor],
+    ignore: Sequence[Tensor],
+    generator: torch.Generator,
+    config: AugmentConfig,
+) -> tuple[Tensor, list[dict[str, Tensor]]]:
+    """Randomly flip, zoom, shift and recolour a float batch; move the boxes with the pixels.
+
+    Args:
+        images: float [B,3,H,W] in [0,1].
+        boxes, ignore: per image [n,4] x1y1x2y2 pixels.
+        generator: CPU generator that makes the augmentation reproducible (and resumable).
+
+    Returns:
+        The augmented images and per-image targets {"boxes", "labels", "ignore"}.
+    """
+    b, _, h, w = images.shape
+    device = images.device
+
+    def uniform(low: float, high: float) -> Tensor:
+        return (torch.rand(b, generator=generator) * (high - low) + low).to(device)
+
+    flip = (torch.rand(b, generator=generator) < config.flip).to(device)
+    # affine_grid maps output coords u to input coords x = zoom * u + shift (normalised [-1,1]).
+    zoom = 1.0 / uniform(*config.scale)
+    shift_x, shift_y = (
+        uniform(-config.translate, config.translate),
+        uniform(-config.translate, config.translate),
+    )
+    sign = torch.where(flip, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3, device=device)
+    theta[:, 0, 0], theta[:, 0, 2] = zoom * sign, shift_x
+    theta[:, 1, 1], theta[:, 1, 2] = zoom, shift_y
+    grid = F.affine_grid(theta, [b, 3, h, w], align_corners=False)
+    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    brightness = uniform(-config.brightness, config.brightness).view(b, 1, 1, 1)
+    contrast = uniform(1 - config.contrast, 1 + config.contrast).view(b, 1, 1, 1)
+    saturation = uniform(1 - config.saturation, 1 + config.saturation).view(b, 1, 1, 1)
+    gray = images.mean(dim=1, keepdim=True)
+    images = gray + (images - gray) * saturation
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    images = (images - mean) * contrast + mean + brightness
+    if config.noise_std > 0:
+        noise = torch.randn(images.shape, generator=generator).to(device)
+        images = images + noise * uniform(0, config.noise_std).view(b, 1, 1, 1)
+    images = images.clamp(0, 1)
+
+    targets = []
+    for i in range(b):
+        params = (float(zoom[i]), float(sign[i]), float(shift_x[i]), float(shift_y[i]))
+        kept, cut = _move_boxes(boxes[i].to(device), params, w, h)
+        moved_ignore, _ = _move_boxes(ignore[i].to(device), params, w, h, keep_all=True)
+        targets.append(
+            {
+                "boxes": kept,
+                "labels": torch.ones(len(kept), dtype=torch.int64, device=device),
+                "ignore": torch.cat([moved_ignore, cut]),
+            }
+        )
+    return images, targets
+
+
+def _move_boxes(
+    boxes: Tensor, params: tuple[float, float, float, float], w: int, h: int, keep_all: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Apply the inverse of the sampling grid to boxes; split into kept and cut-off boxes."""
+    if len(boxes) == 0:
+        return boxes.reshape(0, 4), boxes.reshape(0, 4)
+    zoom, sign, shift_x, shift_y = params
+    # pixel -> normalised input coords -> output coords u = (x - shift) / (zoom * sign) -> pixel
+    nx = (boxes[:, 0::2] / w) * 2 - 1
+    ny = (boxes[:, 1::2] / h) * 2 - 1
+    ux = (nx - shift_x) / (zoom * sign)
+    uy = (ny - shift_y) / zoom
+    px = (ux + 1) / 2 * w
+    py = (uy + 1) / 2 * h
+    x1, x2 = px.min(dim=1).values, px.max(dim=1).values
+    y1, y2 = py[:, 0], py[:, 1]
+    moved = torch.stack([x1, y1, x2, y2], dim=1)
+    clipped = torch.stack([x1.clamp(0, w), y1.clamp(0, h), x2.clamp(0, w), y2.clamp(0, h)], dim=1)
+    area = (x2 - x1) * (y2 - y1)
+    visible = (clipped[:, 2] - clipped[:, 0]).clamp(min=0) * (clipped[:, 3] - clipped[:, 1]).clamp(
+        min=0
+    )
+    present = visible > 0
+    if keep_all:
+        return clipped[present], moved[:0]
+    enough = present & (visible >= MIN_VISIBLE_FRACTION * area)
+    return clipped[enough], clipped[present & ~enough]

@@ -1,0 +1,350 @@
+"""Seeded, resumable, device-agnostic detector training.
+
+Determinism: the shuffling and augmentation of epoch `e` come from generators seeded with
+(seed, e), and the learning rate is a pure function of the step, so a run resumed from the
+checkpoint of epoch `e` continues exactly as the uninterrupted run would (on the same device).
+Checkpoints are safetensors + JSON, like the model itself: no pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from secmlops import models
+from secmlops.data.dataset import DetectionDataset, load_dataset
+from secmlops.errors import DataError, ModelError
+from secmlops.evaluation.coco_map import coco_map
+from secmlops.evaluation.inference import predict_prepared
+from secmlops.fsutil import atomic_write_json
+from secmlops.training.batches import AugmentConfig, PreparedSplit, augment_batch, prepare_split
+
+CHECKPOINT_DIR = "checkpoints"
+# Longest input side the default compact model trains at on a CPU; larger images are shrunk.
+MAX_INPUT_SIDE = 384
+# Optimizer steps the default schedule aims for; epochs follow from the training-set size.
+TARGET_STEPS = 1200
+MIN_EPOCHS, MAX_EPOCHS = 8, 60
+
+
+@dataclass
+class TrainConfig:
+    """Training parameters; None means "choose from the data" (see `resolve`)."""
+
+    architecture: str = models.DEFAULT_ARCHITECTURE
+    epochs: int | None = None
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    input_size: tuple[int, int] | None = None
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model_config: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain-JSON form recorded in model.json and checkpoints."""
+        data = asdict(self)
+        data["input_size"] = list(self.input_size) if self.input_size else None
+        return data
+
+
+@dataclass
+class TrainResult:
+    """What a finished training run produced."""
+
+    model_dir: Path
+    epochs: int
+    best_epoch: int
+    val_metrics: dict[str, float]
+    history: list[dict[str, float]]
+    seconds: float
+    device: str
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """CUDA when available (or asked for), else CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device {requested!r} requested but CUDA is not available")
+    return torch.device(requested)
+
+
+def choose_input_size(dataset: DetectionDataset, max_side: int = MAX_INPUT_SIDE) -> tuple[int, int]:
+    """Input size (height, width) from the data: the median image shrunk to `max_side`.
+
+    Sides are rounded to multiples of 16 so every feature-map stride divides them.
+    """
+    heights = np.array([im.height for im in dataset.images])
+    widths = np.array([im.width for im in dataset.images])
+    height, width = float(np.median(heights)), float(np.median(widths))
+    scale = min(1.0, max_side / max(height, width))
+    return (
+        max(32, round(height * scale / 16) * 16),
+        max(32, round(width * scale / 16) * 16),
+    )
+
+
+def choose_epochs(train_images: int, batch_size: int, target_steps: int = TARGET_STEPS) -> int:
+    """Enough epochs for about `target_steps` optimizer steps, within sane bounds."""
+    steps_per_epoch = max(1, math.ceil(train_images / batch_size))
+    return int(min(MAX_EPOCHS, max(MIN_EPOCHS, round(target_steps / steps_per_epoch))))
+
+
+def learning_rate_at(step: int, total_steps: int, config: TrainConfig) -> float:
+    """Linear warm-up then cosine decay to 1% of the peak (a pure function of the step)."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
+    return config.learning_rate * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train(
+    data_dir: Path,
+    out_dir: Path,
+    config: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_step: Callable[[int, int], None] | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    on_prepare: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train a detector on the `train` split, select the epoch with the best `val` mAP@0.5.
+
+    Args:
+        data_dir: a dataset version (see `secmlops.data.dataset`).
+        out_dir: the model directory to write (`model.safetensors`, `model.json`, `checkpoints/`).
+        config: training parameters; unset ones are chosen from the data.
+        resume: continue from `out_dir/checkpoints` (the config stored there wins).
+        overwrite: replace a finished model in `out_dir`.
+        on_step: called with (step in epoch, steps per epoch) after every optimizer step.
+        on_epoch: called with the epoch's summary (epoch, loss, val mAP50, seconds).
+        on_prepare: called with 1 per decoded image while the dataset is loaded.
+
+    Returns:
+        The run summary; the model directory holds the best epoch's weights.
+
+    Raises:
+        DataError: the dataset has no training images.
+        ModelError: `out_dir` holds a model and neither `resume` nor `overwrite` is set, or a
+            checkpoint to resume from is missing or inconsistent.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    checkpoint_dir = out_dir / CHECKPOINT_DIR
+    dataset = load_dataset(data_dir)
+    config = _resolve_config(config or TrainConfig(), dataset, checkpoint_dir if resume else None)
+    if not resume and (out_dir / models.CARD_FILE).exists() and not overwrite:
+        raise ModelError(f"{out_dir} already holds a model; pass --resume or --overwrite")
+    if resume and not (checkpoint_dir / "state.json").exists():
+        raise ModelError(f"{checkpoint_dir}: no checkpoint to resume from")
+
+    device = pick_device(config.device)
+    torch.manual_seed(config.seed)
+    train_split = prepare_split(dataset, dataset.split("train"), config.input_size, on_prepare)
+    if len(train_split) == 0 or sum(len(b) for b in train_split.boxes) == 0:
+        raise DataError(f"{data_dir}: the train split has no annotated person to learn from")
+    val_records = dataset.splits.get("val") and dataset.split("val")
+    val_split = (
+        prepare_split(dataset, val_records, config.input_size, on_prepare) if val_records else None
+    )
+
+    model = models.build(config.architecture, input_size=config.input_size, **config.model_config)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    use_amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
+    assert config.epochs is not None
+    total_steps = steps_per_epoch * config.epochs
+
+    state = {"epoch": 0, "best_epoch": 0, "best_map50": -1.0, "history": []}
+    if resume:
+        state = _load_checkpoint(checkpoint_dir, model, optimizer, config)
+
+    for epoch in range(state["epoch"] + 1, config.epochs + 1):
+        epoch_started = time.perf_counter()
+        model.train()
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        order = torch.randperm(len(train_split), generator=generator)
+        losses: list[float] = []
+        for step in range(steps_per_epoch):
+            index = order[step * config.batch_size : (step + 1) * config.batch_size]
+            images = train_split.images[index].to(device).float().div_(255)
+            images, targets = augment_batch(
+                images,
+                [train_split.boxes[i] for i in index],
+                [train_split.ignore[i] for i in index],
+                generator,
+                config.augment,
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate_at(
+                    (epoch - 1) * steps_per_epoch + step, total_steps, config
+                )
+            with torch.autocast(device.type, enabled=use_amp):
+                loss_dict = model(images, targets)
+                loss = sum(loss_dict.values())
+            if not torch.isfinite(loss):
+                raise ModelError(
+                    f"training diverged at epoch {epoch} step {step} (loss {loss.item()})"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(float(loss.detach()))
+            if on_step:
+                on_step(step + 1, steps_per_epoch)
+
+        val_map50 = _validate(model, val_split) if val_split else float("nan")
+        summary = {
+            "epoch": float(epoch),
+            "loss": float(np.mean(losses)),
+            "val_mAP50": val_map50,
+            "seconds": time.perf_counter() - epoch_started,
+        }
+        state["history"].append(summary)
+        # Without a validation split, the last epoch is the best one we can name.
+        if not val_split or val_map50 > state["best_map50"]:
+            state["best_map50"], state["best_epoch"] = val_map50, epoch
+            _save_weights(model, checkpoint_dir / "best.safetensors")
+        state["epoch"] = epoch
+        _save_checkpoint(checkpoint_dir, model, optimizer, config, state)
+        if on_epoch:
+            on_epoch(summary)
+
+    best = models.build(config.architecture, input_size=config.input_size, **config.model_config)
+    best.load_state_dict(load_file(str(checkpoint_dir / "best.safetensors")))
+    best = best.to(device).eval()
+    val_metrics = _validation_metrics(best, val_split) if val_split else {}
+    seconds = time.perf_counter() - started
+    models.save(
+        best,
+        out_dir,
+        metrics={"val": val_metrics},
+        training={
+            **config.to_json(),
+            "data": str(Path(data_dir).resolve()),
+            "best_epoch": state["best_epoch"],
+            "history": state["history"],
+            "device": str(device),
+            "train_images": len(train_split),
+        },
+    )
+    return TrainResult(
+        model_dir=out_dir,
+        epochs=config.epochs,
+        best_epoch=int(state["best_epoch"]),
+        val_metrics=val_metrics,
+        history=state["history"],
+        seconds=seconds,
+        device=str(device),
+    )
+
+
+def _resolve_config(
+    config: TrainConfig, dataset: DetectionDataset, checkpoint_dir: Path | None
+) -> TrainConfig:
+    if checkpoint_dir is not None and (checkpoint_dir / "state.json").exists():
+        saved = json.loads((checkpoint_dir / "state.json").read_text())["config"]
+        saved["augment"] = AugmentConfig(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in saved["augment"].items()}
+        )
+        saved["input_size"] = tuple(saved["input_size"])
+        return TrainConfig(**saved)
+    if config.architecture not in models.ARCHITECTURES:
+        choices = ", ".join(models.ARCHITECTURES)
+        raise ModelError(f"unknown architecture {config.architecture!r}; choose one of {choices}")
+    resolved = TrainConfig(**{**asdict(config), "augment": config.augment})
+    if resolved.input_size is None:
+        resolved.input_size = choose_input_size(dataset)
+    if resolved.epochs is None:
+        resolved.epochs = choose_epochs(len(dataset.splits.get("train", [])), resolved.batch_size)
+    if resolved.epochs < 1 or resolved.batch_size < 1:
+        raise ModelError("epochs and batch size must be at least 1")
+    return resolved
+
+
+def _validate(model: nn.Module, split: PreparedSplit) -> float:
+    return _validation_metrics(model, split)["mAP50"]
+
+
+def _validation_metrics(model: nn.Module, split: PreparedSplit) -> dict[str, float]:
+    predictions = predict_prepared(model, split)
+    model.train()
+    return coco_map(split.records, predictions)
+
+
+def _save_weights(model: nn.Module, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.replace(path)
+
+
+def _save_checkpoint(
+    checkpoint_dir: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    state: dict[str, Any],
+) -> None:
+    """Weights and optimizer tensors in safetensors, the rest in JSON; JSON written last."""
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    optimizer_state = optimizer.state_dict()
+    for param_id, param_state in optimizer_state["state"].items():
+        for key, value in param_state.items():
+            tensors[f"optimizer.{param_id}.{key}"] = torch.as_tensor(value).contiguous().cpu()
+    tensors["rng.torch"] = torch.get_rng_state()
+    tmp = checkpoint_dir / ".state.safetensors.tmp"
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(tmp))
+    tmp.replace(checkpoint_dir / "state.safetensors")
+    atomic_write_json(
+        checkpoint_dir / "state.json",
+        {
+            "config": config.to_json(),
+            "param_groups": optimizer_state["param_groups"],
+            **state,
+        },
+    )
+
+
+def _load_checkpoint(
+    checkpoint_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> dict[str, Any]:
+    meta = json.loads((checkpoint_dir / "state.json").read_text())
+    try:
+        tensors = load_file(str(checkpoint_dir / "state.safetensors"))
+    except (OSError, Exception) as exc:  # safetensors raises its own error type
+        raise ModelError(
+            f"{checkpoint_dir / 'state.safetensors'}: unreadable checkpoint ({exc})"
+        ) from None
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    optimizer_state: dict[str, Any] = {"state": {}, "param_groups": meta["param_groups"]}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, param_id, name = key.split(".", 2)
+            optimizer_state["state"].setdefault(int(param_id), {})[name] = value
+    optimizer.load_state_dict(optimizer_state)
+    torch.set_rng_state(tensors["rng.torch"])
+    return {k: meta[k] for k in ("epoch", "best_epoch", "best_map50", "history")}
