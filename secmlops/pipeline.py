@@ -1,0 +1,97 @@
+"""Lifecycle stages as functions of plain values, for DAG tasks and scripts.
+
+Each stage takes and returns JSON-serialisable values (paths as strings), so an Airflow task can
+pass its result to the next one through XCom, and the same call works without a scheduler.
+The heavy libraries (torch, cv2) are imported inside the stages: a DAG file that imports this
+module stays fast to parse.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from secmlops.fsutil import atomic_write_json
+
+WORKDIR_ENV = "SECMLOPS_WORKDIR"
+
+
+def default_workdir() -> Path:
+    """Where stages keep data and models: `$SECMLOPS_WORKDIR`, else `./runs` (embedded default)."""
+    return Path(os.environ.get(WORKDIR_ENV, "runs")).resolve()
+
+
+def safe_name(text: str) -> str:
+    """A file-system-safe name for run ids such as `manual__2026-11-25T10:00:00+00:00`."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "run"
+
+
+def prepare_synthetic_data(workdir: str, images: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Generate the synthetic dataset for (images, seed) unless that exact one exists.
+
+    The generator is deterministic per seed, so a dataset folder named after its parameters
+    can be reused across runs.
+
+    Returns:
+        {"data_dir": path, "images": count}
+    """
+    from secmlops.data.dataset import load_dataset
+    from secmlops.data.synthetic import generate_scenes
+
+    data_dir = Path(workdir) / "data" / f"synthetic-n{images}-seed{seed}"
+    if not (data_dir / "annotations.json").exists():
+        generate_scenes(data_dir, images, seed, overwrite=True)
+    return {"data_dir": str(data_dir), "images": len(load_dataset(data_dir).images)}
+
+
+def train_model(
+    data_dir: str,
+    model_dir: str,
+    *,
+    architecture: str = "compact_centernet",
+    epochs: int | None = None,
+    seed: int = 0,
+    input_size: list[int] | None = None,
+) -> dict[str, Any]:
+    """Train on `data_dir` into `model_dir` (resuming if a checkpoint is there).
+
+    Resuming makes a retried Airflow task continue where the failed attempt stopped.
+
+    Returns:
+        {"model_dir", "epochs", "best_epoch", "val": metrics, "seconds", "device"}
+    """
+    from secmlops.training.trainer import CHECKPOINT_DIR, TrainConfig, train
+
+    config = TrainConfig(
+        architecture=architecture,
+        epochs=epochs,
+        seed=seed,
+        input_size=tuple(input_size) if input_size else None,  # type: ignore[arg-type]
+    )
+    resume = (Path(model_dir) / CHECKPOINT_DIR / "state.json").exists()
+    result = train(Path(data_dir), Path(model_dir), config, resume=resume, overwrite=True)
+    return {
+        "model_dir": str(result.model_dir),
+        "epochs": result.epochs,
+        "best_epoch": result.best_epoch,
+        "val": result.val_metrics,
+        "seconds": round(result.seconds, 1),
+        "device": result.device,
+    }
+
+
+def evaluate_model(model_dir: str, data_dir: str, split: str = "test") -> dict[str, Any]:
+    """COCO mAP of a model on a split, also written beside the model (`evaluation-<split>.json`)."""
+    from secmlops.data.dataset import load_dataset
+    from secmlops.evaluation.inference import evaluate_records, select_split
+    from secmlops.models import load
+    from secmlops.training.trainer import pick_device
+
+    model = load(Path(model_dir), device=pick_device("auto"))
+    dataset = load_dataset(Path(data_dir))
+    metrics = evaluate_records(model, dataset, select_split(dataset, split))
+    report = {"model_dir": model_dir, "data_dir": data_dir, "split": split, **metrics}
+    atomic_write_json(Path(model_dir).parent / f"evaluation-{split}.json", report)
+    return report

@@ -1,0 +1,38 @@
+"""Shared test fixtures: where the real PETS data lives, and small datasets built once."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The real footage is never committed; tests read it where the workspace keeps it.
+PETS_DIR = Path(os.environ.get("SECMLOPS_PETS_DIR", REPO_ROOT.parent / "shared/data/pets09-s2l1"))
+
+requires_pets = pytest.mark.skipif(
+    not (PETS_DIR / "vtest.avi").is_file(),
+    reason=f"real PETS 2009 data not found at {PETS_DIR} (set SECMLOPS_PETS_DIR)",
+)
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_scenes(tmp_path_factory) -> Path:
+    """48 small synthetic scenes (160x128), generated once per test session."""
+    from secmlops.data.synthetic import generate_scenes
+
+    return generate_scenes(
+        tmp_path_factory.mktemp("data") / "tiny", 48, seed=7, width=160, height=128, workers=1
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_scenes, tmp_path_factory) -> Path:
+    """A compact detector trained for two short epochs on `tiny_scenes`."""
+    from secmlops.training.trainer import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    train(tiny_scenes, out, TrainConfig(epochs=2, batch_size=8, warmup_steps=4, seed=1))
+    return out

@@ -1,0 +1,176 @@
+"""The detector contract (torchvision's), the model directory format, and ART compatibility."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from secmlops import models
+from secmlops.errors import ModelError
+
+SIZE = (96, 128)
+
+
+@pytest.fixture
+def compact():
+    torch.manual_seed(0)
+    return models.build("compact_centernet", input_size=SIZE, score_threshold=0.0)
+
+
+def targets_for(*boxes):
+    return [
+        {
+            "boxes": torch.tensor(b, dtype=torch.float32),
+            "labels": torch.ones(len(b), dtype=torch.int64),
+        }
+        for b in boxes
+    ]
+
+
+@pytest.mark.parametrize("name", ["compact_centernet", "fasterrcnn_mobilenet_v3"])
+def test_train_mode_returns_losses_and_eval_mode_returns_detections(name):
+    torch.manual_seed(0)
+    model = models.build(name, input_size=SIZE)
+    images = [torch.rand(3, 120, 160), torch.rand(3, 90, 100)]
+    model.train()
+    losses = model(images, targets_for([[10, 20, 40, 100]], [[5, 5, 50, 80], [60, 10, 90, 85]]))
+    assert set(losses) == set(models.loss_keys(name))
+    assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        outputs = model(images)
+    assert len(outputs) == 2
+    for out, (h, w) in zip(outputs, [(120, 160), (90, 100)], strict=True):
+        assert set(out) >= {"boxes", "labels", "scores"}
+        assert out["boxes"].shape[1:] == (4,)
+        assert len(out["boxes"]) == len(out["labels"]) == len(out["scores"])
+        if len(out["boxes"]):
+            assert out["boxes"][:, 2].max() <= w and out["boxes"][:, 3].max() <= h
+            assert (out["labels"] == 1).all()
+
+
+def test_compact_detector_predicts_in_each_images_own_pixels(compact):
+    compact.eval()
+    image = torch.rand(3, 192, 256)  # twice the model's input size
+    # The model shrinks the big image exactly like this, so the only difference is the scale.
+    shrunk = torch.nn.functional.interpolate(
+        image[None], size=SIZE, mode="bilinear", align_corners=False, antialias=True
+    )[0]
+    with torch.no_grad():
+        big, small = compact([image])[0], compact([shrunk])[0]
+    assert len(big["boxes"]) == len(small["boxes"]) > 0
+    assert torch.allclose(big["boxes"] / 2, small["boxes"], atol=1e-3)
+    assert torch.allclose(big["scores"], small["scores"], atol=1e-5)
+
+
+def test_training_mode_without_targets_is_an_error(compact):
+    compact.train()
+    with pytest.raises(ValueError, match="targets"):
+        compact([torch.rand(3, 96, 128)])
+
+
+def test_ignore_regions_remove_negative_loss(compact):
+    compact.train()
+    image = [torch.rand(3, 96, 128)]
+    plain = compact(image, targets_for([[10, 10, 30, 60]]))["loss_heatmap"]
+    with_ignore = targets_for([[10, 10, 30, 60]])
+    with_ignore[0]["ignore"] = torch.tensor([[0.0, 0.0, 128.0, 96.0]])
+    ignored = compact(image, with_ignore)["loss_heatmap"]
+    assert ignored < plain
+
+
+def test_save_load_round_trip_gives_identical_predictions(tmp_path, compact):
+    compact.eval()
+    card = models.save(compact, tmp_path / "m", metrics={"val": {"mAP50": 0.5}})
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json", "model.safetensors"]
+    loaded = models.load(tmp_path / "m")
+    assert not loaded.training
+    assert loaded.secmlops_card.weights_sha256 == card.weights_sha256
+    image = [torch.rand(3, 96, 128)]
+    with torch.no_grad():
+        a, b = compact(image)[0], loaded(image)[0]
+    assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / "model.json").unlink(), "model.json: missing"),
+        (lambda d: (d / "model.safetensors").unlink(), "model.safetensors: missing"),
+        (lambda d: (d / "model.json").write_text("{not json"), "malformed model card"),
+        (lambda d: _edit_card(d, architecture="resnet9000"), "unknown architecture"),
+        (lambda d: _flip_byte(d / "model.safetensors"), "SHA-256 does not match"),
+        (lambda d: _swap_weights(d), "weights do not fit"),
+    ],
+    ids=["no-card", "no-weights", "bad-json", "unknown-arch", "tampered-weights", "wrong-weights"],
+)
+def test_load_refuses_broken_model_directories(tmp_path, compact, damage, message):
+    models.save(compact, tmp_path / "m")
+    damage(tmp_path / "m")
+    with pytest.raises(ModelError, match=message):
+        models.load(tmp_path / "m")
+
+
+def test_load_of_missing_directory_names_it(tmp_path):
+    with pytest.raises(ModelError, match="model directory not found"):
+        models.load(tmp_path / "nowhere")
+
+
+def _edit_card(model_dir, **changes):
+    card = json.loads((model_dir / "model.json").read_text())
+    card.update(changes)
+    (model_dir / "model.json").write_text(json.dumps(card))
+
+
+def _flip_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _swap_weights(model_dir):
+    """Valid safetensors of a differently shaped model, with a matching digest in the card."""
+    other = models.build("compact_centernet", input_size=SIZE, widths=(8, 16, 32, 64))
+    models.save(other, model_dir / "other")
+    (model_dir / "other" / "model.safetensors").replace(model_dir / "model.safetensors")
+    digest = models.sha256_file(model_dir / "model.safetensors")
+    _edit_card(model_dir, weights_sha256=digest)
+
+
+def test_unknown_architecture_and_bad_config_are_model_errors():
+    with pytest.raises(ModelError, match="unknown architecture"):
+        models.build("yolo99")
+    with pytest.raises(ModelError, match="invalid configuration"):
+        models.build("compact_centernet", input_size=(100, 130))
+
+
+def test_art_object_detector_wraps_the_model_predicts_and_runs_fgsm(compact):
+    from art.attacks.evasion import FastGradientMethod
+    from art.estimators.object_detection import PyTorchObjectDetector
+
+    compact.eval()
+    detector = PyTorchObjectDetector(
+        model=compact,
+        input_shape=(3, *SIZE),
+        clip_values=(0, 1),
+        channels_first=True,
+        attack_losses=models.loss_keys("compact_centernet"),
+        device_type="cpu",
+    )
+    x = np.random.default_rng(0).random((2, 3, *SIZE), dtype=np.float32)
+    predictions = detector.predict(x)
+    assert len(predictions) == 2 and predictions[0]["boxes"].shape[1] == 4
+    labels = [
+        {"boxes": np.array([[10, 10, 40, 80]], np.float32), "labels": np.array([1])},
+        {"boxes": np.array([[50, 20, 70, 90]], np.float32), "labels": np.array([1])},
+    ]
+    adversarial = FastGradientMethod(detector, eps=8 / 255).generate(x, y=labels)
+    change = np.abs(adversarial - x)
+    assert change.max() <= 8 / 255 + 1e-6 and change.max() > 0
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
+    # The attack moved the input along the loss gradient: the loss went up.
+    before = sum(v.item() for v in detector.compute_losses(x, labels).values())
+    after = sum(v.item() for v in detector.compute_losses(adversarial, labels).values())
+    assert after > before
