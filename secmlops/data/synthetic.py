@@ -346,6 +346,9 @@ def generate_scenes(
 ) -> Path:
     """Generate a synthetic pedestrian dataset version at `out`.
 
+    Workers are spawned processes, so a script that calls this with more than one worker needs
+    the usual `if __name__ == "__main__":` guard.
+
     Args:
         out: the dataset folder to create.
         images: how many images to render.
