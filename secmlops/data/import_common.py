@@ -13,7 +13,7 @@ import math
 import re
 import shutil
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -55,6 +55,24 @@ class SourceImage:
     declared_by: Path | None = None  # the annotation file that declares the size
     split: str | None = None
     normalised: bool = False
+
+
+def text_lines(path: Path) -> Iterator[tuple[str, list[str], str]]:
+    """Non-blank lines of a text file as (where, whitespace-split fields, line).
+
+    `where` names the file and the 1-based line number for error messages.
+
+    Raises:
+        DataError: the file is not text.
+    """
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a text file") from None
+    for number, line in enumerate(lines, start=1):
+        fields = line.split()
+        if fields:
+            yield f"{path}: line {number}", fields, line
 
 
 def parse_number(value: Any, where: str, name: str) -> float:

@@ -31,6 +31,7 @@ from secmlops.data.import_common import (
     parse_number,
     refuse_out_over_source,
     safe_relative_path,
+    text_lines,
     write_source_images,
 )
 from secmlops.errors import DataError
@@ -112,16 +113,8 @@ def _read_split_lists(folder: Path) -> dict[str, tuple[str, str]] | None:
 
 
 def _read_id_list(path: Path) -> list[tuple[str, str]]:
-    try:
-        lines = path.read_text().splitlines()
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a text file") from None
     ids = []
-    for number, line in enumerate(lines, start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        where = f"{path}: line {number}"
+    for where, fields, line in text_lines(path):
         if len(fields) != 1 or "/" in fields[0] or "\\" in fields[0] or fields[0].startswith("."):
             raise DataError(f"{where}: expected one image id, got {line.strip()!r}")
         ids.append((fields[0], where))

@@ -27,6 +27,7 @@ from secmlops.data.import_common import (
     find_images,
     parse_number,
     refuse_out_over_source,
+    text_lines,
     write_source_images,
 )
 from secmlops.errors import DataError
@@ -132,16 +133,8 @@ def _source_image(
 
 def _read_labels(label_file: Path, person_class: int, names: list[str] | None) -> list[SourceBox]:
     """Parse one label file into normalised x1y1x2y2 person boxes."""
-    try:
-        lines = label_file.read_text().splitlines()
-    except UnicodeDecodeError:
-        raise DataError(f"{label_file}: not a text file") from None
     boxes = []
-    for number, line in enumerate(lines, start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        where = f"{label_file}: line {number}"
+    for where, fields, line in text_lines(label_file):
         if len(fields) != 5:
             # More fields is a segmentation polygon or a pose label, not a detection box.
             raise DataError(f"{where}: expected 'class cx cy w h', got {line.strip()!r}")

@@ -129,12 +129,6 @@ class CompactCenterNet(nn.Module):
         out = self.head(p4).float()
         return out[:, :1], out[:, 1:3], out[:, 3:5]
 
-    def features(self, images: Sequence[Tensor] | Tensor) -> Tensor:
-        """Global-average-pooled stride-32 backbone features [B, widths[3]] (for monitoring)."""
-        batch, _ = self._prepare(images)
-        c32 = self.stage32(self.stage16(self.stage8(self.stage4(batch))))
-        return c32.mean(dim=(2, 3))
-
     # ------------------------------------------------------------------------------ decode
     def _decode(
         self, heatmap: Tensor, size: Tensor, offset: Tensor, original_sizes: list[tuple[int, int]]

@@ -33,7 +33,7 @@ CHECKPOINT_DIR = "checkpoints"
 # Longest input side the default compact model trains at on a CPU; larger images are shrunk.
 MAX_INPUT_SIDE = 384
 # Optimizer steps the default schedule aims for; epochs follow from the training-set size.
-TARGET_STEPS = 1200
+TARGET_STEPS = 600
 MIN_EPOCHS, MAX_EPOCHS = 8, 60
 
 

@@ -91,7 +91,7 @@ def test_defaults_follow_the_data(tiny_scenes):
     from secmlops.data.dataset import load_dataset
 
     assert choose_input_size(load_dataset(tiny_scenes)) == (128, 160)
-    assert choose_epochs(800, 16) == 24  # 50 steps an epoch -> 1,200 steps
+    assert choose_epochs(800, 16) == 12  # 50 steps an epoch -> 600 steps
     assert choose_epochs(10_000, 16) == 8  # at least a few passes over big data
     assert choose_epochs(16, 16) == 60  # and a bounded number over tiny data
 
