@@ -181,14 +181,16 @@ def data_info(root: Annotated[Path, typer.Argument(help="Dataset folder.")]) -> 
 
 
 def _print_dataset_summary(root: Path) -> None:
-    from secmlops.data.dataset import load_dataset
+    from secmlops.data.dataset import SPLITS, load_dataset
 
     dataset = load_dataset(root)
     table = Table(title=f"dataset {root}")
     for column in ("split", "images", "person boxes", "ignore regions"):
         table.add_column(column, justify="right" if column != "split" else "left")
-    for name, ids in dataset.splits.items():
-        members = [im for im in dataset.images if im.id in set(ids)]
+    ordered = sorted(dataset.splits, key=lambda n: (SPLITS.index(n) if n in SPLITS else 9, n))
+    for name in ordered:
+        ids = set(dataset.splits[name])
+        members = [im for im in dataset.images if im.id in ids]
         table.add_row(
             name,
             str(len(members)),

@@ -111,10 +111,10 @@ class CompactCenterNet(nn.Module):
     def _prepare(self, images: Sequence[Tensor] | Tensor) -> tuple[Tensor, list[tuple[int, int]]]:
         if isinstance(images, Tensor) and images.dim() == 4:
             sizes = [(int(images.shape[-2]), int(images.shape[-1]))] * images.shape[0]
-            batch = _resize(images, self.input_size)
+            batch = resize_to_input(images, self.input_size)
         else:
             sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-            batch = torch.cat([_resize(im.unsqueeze(0), self.input_size) for im in images])
+            batch = torch.cat([resize_to_input(im.unsqueeze(0), self.input_size) for im in images])
         batch = (batch - self.pixel_mean) / self.pixel_std
         return batch.contiguous(memory_format=torch.channels_last), sizes
 
@@ -169,7 +169,8 @@ class CompactCenterNet(nn.Module):
         return results
 
 
-def _resize(batch: Tensor, size: tuple[int, int]) -> Tensor:
+def resize_to_input(batch: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resize float [B,3,H,W] to `size` (height, width), antialiased when shrinking."""
     if tuple(batch.shape[-2:]) == size:
         return batch
     shrinking = batch.shape[-2] > size[0] or batch.shape[-1] > size[1]

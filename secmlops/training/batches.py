@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from secmlops.data.dataset import DetectionDataset, ImageAnnotations, read_rgb
+from secmlops.models.compact_centernet import resize_to_input
 
 # A box cut by the augmentation crop that keeps less than this share of its area becomes an
 # ignore region: neither teaching the model to fire on a sliver nor to stay silent on a person.
@@ -36,16 +37,6 @@ class PreparedSplit:
         return len(self.records)
 
 
-def resize_image(image: Tensor, size: tuple[int, int]) -> Tensor:
-    """Resize float [B,3,H,W] to `size` the way the compact detector does (antialiased)."""
-    if tuple(image.shape[-2:]) == size:
-        return image
-    shrinking = image.shape[-2] > size[0] or image.shape[-1] > size[1]
-    return F.interpolate(
-        image, size=size, mode="bilinear", align_corners=False, antialias=shrinking
-    )
-
-
 def read_image_tensor(path: Path) -> Tensor:
     """Decode one image file to float [3,H,W] in [0,1] (the detector contract's input)."""
     return torch.from_numpy(read_rgb(path)).permute(2, 0, 1).float().div_(255)
@@ -61,7 +52,7 @@ def prepare_split(
     """Decode and resize every image of `records` into one uint8 tensor."""
 
     def one(record: ImageAnnotations) -> Tensor:
-        image = resize_image(
+        image = resize_to_input(
             read_image_tensor(dataset.image_path(record)).unsqueeze(0), input_size
         )[0]
         if progress:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -335,7 +336,7 @@ def _load_checkpoint(
     meta = json.loads((checkpoint_dir / "state.json").read_text())
     try:
         tensors = load_file(str(checkpoint_dir / "state.safetensors"))
-    except (OSError, Exception) as exc:  # safetensors raises its own error type
+    except (SafetensorError, OSError) as exc:
         raise ModelError(
             f"{checkpoint_dir / 'state.safetensors'}: unreadable checkpoint ({exc})"
         ) from None
