@@ -15,3 +15,31 @@ class DataError(SecMLOpsError):
 
 class ModelError(SecMLOpsError):
     """A model directory or model configuration is missing, malformed or inconsistent."""
+
+
+class IntegrityError(SecMLOpsError):
+    """A signature, digest or manifest check failed: the bytes are not the ones that were signed."""
+
+
+class PolicyError(SecMLOpsError):
+    """The policy file is missing, malformed, has unknown keys or lacks a required threshold."""
+
+
+class AuditError(SecMLOpsError):
+    """The audit log is unreadable, or its hash chain is broken (entry edited, removed, moved)."""
+
+
+class ValidationFailed(DataError):
+    """Dataset validation found problems; `problems` lists each one with the file it concerns."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class PoisoningSuspected(DataError):
+    """Poisoning screening flagged images above the policy threshold; `flagged` names them."""
+
+    def __init__(self, message: str, flagged: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.flagged = flagged or []
