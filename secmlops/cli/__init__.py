@@ -1,0 +1,16 @@
+"""The `secmlops` command line: every lifecycle stage, runnable without a scheduler.
+
+Each command is a thin shell over one library function; errors a user can cause print one line
+(`error: ...`) and exit with status 2, with nothing half-written. Command groups live in the
+modules of this package and register themselves on the one `app`.
+"""
+
+from __future__ import annotations
+
+from secmlops.cli import model  # noqa: F401  (registers train, evaluate, predict)
+from secmlops.cli.common import EXIT_USER_ERROR, app
+from secmlops.cli.data import data_app
+
+app.add_typer(data_app, name="data")
+
+__all__ = ["EXIT_USER_ERROR", "app"]
