@@ -36,3 +36,32 @@ def tiny_model(tiny_scenes, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models") / "tiny"
     train(tiny_scenes, out, TrainConfig(epochs=2, batch_size=8, warmup_steps=4, seed=1))
     return out
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 HTTP endpoint on 127.0.0.1 (moto's server), with throw-away credentials."""
+    from moto.server import ThreadedMotoServer
+
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "secmlops-test",
+            "AWS_SECRET_ACCESS_KEY": "secmlops-test-secret",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    )
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, request):
+    """A fresh bucket on the loopback S3 endpoint; yields (endpoint, bucket name)."""
+    import boto3
+
+    name = "secmlops-" + request.node.name.lower().replace("_", "-")[:40]
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return s3_endpoint, name
