@@ -7,7 +7,10 @@ modules of this package and register themselves on the one `app`.
 
 from __future__ import annotations
 
-from secmlops.cli import model  # noqa: F401  (registers train, evaluate, predict)
+from secmlops.cli import (
+    model,  # noqa: F401  (registers train, evaluate, predict)
+    versions,  # noqa: F401  (registers data publish, pull, versions)
+)
 from secmlops.cli.common import EXIT_USER_ERROR, app
 from secmlops.cli.data import data_app
 

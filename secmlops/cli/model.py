@@ -31,6 +31,9 @@ def train_command(
         bool, typer.Option(help="Continue from the last checkpoint in --out.")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a model already in --out.")] = False,
+    history: Annotated[
+        Path | None, typer.Option(help="Also write per-epoch loss and val mAP here (JSON).")
+    ] = None,
 ) -> None:
     """Train a pedestrian detector; checkpoints every epoch, keeps the best validation epoch."""
     from secmlops.training.trainer import TrainConfig, train
@@ -79,6 +82,10 @@ def train_command(
             )
     except SecMLOpsError as exc:
         fail(exc)
+    if history is not None:
+        from secmlops.fsutil import atomic_write_json
+
+        atomic_write_json(history, result.history)
     val = result.val_metrics
     console.print(
         f"trained {result.epochs} epochs on {result.device} in {result.seconds:.0f} s; best epoch "
