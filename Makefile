@@ -9,7 +9,7 @@ PETS ?= ../shared/data/pets09-s2l1
 export DO_NOT_TRACK := 1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo test lint format constraints pets clean
+.PHONY: install demo test lint format constraints pets repro clean
 
 # pip (not uv/poetry) so the torch wheels already on disk are used; constraints.txt pins every
 # package from a real, `pip check`-clean resolve.
@@ -55,6 +55,10 @@ pets: install
 	$(BIN)/secmlops data import-mot --video $(PETS)/vtest.avi --gt $(PETS)/gt.txt --frames 601:795 --out runs/pets/test --overwrite
 	$(BIN)/secmlops train --data runs/pets/train --out runs/pets/model --overwrite
 	$(BIN)/secmlops evaluate --model runs/pets/model --data runs/pets/test --split all --out runs/pets/metrics.json
+
+## The DVC pipeline (dvc.yaml + params.yaml): reruns only the stages whose inputs changed.
+repro: install
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -95,3 +95,47 @@ def evaluate_model(model_dir: str, data_dir: str, split: str = "test") -> dict[s
     report = {"model_dir": model_dir, "data_dir": data_dir, "split": split, **metrics}
     atomic_write_json(Path(model_dir).parent / f"evaluation-{split}.json", report)
     return report
+
+
+def check_data(
+    data_dir: str,
+    policy_path: str,
+    trusted_keys: list[str] | None = None,
+    audit_log: str | None = None,
+    reports_dir: str | None = None,
+    screen_poisoning: bool = True,
+) -> dict[str, Any]:
+    """Run the data-stage controls in order (verify, validate, screen); raise on the first failure.
+
+    Each decision is appended to the audit log. A caller that gets a result may use the data;
+    one that gets an exception must not (in a DAG, the failed task stops everything downstream).
+
+    Args:
+        data_dir: the dataset folder (with manifest.json and manifest.sig).
+        policy_path: the policy file with the data thresholds and trusted key ids.
+        trusted_keys: public key files or folders; default `$SECMLOPS_TRUSTED_KEYS`.
+        audit_log: default `$SECMLOPS_AUDIT_LOG` or `<workdir>/audit/audit.jsonl`.
+        reports_dir: where the validation and screening reports go (default: beside the data).
+        screen_poisoning: run the poisoning screen (the slowest control).
+
+    Returns:
+        {"manifest_digest", "signer", "validation_report", "screening_report"}
+    """
+    from secmlops.audit import AuditLog, default_audit_path
+    from secmlops.data import checks
+    from secmlops.policy import load_policy
+    from secmlops.supplychain.keys import Keyring
+
+    policy = load_policy(Path(policy_path)).data
+    keyring = (
+        Keyring.from_paths([Path(p) for p in trusted_keys]) if trusted_keys else Keyring.from_env()
+    )
+    audit = AuditLog(Path(audit_log) if audit_log else default_audit_path())
+    reports = Path(reports_dir) if reports_dir else Path(data_dir).parent / "reports"
+    verified = checks.verify_signed_dataset(Path(data_dir), keyring, policy, audit)
+    checks.validate(Path(data_dir), policy, audit, reports / "validation.json")
+    result = {**verified, "validation_report": str(reports / "validation.json")}
+    if screen_poisoning:
+        checks.screen(Path(data_dir), policy, audit, reports / "screening.json")
+        result["screening_report"] = str(reports / "screening.json")
+    return result

@@ -1,0 +1,117 @@
+"""The data stage end to end: tampering halts it before anything downstream; all audited."""
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from secmlops.audit import verify_audit_log
+from secmlops.data.manifest import sign_dataset
+from secmlops.errors import IntegrityError
+from secmlops.pipeline import check_data
+from secmlops.supplychain.keys import generate_keypair, key_id, load_public_key
+
+from ..conftest import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory, tiny_scenes):
+    """The tiny set signed by its owner, a stranger's key, and a policy trusting the owner."""
+    root = tmp_path_factory.mktemp("stage")
+    owner_key, owner_pub = generate_keypair(root / "keys", "owner")
+    stranger_key, _ = generate_keypair(root / "keys-stranger", "stranger")
+    data = root / "clean"
+    shutil.copytree(tiny_scenes, data)
+    sign_dataset(data, owner_key)
+    policy = yaml.safe_load((REPO_ROOT / "policy.yaml").read_text())
+    policy["data"]["trusted_data_keys"] = [key_id(load_public_key(owner_pub))]
+    (root / "policy.yaml").write_text(yaml.safe_dump(policy))
+    return {"root": root, "data": data, "pub": owner_pub, "stranger": stranger_key}
+
+
+def first_image(data):
+    return sorted((data / "images").iterdir())[0]
+
+
+def flip_byte(data):
+    path = first_image(data)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+    return path.name, "content changed"
+
+
+def edit_box(data):
+    # Nudge one box down by a pixel, as an attacker editing a label would.
+    annotations = json.loads((data / "annotations.json").read_text())
+    annotations["annotations"][0]["bbox"][1] += 1
+    (data / "annotations.json").write_text(json.dumps(annotations, indent=2, sort_keys=True))
+    return "annotations.json", "changed"
+
+
+def add_file(data):
+    shutil.copy(first_image(data), data / "images" / "zz_extra.jpg")
+    return "zz_extra.jpg", "unexpected file"
+
+
+def remove_file(data):
+    path = first_image(data)
+    path.unlink()
+    return path.name, "missing file"
+
+
+def edit_manifest(data):
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["files"][0]["size"] += 1
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    return "manifest", "signature"
+
+
+def missing_signature(data):
+    (data / "manifest.sig").unlink()
+    return "manifest.sig", "unsigned"
+
+
+TAMPERING = [flip_byte, edit_box, add_file, remove_file, edit_manifest, missing_signature]
+
+
+@pytest.mark.parametrize("tamper", TAMPERING, ids=[t.__name__ for t in TAMPERING])
+def test_tampering_halts_the_data_stage_with_file_and_reason(signed, tmp_path, tamper):
+    data = tmp_path / "data"
+    shutil.copytree(signed["data"], data)
+    file_name, reason = tamper(data)
+    audit = tmp_path / "audit.jsonl"
+    with pytest.raises(IntegrityError) as caught:
+        check_data(str(data), str(signed["root"] / "policy.yaml"), [str(signed["pub"])],
+                   str(audit), str(tmp_path / "reports"))  # fmt: skip
+    assert file_name in str(caught.value) and reason in str(caught.value)
+    # Nothing after verification ran: no validation or screening report exists.
+    assert not (tmp_path / "reports").exists()
+    entries = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(e["action"], e["decision"]) for e in entries] == [("verify_manifest", "fail")]
+    verify_audit_log(audit)
+
+
+def test_untrusted_signer_halts_the_data_stage(signed, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(signed["data"], data)
+    sign_dataset(data, signed["stranger"])
+    with pytest.raises(IntegrityError, match="untrusted key"):
+        check_data(str(data), str(signed["root"] / "policy.yaml"), [str(signed["pub"])],
+                   str(tmp_path / "audit.jsonl"), str(tmp_path / "reports"))  # fmt: skip
+
+
+def test_clean_signed_data_passes_every_control_and_is_audited(signed, tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    result = check_data(str(signed["data"]), str(signed["root"] / "policy.yaml"),
+                        [str(signed["pub"])], str(audit), str(tmp_path / "reports"))  # fmt: skip
+    assert result["manifest_digest"].startswith("sha256:")
+    entries = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(e["action"], e["decision"]) for e in entries] == [
+        ("verify_manifest", "pass"),
+        ("validate", "pass"),
+        ("screen_poisoning", "pass"),
+    ]
+    assert verify_audit_log(audit) == 3
+    assert json.loads((tmp_path / "reports" / "validation.json").read_text())
