@@ -1,0 +1,242 @@
+"""The policy file: every threshold the lifecycle enforces, in one schema-validated YAML file.
+
+What it guards against is the quiet failure of a control: a threshold mistyped (`min_box_heigth`),
+dropped in a merge, or written as a string or `yes` would, with defaults, turn a gate into one
+that always passes. Here every model forbids unknown keys, no threshold has a default, values are
+validated strictly (no "0.2" -> 0.2, no `yes` -> 1, no `.inf`), and every error names the file and
+the exact key path. Changing a threshold for one run goes through `apply_override`, which demands a
+written reason and returns the record that the caller appends to the audit log; decisions record
+`policy_digest` so an audit shows which thresholds they were made under.
+
+Layout: one model per lifecycle stage, each a required field of `Policy` (`data:` now; `gate:` and
+`monitoring:` are added the same way, as required sections with no defaults).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Hashable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+
+from secmlops.errors import PolicyError
+
+POLICY_VERSION = 1
+KEY_ID_PATTERN = r"^ed25519:[0-9a-f]{32}$"
+
+KeyId = Annotated[str, StringConstraints(pattern=KEY_ID_PATTERN)]
+
+
+class _Section(BaseModel):
+    """Base of every policy model: unknown keys are errors, values are never coerced."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+class DataPolicy(_Section):
+    """Thresholds of the data stage (validation, leakage and poisoning screens)."""
+
+    min_box_width: float = Field(gt=0, description="smallest person box width, pixels")
+    min_box_height: float = Field(gt=0, description="smallest person box height, pixels")
+    max_empty_image_ratio: float = Field(
+        ge=0, le=1, description="largest share of images without any person box"
+    )
+    max_near_duplicate_distance: int = Field(
+        ge=0, le=64, description="Hamming distance (bits of the 64-bit perceptual hash) at or "
+        "below which two images in different splits are near-duplicates",
+    )  # fmt: skip
+    poisoning_score_threshold: float = Field(
+        gt=0, description="images scoring above this are flagged by the poisoning screen"
+    )
+    max_flagged_fraction: float = Field(
+        ge=0, le=1, description="the screen fails when more than this share of images is flagged"
+    )
+    trusted_data_keys: list[KeyId] = Field(
+        min_length=1, description="ids of the Ed25519 keys whose dataset manifests are trusted"
+    )
+
+    @field_validator("trusted_data_keys")
+    @classmethod
+    def _no_repeated_keys(cls, keys: list[str]) -> list[str]:
+        # A repeated id is harmless by itself but usually means a key was meant to be replaced.
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise ValueError(f"key ids listed more than once: {', '.join(repeated)}")
+        return keys
+
+
+class Policy(_Section):
+    """The whole policy file: its format version and one section per lifecycle stage."""
+
+    version: Literal[1]
+    data: DataPolicy
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_is_not_a_bool(cls, value: Any) -> Any:
+        # `True == 1` in Python, so Literal[1] alone would accept `version: yes`.
+        if isinstance(value, bool):
+            raise ValueError(f"must be {POLICY_VERSION}, got {value!r}")
+        return value
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML loader that rejects repeated keys (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if not isinstance(key, Hashable):
+                continue  # the base class reports unhashable keys
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 reads `1e-3` as a string; a threshold written so should be the number it looks like.
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_policy(path: Path | str) -> Policy:
+    """Read and validate a policy file.
+
+    Args:
+        path: the YAML policy file.
+
+    Returns:
+        The validated, immutable policy.
+
+    Raises:
+        PolicyError: the file is missing or unreadable, is not valid YAML, or does not match the
+            schema; the message names the file and the key path of every problem.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PolicyError(f"{path}: policy file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"{path}: cannot read the policy file ({exc})") from None
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{path}: {_yaml_error(exc)}") from None
+    if not isinstance(raw, dict):
+        got = "an empty file" if raw is None else f"a {type(raw).__name__}"
+        raise PolicyError(f"{path}: expected a mapping with 'version' and 'data', got {got}")
+    return _validate(raw, str(path))
+
+
+def policy_digest(policy: Policy) -> str:
+    """Digest of the policy's canonical JSON (sorted keys, no whitespace): "sha256:<hex>".
+
+    Two files that differ only in comments, key order or `3` vs `3.0` give the same digest.
+    """
+    canonical = json.dumps(
+        policy.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=True
+    )
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def parse_override_value(text: str) -> Any:
+    """Parse a command-line override value the way the policy file would (`0.3`, `[a, b]`).
+
+    Raises:
+        PolicyError: the text is not a valid YAML scalar or list.
+    """
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"override value {text!r}: {_yaml_error(exc)}") from None
+
+
+def apply_override(
+    policy: Policy, path: str, value: Any, reason: str
+) -> tuple[Policy, dict[str, Any]]:
+    """Change one threshold for this run, with a written reason.
+
+    Args:
+        policy: the policy to start from (not modified).
+        path: dotted key path of one threshold, e.g. "data.max_empty_image_ratio".
+        value: the new value, validated as strictly as the policy file.
+        reason: why; recorded in the audit log by the caller.
+
+    Returns:
+        The new validated policy and the record {"path", "old", "new", "reason"} to audit.
+
+    Raises:
+        PolicyError: the reason is empty, the path is not a threshold of the policy, or the value
+            is invalid for it.
+    """
+    if not isinstance(reason, str) or not reason.strip():
+        raise PolicyError("an override needs a written reason")
+    keys = path.split(".")
+    raw = policy.model_dump(mode="python")
+    if keys == ["version"]:
+        raise PolicyError("override version: the policy format version cannot be overridden")
+    parent: Any = raw
+    for depth, key in enumerate(keys):
+        if not isinstance(parent, dict) or key not in parent:
+            where = ".".join(keys[: depth + 1])
+            raise PolicyError(f"override {path}: {where}: unknown policy key")
+        if depth < len(keys) - 1:
+            parent = parent[key]
+    if isinstance(parent[keys[-1]], dict):
+        raise PolicyError(f"override {path}: names a section; override one threshold at a time")
+    old = policy.model_dump(mode="json")
+    parent[keys[-1]] = value
+    new_policy = _validate(raw, f"override {path}")
+    new = new_policy.model_dump(mode="json")
+    for key in keys:
+        old, new = old[key], new[key]
+    return new_policy, {"path": path, "old": old, "new": new, "reason": reason.strip()}
+
+
+def _validate(raw: dict[str, Any], where: str) -> Policy:
+    try:
+        return Policy.model_validate(raw)
+    except ValidationError as exc:
+        problems = [_describe(error) for error in exc.errors()]
+        raise PolicyError("; ".join(f"{where}: {p}" for p in problems)) from None
+
+
+def _describe(error: Any) -> str:
+    """One pydantic error as "data.key[0]: what is wrong (got value)"."""
+    location = ""
+    for part in error["loc"]:
+        location += f"[{part}]" if isinstance(part, int) else f".{part}" if location else str(part)
+    if error["type"] == "missing":
+        return f"{location}: field required"
+    if error["type"] == "extra_forbidden":
+        return f"{location}: unknown key"
+    message = error["msg"].removeprefix("Value error, ")
+    message = message[:1].lower() + message[1:]
+    return f"{location or '(top level)'}: {message} (got {error['input']!r})"
+
+
+def _yaml_error(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    if mark is None:
+        return f"not valid YAML: {problem}"
+    return f"not valid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"

@@ -1,0 +1,229 @@
+"""The policy file: strict schema, precise errors, audited overrides, stable digest."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from secmlops.errors import PolicyError
+from secmlops.policy import (
+    DataPolicy,
+    Policy,
+    apply_override,
+    load_policy,
+    parse_override_value,
+    policy_digest,
+)
+
+REPO_POLICY = Path(__file__).resolve().parents[1] / "policy.yaml"
+KEY = "ed25519:0123456789abcdef0123456789abcdef"
+
+
+def valid() -> dict[str, Any]:
+    return {
+        "version": 1,
+        "data": {
+            "min_box_width": 4,
+            "min_box_height": 8,
+            "max_empty_image_ratio": 0.2,
+            "max_near_duplicate_distance": 4,
+            "poisoning_score_threshold": 3.0,
+            "max_flagged_fraction": 0.0,
+            "trusted_data_keys": [KEY],
+        },
+    }
+
+
+def write(tmp_path: Path, content: dict[str, Any] | str) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
+    return path
+
+
+def error_of(path: Path) -> str:
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    return str(caught.value)
+
+
+def test_valid_file_loads(tmp_path):
+    policy = load_policy(write(tmp_path, valid()))
+    assert isinstance(policy, Policy)
+    assert policy.data.min_box_height == 8
+    assert policy.data.trusted_data_keys == [KEY]
+
+
+def test_repo_policy_loads():
+    policy = load_policy(REPO_POLICY)
+    assert policy.version == 1
+    assert 0 < policy.data.max_empty_image_ratio < 1
+
+
+@pytest.mark.parametrize("field", sorted(DataPolicy.model_fields))
+def test_each_missing_threshold_is_an_error(tmp_path, field):
+    content = valid()
+    del content["data"][field]
+    path = write(tmp_path, content)
+    assert error_of(path) == f"{path}: data.{field}: field required"
+
+
+@pytest.mark.parametrize("section", ["version", "data"])
+def test_missing_section_is_an_error(tmp_path, section):
+    content = valid()
+    del content[section]
+    assert f"policy.yaml: {section}: field required" in error_of(write(tmp_path, content))
+
+
+def test_unknown_keys_are_errors_at_every_level(tmp_path):
+    content = valid()
+    content["data"]["colour"] = "red"
+    content["gates"] = {}
+    message = error_of(write(tmp_path, content))
+    assert "data.colour: unknown key" in message
+    assert "gates: unknown key" in message
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    content = valid()
+    del content["data"]["min_box_width"]
+    del content["data"]["max_flagged_fraction"]
+    message = error_of(write(tmp_path, content))
+    assert "data.min_box_width: field required" in message
+    assert "data.max_flagged_fraction: field required" in message
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("min_box_width", "four", "valid number"),
+        ("min_box_width", "4", "valid number"),  # strict: no silent str -> number
+        ("min_box_width", True, "valid number"),  # `yes` in YAML 1.1
+        ("min_box_width", 0, "greater than 0"),
+        ("max_empty_image_ratio", 1.5, "less than or equal to 1"),
+        ("max_empty_image_ratio", float("inf"), "finite"),
+        ("max_near_duplicate_distance", 2.5, "valid integer"),
+        ("max_near_duplicate_distance", -1, "greater than or equal to 0"),
+        ("poisoning_score_threshold", 0, "greater than 0"),
+        ("max_flagged_fraction", -0.1, "greater than or equal to 0"),
+        ("trusted_data_keys", [], "at least 1 item"),
+        ("trusted_data_keys", KEY, "valid list"),
+        ("trusted_data_keys", [KEY, KEY], "listed more than once"),
+    ],
+)
+def test_wrong_values_name_the_key(tmp_path, field, value, expected):
+    content = valid()
+    content["data"][field] = value
+    message = error_of(write(tmp_path, content))
+    assert f"policy.yaml: data.{field}: " in message
+    assert expected in message
+
+
+@pytest.mark.parametrize(
+    "key", ["ed25519:0123", "rsa:0123456789abcdef0123456789abcdef", KEY.upper()]
+)
+def test_malformed_key_id_names_its_position(tmp_path, key):
+    content = valid()
+    content["data"]["trusted_data_keys"] = [KEY.replace("0123", "4567"), key]
+    assert "data.trusted_data_keys[1]: string should match pattern" in error_of(
+        write(tmp_path, content)
+    )
+
+
+@pytest.mark.parametrize("version", [2, True, "1"])
+def test_only_version_1_is_read(tmp_path, version):
+    content = valid()
+    content["version"] = version
+    assert "policy.yaml: version: " in error_of(write(tmp_path, content))
+
+
+@pytest.mark.parametrize(
+    "text", ["version: 1\ndata:\n  min_box_width: [4\n", "version: 1\n? [a, b]\n: 1\n"]
+)
+def test_malformed_yaml_names_file_and_line(tmp_path, text):
+    path = write(tmp_path, text)
+    assert error_of(path).startswith(f"{path}: not valid YAML at line ")
+
+
+def test_repeated_yaml_key_is_an_error(tmp_path):
+    text = yaml.safe_dump(valid()) + "version: 1\n"
+    assert "key 'version' appears twice" in error_of(write(tmp_path, text))
+
+
+def test_missing_file_is_an_error(tmp_path):
+    path = tmp_path / "nowhere.yaml"
+    assert error_of(path) == f"{path}: policy file not found"
+
+
+@pytest.mark.parametrize("text", ["", "- 1\n- 2\n"])
+def test_top_level_must_be_a_mapping(tmp_path, text):
+    assert "expected a mapping" in error_of(write(tmp_path, text))
+
+
+def test_exponent_without_dot_is_a_number(tmp_path):
+    text = yaml.safe_dump(valid()).replace(
+        "poisoning_score_threshold: 3.0", "poisoning_score_threshold: 3e0"
+    )
+    assert load_policy(write(tmp_path, text)).data.poisoning_score_threshold == 3.0
+
+
+def test_override_with_reason_returns_policy_and_audit_record(tmp_path):
+    policy = load_policy(write(tmp_path, valid()))
+    changed, record = apply_override(
+        policy, "data.max_empty_image_ratio", 0.35, "  night footage: mostly empty frames  "
+    )
+    assert changed.data.max_empty_image_ratio == 0.35
+    assert policy.data.max_empty_image_ratio == 0.2  # the original is untouched
+    assert record == {
+        "path": "data.max_empty_image_ratio",
+        "old": 0.2,
+        "new": 0.35,
+        "reason": "night footage: mostly empty frames",
+    }
+    assert policy_digest(changed) != policy_digest(policy)
+
+
+@pytest.mark.parametrize("reason", ["", "   \n\t"])
+def test_override_without_reason_is_refused(reason):
+    policy = Policy.model_validate(valid())
+    with pytest.raises(PolicyError, match=r"^an override needs a written reason$"):
+        apply_override(policy, "data.max_empty_image_ratio", 0.3, reason)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        ("data.max_empty_image_ratio", 2.0, "data.max_empty_image_ratio: input should be less"),
+        ("data.min_box_width", "3", "data.min_box_width: input should be a valid number"),
+        ("data.nope", 1, "data.nope: unknown policy key"),
+        ("gate.min_map", 1, "gate: unknown policy key"),
+        ("data", {}, "names a section"),
+        ("version", 2, "cannot be overridden"),
+    ],
+)
+def test_bad_override_is_refused_with_its_path(path, value, expected):
+    policy = Policy.model_validate(valid())
+    with pytest.raises(PolicyError, match=re.escape(expected)):
+        apply_override(policy, path, value, "because")
+
+
+def test_override_value_parses_like_the_file():
+    policy = Policy.model_validate(valid())
+    changed, record = apply_override(
+        policy, "data.min_box_width", parse_override_value("6"), "bigger boxes only"
+    )
+    assert changed.data.min_box_width == 6.0
+    assert record["new"] == 6.0
+    assert parse_override_value(f"[{KEY}]") == [KEY]
+
+
+def test_digest_is_canonical(tmp_path):
+    digest = policy_digest(load_policy(write(tmp_path, valid())))
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest)
+    reordered = "# comment\n" + yaml.safe_dump(valid(), sort_keys=False).replace(
+        "min_box_width: 4", "min_box_width: 4.0"
+    )
+    assert policy_digest(load_policy(write(tmp_path, reordered))) == digest
