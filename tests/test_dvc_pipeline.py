@@ -29,7 +29,9 @@ def copy_of_repository(target: Path) -> Path:
 
 def dvc(*args, cwd):
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    done = subprocess.run([str(BIN / "dvc"), *args], cwd=cwd, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [str(BIN / "dvc"), *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, f"dvc {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 

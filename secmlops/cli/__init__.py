@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from secmlops.cli import (
     model,  # noqa: F401  (registers train, evaluate, predict)
+    policy,  # noqa: F401  (registers policy check, override)
     security,  # noqa: F401  (registers keys, audit, data sign/verify/validate/screen)
     versions,  # noqa: F401  (registers data publish, pull, versions)
 )
