@@ -22,12 +22,25 @@ $(INSTALLED): pyproject.toml constraints.txt
 
 install: $(INSTALLED)
 
-## The main job on embedded defaults: synthetic data -> train -> evaluate.
+## The main job on embedded defaults: the secure lifecycle, stage by stage, on synthetic data.
+## data: generate -> sign -> verify -> validate -> screen -> publish (DVC); then train -> evaluate;
+## every control's decision lands in the hash-chained audit log, checked at the end.
+SECMLOPS := $(abspath $(BIN))/secmlops
 demo: install
-	$(BIN)/secmlops data generate --out $(DEMO)/data --images 1000 --seed 0 --overwrite
-	$(BIN)/secmlops train --data $(DEMO)/data --out $(DEMO)/model --overwrite
-	$(BIN)/secmlops evaluate --model $(DEMO)/model --data $(DEMO)/data --split test --out $(DEMO)/metrics.json
-	@echo "model: $(DEMO)/model   metrics: $(DEMO)/metrics.json"
+	$(SECMLOPS) data generate --out $(DEMO)/data --images 1000 --seed 0 --overwrite
+	test -f $(DEMO)/keys/data-owner.key || $(SECMLOPS) keys generate --name data-owner --out $(DEMO)/keys
+	$(SECMLOPS) data sign $(DEMO)/data --key $(DEMO)/keys/data-owner.key
+	$(SECMLOPS) policy override policy.yaml --out $(DEMO)/policy.yaml \
+	  --set "data.trusted_data_keys=[$$($(SECMLOPS) keys id $(DEMO)/keys/data-owner.pub)]" \
+	  --reason "embedded demo: trust the data-owner key generated for this workspace"
+	$(SECMLOPS) data verify $(DEMO)/data --trusted-keys $(DEMO)/keys/data-owner.pub --policy $(DEMO)/policy.yaml
+	$(SECMLOPS) data validate $(DEMO)/data --policy $(DEMO)/policy.yaml --report $(DEMO)/validation.json
+	$(SECMLOPS) data screen $(DEMO)/data --policy $(DEMO)/policy.yaml --report $(DEMO)/screening.json
+	$(SECMLOPS) data publish $(DEMO)/data --name street
+	$(SECMLOPS) train --data $(DEMO)/data --out $(DEMO)/model --overwrite --history $(DEMO)/training_history.json
+	$(SECMLOPS) evaluate --model $(DEMO)/model --data $(DEMO)/data --split test --out $(DEMO)/metrics.json
+	$(SECMLOPS) audit verify
+	@echo "model: $(DEMO)/model  metrics: $(DEMO)/metrics.json  reports: $(DEMO)/*.json  audit: runs/audit/audit.jsonl"
 
 ## Lint, format check, then every test.
 test: install

@@ -77,6 +77,17 @@ def keys_generate(
     console.print(f"key id: {key_id(load_public_key(public))}")
 
 
+@keys_app.command("id")
+def keys_id(public_key: Annotated[Path, typer.Argument(help="A .pub file.")]) -> None:
+    """Print the key id of a public key (the form the policy's trusted key lists use)."""
+    from secmlops.supplychain.keys import key_id, load_public_key
+
+    try:
+        print(key_id(load_public_key(public_key)))
+    except SecMLOpsError as exc:
+        fail(exc)
+
+
 @audit_app.command("verify")
 def audit_verify(
     log: AuditOption = None,
