@@ -179,4 +179,8 @@ def data_screen(
         result = screen(folder, _policy(policy).data, _audit(audit_log), report)
     except SecMLOpsError as exc:
         fail(exc)
-    console.print(f"no poisoning suspected in {folder}: {result.get('summary', '')}")
+    summary = result["summary"]
+    console.print(
+        f"no poisoning suspected in {folder}: {summary['flagged']} of {summary['images']} "
+        f"images flagged (max score {summary['max_score']:g}, threshold {result['threshold']:g})"
+    )

@@ -92,18 +92,24 @@ def validate(
 def screen(
     root: Path, policy: DataPolicy, audit: AuditLog, report_path: Path | None = None
 ) -> dict[str, Any]:
-    """Screen the training split for poisoning; raise if more is flagged than the policy allows."""
-    from secmlops.data.poisoning import raise_if_poisoned, screen_dataset
+    """Screen the training split for poisoning; raise if more is flagged than the policy allows.
+
+    `max_flagged_fraction: 0` (the default policy) fails on any flagged image; a larger value
+    tolerates that share of flagged images (they stay listed in the report and the audit entry).
+    """
+    from secmlops.data.poisoning import screen_dataset
 
     def run() -> dict[str, Any]:
         report = screen_dataset(Path(root), threshold=policy.poisoning_score_threshold)
         if report_path is not None:
             atomic_write_json(report_path, report.to_dict())
-        raise_if_poisoned(report, policy.max_flagged_fraction)
+        if report.flagged and report.summary()["flagged_fraction"] > policy.max_flagged_fraction:
+            report.raise_if_flagged()
         return report.to_dict()
 
     return audited(audit, "screen_poisoning", str(root), run, _screen_evidence)
 
 
 def _screen_evidence(report: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in report.items() if k not in ("scores", "images")}
+    # Per-image scores stay in the report file; the audit entry keeps the decision's evidence.
+    return {k: v for k, v in report.items() if k != "scores"}
