@@ -139,7 +139,8 @@ def poison_dataset(
         The ids of the poisoned images, sorted.
 
     Raises:
-        DataError: unknown attack, fraction outside (0, 1], or too few eligible train images.
+        DataError: unknown attack, fraction outside (0, 1], a trigger size that does not fit,
+            or too few eligible train images.
     """
     from art.attacks.poisoning import (
         BadDetObjectDisappearanceAttack,
@@ -153,9 +154,14 @@ def poison_dataset(
         raise DataError(f"fraction must be in (0, 1], got {fraction}")
     dataset = load_dataset(clean_root)
     train = dataset.split("train")
-    side = trigger_size or default_trigger_side(
-        int(np.median([im.width for im in train])), int(np.median([im.height for im in train]))
-    )
+    width = int(np.median([im.width for im in train]))
+    height = int(np.median([im.height for im in train]))
+    side = default_trigger_side(width, height) if trigger_size is None else int(trigger_size)
+    if side < MIN_TRIGGER_SIDE or 3 * side >= min(im.height for im in train):
+        raise DataError(
+            f"trigger_size must be at least {MIN_TRIGGER_SIDE} px and a third of the image "
+            f"height at most (the OGA box is 3 triggers tall), got {side}"
+        )
     eligible = [im for im in train if im.boxes] if attack == "oda" else list(train)
     count = max(1, round(fraction * len(train)))
     if count > len(eligible):

@@ -21,18 +21,22 @@ position; an image with a score above the threshold carries a recurring patch, i
 candidate, and is flagged with the location of the patch and the images that share it.
 
 Calibration: the score is a count with the same meaning on every dataset, so one threshold fits
-all. On 640 clean synthetic and 480 clean PETS 2009 training images the largest score is 1; a
-BadDet trigger in 5% of the images scores 12 to 29 (see `benchmarks/poisoning_screen.py`).
-The default threshold 2 flags an image that shares an exact patch with at least three others,
-so a trigger in fewer than four images goes unseen (it rarely implants a backdoor either).
+all. On 640 clean synthetic and 480 clean PETS 2009 training images no score exceeds 1; with a
+BadDet trigger in 5% of the images, poisoned images score 23 to 31 (the other poisoned images),
+except where every person is so narrow that the ODA trigger shrank below ~8 px (score 0; see
+`benchmarks/poisoning_screen.py`). The default threshold 2 flags an image sharing an exact patch
+with at least three others: a trigger in fewer than four images goes unseen.
 
-Limits (what this screen does not cover): triggers that are not pixel copies (alpha-blended with
-the image, physical stickers photographed under varying light, per-image noise triggers), triggers
-of fewer than ~5x5 pixels, iso-luminant triggers (corners are found on luminance), and strong lossy
-re-compression: JPEG quality 75 moves trigger copies ~0.15 apart (relative), beyond the 0.1
-tolerance. Patterns in more than half of the images are treated as scenery. A moving camera
-filming a scene at high frame rate, or crops of one photo, can make content recur at shifted
-positions across a few images; review flagged images before deleting them.
+Why not a reference model: label consistency (confident detections without a label, labels the
+model does not support) and spectral signatures (Tran, Li, Madry, NeurIPS 2018) on per-box
+features of a compact CenterNet trained for a few CPU minutes on the screened data separated
+BadDet images poorly (OGA fake boxes look like small people to a weak model), at 1-3 min per run.
+
+Limits: triggers that are not pixel copies (alpha-blended, photographed stickers, per-image noise),
+triggers under ~8 px, iso-luminant triggers (corners are found on luminance), and lossy
+re-compression: JPEG quality 75 moves trigger copies ~0.15 apart, beyond the 0.1 tolerance.
+Patterns in more than half of the images count as scenery. A panning camera at a high frame rate,
+or crops of one photo, can make content recur at shifted places: review before deleting.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ class ScreeningConfig:
         match_tolerance: largest distance between two copies relative to their contrast,
             ||p - q|| / (std * sqrt(size)) with the smaller std of the two; JPEG at quality 95
             keeps copies of a trigger within ~0.05 of each other.
-        shift_tolerance: also match copies whose corner was found one pixel off (costs ~3x).
+        shift_tolerance: also match copies whose corner was found one pixel off (~1.3x time).
         max_share: patterns in more images than this share are scenery, never a trigger.
         threads: images decoded in parallel.
     """
@@ -148,7 +152,7 @@ class ScreeningReport:
             "config": asdict(self.config),
             "seconds": round(self.seconds, 3),
             "summary": self.summary(),
-            "flagged": [_image_dict(im) for im in self.flagged],
+            "flagged": [asdict(im) for im in self.flagged],
             "scores": {str(im.id): im.score for im in self.images},
         }
 
@@ -188,14 +192,17 @@ def screen_dataset(
         threshold: an image is flagged when more than this many other images share a patch
             with it (policy `poisoning_score_threshold`).
         config: screen parameters (defaults suit 320x240 to 768x576 images saved at JPEG 95).
-        progress: called with 1 after each image's patches are extracted.
+        progress: called with 1 after each image's patches are extracted (from worker threads).
 
     Returns:
         The report; `report.raise_if_flagged()` turns it into a gate.
 
     Raises:
         DataError: the dataset or split is missing or empty, or an image is unreadable.
+        ValueError: the threshold is negative.
     """
+    if threshold < 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold}")
     started = time.perf_counter()
     config = config or ScreeningConfig()
     dataset = load_dataset(root)
@@ -208,14 +215,8 @@ def screen_dataset(
     ]
     for image in images:  # evidence names image ids, not positions in the split
         image.shared_with = [records[i].id for i in image.shared_with]
-    return ScreeningReport(
-        root=str(root),
-        split=split,
-        threshold=float(threshold),
-        config=config,
-        images=images,
-        seconds=time.perf_counter() - started,
-    )
+    seconds = time.perf_counter() - started
+    return ScreeningReport(str(root), split, float(threshold), config, images, seconds)
 
 
 def corner_patches(rgb: np.ndarray, config: ScreeningConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -384,13 +385,3 @@ def _banded_matches(
         rows, cols = np.nonzero(d2 < limit)
         found.append(np.stack([rows_idx[rows], base_corner[b_idx[cols + lo]]], axis=1))
     return np.concatenate(found) if found else np.zeros((0, 2), np.int64)
-
-
-def _image_dict(image: ImageScore) -> dict[str, Any]:
-    return {
-        "id": image.id,
-        "file_name": image.file_name,
-        "score": image.score,
-        "patch_xy": list(image.patch_xy) if image.patch_xy else None,
-        "shared_with": image.shared_with,
-    }
