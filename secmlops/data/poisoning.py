@@ -21,11 +21,12 @@ position; an image with a score above the threshold carries a recurring patch, i
 candidate, and is flagged with the location of the patch and the images that share it.
 
 Calibration: the score is a count with the same meaning on every dataset, so one threshold fits
-all. On 640 clean synthetic and 480 clean PETS 2009 training images no score exceeds 1; with a
-BadDet trigger in 5% of the images, poisoned images score 23 to 31 (the other poisoned images),
-except where every person is so narrow that the ODA trigger shrank below ~8 px (score 0; see
-`benchmarks/poisoning_screen.py`). The default threshold 2 flags an image sharing an exact patch
-with at least three others: a trigger in fewer than four images goes unseen.
+all. Clean train splits of 640 synthetic and 480 PETS 2009 images score at most 1, all 795 PETS
+frames at most 2 (the same pedestrians reappear elsewhere in the footage); with a BadDet trigger
+in 5% of the images, poisoned images score 23 to 38, except where every person is so narrow that
+the ODA trigger shrank below ~8 px (score 0; see `benchmarks/poisoning_screen.py`). The default
+threshold 3 flags an image that shares an exact patch with at least four others, so a trigger in
+fewer than five images goes unseen.
 
 Why not a reference model: label consistency (confident detections without a label, labels the
 model does not support) and spectral signatures (Tran, Li, Madry, NeurIPS 2018) on per-box
@@ -54,7 +55,7 @@ from secmlops.data.dataset import DetectionDataset, ImageAnnotations, load_datas
 from secmlops.errors import PoisoningSuspected
 
 METHOD = "trigger-recurrence"
-DEFAULT_THRESHOLD = 2.0  # policy `poisoning_score_threshold`: flag when more images share a patch
+DEFAULT_THRESHOLD = 3.0  # policy `poisoning_score_threshold`: flag when more images share a patch
 
 
 @dataclass(frozen=True)

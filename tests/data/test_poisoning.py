@@ -55,7 +55,7 @@ def _trigger_error(pixels: np.ndarray, x: int, y: int, side: int) -> float:
     return float(np.abs(pixels[y : y + side, x : x + side] - expected).mean())
 
 
-def test_oda_deletes_person_boxes_and_stamps_a_trigger_on_each_person(
+def test_oda_deletes_person_boxes_and_stamps_the_trigger_on_people(
     clean: Path, poisoned: dict[str, tuple[Path, list[int]]]
 ) -> None:
     root, ids = poisoned["oda"]
@@ -126,7 +126,9 @@ def test_poison_dataset_rejects_bad_arguments(clean: Path, tmp_path: Path) -> No
         poison_dataset(clean, tmp_path / "x", "rma", 0.05)  # type: ignore[arg-type]
     with pytest.raises(DataError, match="fraction"):
         poison_dataset(clean, tmp_path / "y", "oda", 0.0)
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    with pytest.raises(DataError, match="trigger_size"):
+        poison_dataset(clean, tmp_path / "z", "oga", 0.05, trigger_size=60)  # box > image
+    assert not any((tmp_path / name).exists() for name in "xyz")
 
 
 @pytest.mark.parametrize("attack", ATTACKS)
@@ -192,8 +194,8 @@ def _noise_set(
 
 def test_a_trigger_recurring_at_other_places_is_flagged(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    backgrounds = [rng.integers(0, 256, (80, 96, 3), dtype=np.uint8) for _ in range(8)]
-    triggers = {1: (5, 5), 3: (60, 40), 4: (30, 60), 6: (70, 8)}
+    backgrounds = [rng.integers(0, 256, (80, 96, 3), dtype=np.uint8) for _ in range(10)]
+    triggers = {1: (5, 5), 3: (60, 40), 4: (30, 60), 6: (70, 8), 9: (41, 22)}  # 4 partners each
     report = screen_dataset(_noise_set(tmp_path / "d", backgrounds, triggers))
     assert report.flagged_ids == [i + 1 for i in sorted(triggers)]  # ids are 1-based
 
