@@ -58,11 +58,11 @@ def data_import_mot(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset.")] = False,
 ) -> None:
     """Import a MOTChallenge sequence (video + gt.txt); flag 0 boxes become ignore regions."""
-    from secmlops.data.import_mot import import_mot, parse_frame_range
+    from secmlops.data.import_mot import OPEN_END, import_mot, parse_frame_range
 
     try:
         selected = parse_frame_range(frames)
-        total = selected[1] - selected[0] + 1 if selected and selected[1] < 10**9 else None
+        total = selected[1] - selected[0] + 1 if selected and selected[1] < OPEN_END else None
         with progress_bar("importing frames", total) as advance:
             import_mot(video, gt, out, frames=frames, overwrite=overwrite, progress=advance)
     except SecMLOpsError as exc:

@@ -18,6 +18,8 @@ from secmlops.data.dataset import Box, contiguous_splits, write_dataset
 from secmlops.errors import DataError
 
 MIN_GT_FIELDS = 7
+# The last frame of an open range "A:": past the end of any real video.
+OPEN_END = 10**9
 
 
 def parse_frame_range(spec: str | None) -> tuple[int, int] | None:
@@ -33,7 +35,7 @@ def parse_frame_range(spec: str | None) -> tuple[int, int] | None:
         if len(parts) != 2:
             raise ValueError
         first = int(parts[0]) if parts[0] else 1
-        last = int(parts[1]) if parts[1] else 10**9
+        last = int(parts[1]) if parts[1] else OPEN_END
     except ValueError:
         raise DataError(f"--frames must look like A:B (1-based, inclusive), got {spec!r}") from None
     if first < 1 or last < first:
@@ -153,7 +155,7 @@ def import_mot(
                     progress(1)
             if number == 0:
                 raise DataError(f"{video}: no decodable frame (corrupt or unsupported video)")
-            if selected and selected[1] != 10**9 and number < selected[1]:
+            if selected and selected[1] != OPEN_END and number < selected[1]:
                 raise DataError(
                     f"{video}: --frames asks for frames up to {selected[1]}, the video has {number}"
                 )

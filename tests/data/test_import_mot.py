@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from secmlops.data.dataset import load_dataset
-from secmlops.data.import_mot import import_mot, parse_frame_range, read_mot_gt
+from secmlops.data.import_mot import OPEN_END, import_mot, parse_frame_range, read_mot_gt
 from secmlops.errors import DataError
 
 from ..conftest import PETS_DIR, requires_pets
@@ -121,5 +121,5 @@ def test_malformed_frame_ranges_are_refused(spec):
 
 def test_frame_ranges_parse():
     assert parse_frame_range("1:600") == (1, 600)
-    assert parse_frame_range("601:") == (601, 10**9)
+    assert parse_frame_range("601:") == (601, OPEN_END)
     assert parse_frame_range(None) is None
