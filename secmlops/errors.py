@@ -4,6 +4,8 @@ Every failure a user can cause (bad input, missing file, failed check) raises a 
 `SecMLOpsError` whose message names the problem and the offending path or value.
 """
 
+from typing import Any
+
 
 class SecMLOpsError(Exception):
     """Base class for every error that is the user's input, not a bug."""
@@ -43,3 +45,24 @@ class PoisoningSuspected(DataError):
     def __init__(self, message: str, flagged: list[str] | None = None) -> None:
         super().__init__(message)
         self.flagged = flagged or []
+
+
+class GateFailed(SecMLOpsError):
+    """The robustness gate refused a model.
+
+    `failures` holds each failed check ({"name", "label", "measured", "threshold", "comparison",
+    "passed", "note"}), `checks` every check made (for display), and `record_path` the signed
+    record of the decision when one was written.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        failures: list[dict[str, Any]] | None = None,
+        checks: list[dict[str, Any]] | None = None,
+        record_path: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.failures = failures or []
+        self.checks = checks if checks is not None else list(self.failures)
+        self.record_path = record_path

@@ -8,8 +8,11 @@ the exact key path. Changing a threshold for one run goes through `apply_overrid
 written reason and returns the record that the caller appends to the audit log; decisions record
 `policy_digest` so an audit shows which thresholds they were made under.
 
-Layout: one model per lifecycle stage, each a required field of `Policy` (`data:` now; `gate:` and
-`monitoring:` are added the same way, as required sections with no defaults).
+Layout: one model per lifecycle stage, each a required field of `Policy`: `data:` (validation,
+leakage and poisoning screens, trusted manifest keys) and `gate:` (the robustness validation gate:
+the attack suite its evidence must come from, clean and robust mAP floors, the accuracy a defence
+may cost, the regression allowed against production). `monitoring:` is added the same way, as a
+required section with no defaults.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
@@ -36,7 +40,14 @@ from secmlops.errors import PolicyError
 POLICY_VERSION = 1
 KEY_ID_PATTERN = r"^ed25519:[0-9a-f]{32}$"
 
+ATTACK_NAME_PATTERN = r"^[a-z0-9_]+$"
+# Attack names the evaluation suite derives from an L-inf eps level k (in 1/255 pixel steps).
+LINF_ATTACK_PATTERN = re.compile(r"^(?:fgsm|pgd)_linf_([0-9]+)$")
+
 KeyId = Annotated[str, StringConstraints(pattern=KEY_ID_PATTERN)]
+AttackName = Annotated[str, StringConstraints(pattern=ATTACK_NAME_PATTERN)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+EpsLevel = Annotated[int, Field(ge=1, le=64)]
 
 
 class _Section(BaseModel):
@@ -77,11 +88,72 @@ class DataPolicy(_Section):
         return keys
 
 
+class AttackSuitePolicy(_Section):
+    """The attack suite whose results the gate judges; evidence from another suite is refused."""
+
+    linf_eps_levels: list[EpsLevel] = Field(
+        min_length=1, description="L-inf budgets in 1/255 pixel levels; level k names the attacks "
+        "fgsm_linf_<k> and pgd_linf_<k>",
+    )  # fmt: skip
+    pgd_steps: int = Field(ge=1, description="PGD iterations per image")
+    patch_fraction: float = Field(
+        gt=0, le=0.5, description="adversarial patch side as a fraction of the image's short side"
+    )
+    corruption_severity: int = Field(
+        ge=1, le=5, description="natural corruption severity (ImageNet-C scale)"
+    )
+
+    @field_validator("linf_eps_levels")
+    @classmethod
+    def _no_repeated_levels(cls, levels: list[int]) -> list[int]:
+        # A repeat would run one attack twice under the same name; it is always a typo.
+        repeated = sorted({level for level in levels if levels.count(level) > 1})
+        if repeated:
+            raise ValueError(f"eps levels listed more than once: {repeated}")
+        return levels
+
+
+class GatePolicy(_Section):
+    """Thresholds of the robustness validation gate (secmlops/evaluation/gate.py)."""
+
+    attacks: AttackSuitePolicy
+    min_clean_map50: Fraction = Field(description="lowest clean mAP@0.5 on the test split")
+    min_robust_map50: dict[AttackName, Fraction] = Field(
+        min_length=1, description="attack name -> lowest mAP@0.5 under that attack"
+    )
+    max_defence_cost: Fraction = Field(
+        description="most clean mAP@0.5 a defence may cost against the undefended baseline model"
+    )
+    max_regression: Fraction = Field(
+        description="how far below the production model any gated metric may fall"
+    )
+
+    @field_validator("min_robust_map50")
+    @classmethod
+    def _gated_attacks_are_in_the_suite(
+        cls, thresholds: dict[str, float], info: ValidationInfo
+    ) -> dict[str, float]:
+        # A threshold for an eps level the suite never runs could only ever fail the gate.
+        suite = info.data.get("attacks")
+        if suite is None:  # `attacks` is invalid itself and reported on its own
+            return thresholds
+        levels = sorted(suite.linf_eps_levels)
+        for name in thresholds:
+            match = LINF_ATTACK_PATTERN.match(name)
+            if match and int(match.group(1)) not in levels:
+                raise ValueError(
+                    f"eps level {match.group(1)} of {name} is not in "
+                    f"gate.attacks.linf_eps_levels {levels}"
+                )
+        return thresholds
+
+
 class Policy(_Section):
     """The whole policy file: its format version and one section per lifecycle stage."""
 
     version: Literal[1]
     data: DataPolicy
+    gate: GatePolicy
 
     @field_validator("version", mode="before")
     @classmethod
@@ -143,7 +215,9 @@ def load_policy(path: Path | str) -> Policy:
         raise PolicyError(f"{path}: {_yaml_error(exc)}") from None
     if not isinstance(raw, dict):
         got = "an empty file" if raw is None else f"a {type(raw).__name__}"
-        raise PolicyError(f"{path}: expected a mapping with 'version' and 'data', got {got}")
+        raise PolicyError(
+            f"{path}: expected a mapping with 'version', 'data' and 'gate', got {got}"
+        )
     return _validate(raw, str(path))
 
 
@@ -224,6 +298,8 @@ def _describe(error: Any) -> str:
     """One pydantic error as "data.key[0]: what is wrong (got value)"."""
     location = ""
     for part in error["loc"]:
+        if part == "[key]":  # pydantic's marker for a bad key of a mapping (an attack name)
+            continue
         location += f"[{part}]" if isinstance(part, int) else f".{part}" if location else str(part)
     if error["type"] == "missing":
         return f"{location}: field required"
@@ -231,6 +307,11 @@ def _describe(error: Any) -> str:
         return f"{location}: unknown key"
     message = error["msg"].removeprefix("Value error, ")
     message = message[:1].lower() + message[1:]
+    if "[key]" in error["loc"]:
+        message = f"name {message}"
+    if isinstance(error["input"], dict):
+        # A whole-section check: the message names the keys, the section's dump would drown it.
+        return f"{location or '(top level)'}: {message}"
     return f"{location or '(top level)'}: {message} (got {error['input']!r})"
 
 

@@ -11,7 +11,9 @@ import yaml
 
 from secmlops.errors import PolicyError
 from secmlops.policy import (
+    AttackSuitePolicy,
     DataPolicy,
+    GatePolicy,
     Policy,
     apply_override,
     load_policy,
@@ -34,6 +36,18 @@ def valid() -> dict[str, Any]:
             "poisoning_score_threshold": 3.0,
             "max_flagged_fraction": 0.0,
             "trusted_data_keys": [KEY],
+        },
+        "gate": {
+            "attacks": {
+                "linf_eps_levels": [2, 4],
+                "pgd_steps": 10,
+                "patch_fraction": 0.15,
+                "corruption_severity": 3,
+            },
+            "min_clean_map50": 0.75,
+            "min_robust_map50": {"pgd_linf_4": 0.3, "patch": 0.4},
+            "max_defence_cost": 0.1,
+            "max_regression": 0.02,
         },
     }
 
@@ -61,6 +75,8 @@ def test_repo_policy_loads():
     policy = load_policy(REPO_POLICY)
     assert policy.version == 1
     assert 0 < policy.data.max_empty_image_ratio < 1
+    assert 0 < policy.gate.min_clean_map50 < 1
+    assert policy.gate.min_robust_map50  # every gated attack is one the suite runs (schema)
 
 
 @pytest.mark.parametrize("field", sorted(DataPolicy.model_fields))
@@ -71,7 +87,23 @@ def test_each_missing_threshold_is_an_error(tmp_path, field):
     assert error_of(path) == f"{path}: data.{field}: field required"
 
 
-@pytest.mark.parametrize("section", ["version", "data"])
+@pytest.mark.parametrize("field", sorted(GatePolicy.model_fields))
+def test_each_missing_gate_threshold_is_an_error(tmp_path, field):
+    content = valid()
+    del content["gate"][field]
+    path = write(tmp_path, content)
+    assert error_of(path) == f"{path}: gate.{field}: field required"
+
+
+@pytest.mark.parametrize("field", sorted(AttackSuitePolicy.model_fields))
+def test_each_missing_attack_suite_setting_is_an_error(tmp_path, field):
+    content = valid()
+    del content["gate"]["attacks"][field]
+    path = write(tmp_path, content)
+    assert error_of(path) == f"{path}: gate.attacks.{field}: field required"
+
+
+@pytest.mark.parametrize("section", ["version", "data", "gate"])
 def test_missing_section_is_an_error(tmp_path, section):
     content = valid()
     del content[section]
@@ -81,9 +113,11 @@ def test_missing_section_is_an_error(tmp_path, section):
 def test_unknown_keys_are_errors_at_every_level(tmp_path):
     content = valid()
     content["data"]["colour"] = "red"
+    content["gate"]["attacks"]["steps"] = 10
     content["gates"] = {}
     message = error_of(write(tmp_path, content))
     assert "data.colour: unknown key" in message
+    assert "gate.attacks.steps: unknown key" in message
     assert "gates: unknown key" in message
 
 
@@ -120,6 +154,59 @@ def test_wrong_values_name_the_key(tmp_path, field, value, expected):
     message = error_of(write(tmp_path, content))
     assert f"policy.yaml: data.{field}: " in message
     assert expected in message
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("attacks.linf_eps_levels", [0], "[0]: input should be greater than or equal to 1"),
+        ("attacks.linf_eps_levels", [4, 65], "[1]: input should be less than or equal to 64"),
+        ("attacks.linf_eps_levels", [], "at least 1 item"),
+        ("attacks.linf_eps_levels", [2, 4, 2], "eps levels listed more than once: [2]"),
+        ("attacks.linf_eps_levels", [2.0, 4], "[0]: input should be a valid integer"),
+        ("attacks.pgd_steps", 0, "greater than or equal to 1"),
+        ("attacks.pgd_steps", "10", "valid integer"),
+        ("attacks.patch_fraction", 0, "greater than 0"),
+        ("attacks.patch_fraction", 0.6, "less than or equal to 0.5"),
+        ("attacks.corruption_severity", 6, "less than or equal to 5"),
+        ("attacks.corruption_severity", True, "valid integer"),
+        ("min_clean_map50", 1.5, "less than or equal to 1"),
+        ("min_clean_map50", "0.75", "valid number"),
+        ("min_robust_map50", {}, "at least 1 item"),
+        ("min_robust_map50", [0.3], "valid dictionary"),
+        ("min_robust_map50.pgd_linf_4", 1.2, "less than or equal to 1"),
+        ("min_robust_map50.pgd_linf_4", True, "valid number"),
+        ("max_defence_cost", -0.1, "greater than or equal to 0"),
+        ("max_regression", float("nan"), "finite"),
+    ],
+)
+def test_wrong_gate_values_name_the_key(tmp_path, field, value, expected):
+    content = valid()
+    *parents, last = field.split(".")
+    section = content["gate"]
+    for key in parents:
+        section = section[key]
+    section[last] = value
+    message = error_of(write(tmp_path, content))
+    assert f"policy.yaml: gate.{field}" in message
+    assert expected in message
+
+
+@pytest.mark.parametrize("name", ["PGD_linf_4", "pgd-linf-4", ""])
+def test_attack_names_are_lower_snake_case(tmp_path, name):
+    content = valid()
+    content["gate"]["min_robust_map50"][name] = 0.3
+    message = error_of(write(tmp_path, content))
+    assert f"policy.yaml: gate.min_robust_map50.{name}: name string should match pattern" in message
+
+
+def test_gated_linf_attack_must_be_in_the_suite(tmp_path):
+    content = valid()
+    content["gate"]["min_robust_map50"]["fgsm_linf_8"] = 0.3
+    assert error_of(write(tmp_path, content)).endswith(
+        "policy.yaml: gate.min_robust_map50: eps level 8 of fgsm_linf_8 is not in "
+        "gate.attacks.linf_eps_levels [2, 4]"
+    )
 
 
 @pytest.mark.parametrize(
@@ -199,7 +286,12 @@ def test_override_without_reason_is_refused(reason):
         ("data.max_empty_image_ratio", 2.0, "data.max_empty_image_ratio: input should be less"),
         ("data.min_box_width", "3", "data.min_box_width: input should be a valid number"),
         ("data.nope", 1, "data.nope: unknown policy key"),
-        ("gate.min_map", 1, "gate: unknown policy key"),
+        ("gate.min_map", 1, "gate.min_map: unknown policy key"),
+        ("monitoring.window", 1, "monitoring: unknown policy key"),
+        ("gate.min_robust_map50.pgd_linf_8", 0.2, "gate.min_robust_map50.pgd_linf_8: unknown"),
+        ("gate.min_robust_map50.patch", 1.5, "gate.min_robust_map50.patch: input should be less"),
+        ("gate.min_robust_map50", {"patch": 0.1}, "names a section"),
+        ("gate.attacks.linf_eps_levels", [2], "eps level 4 of pgd_linf_4 is not in"),
         ("data", {}, "names a section"),
         ("version", 2, "cannot be overridden"),
     ],
@@ -208,6 +300,17 @@ def test_bad_override_is_refused_with_its_path(path, value, expected):
     policy = Policy.model_validate(valid())
     with pytest.raises(PolicyError, match=re.escape(expected)):
         apply_override(policy, path, value, "because")
+
+
+def test_override_of_one_attack_threshold():
+    policy = Policy.model_validate(valid())
+    changed, record = apply_override(
+        policy, "gate.min_robust_map50.pgd_linf_4", parse_override_value("0.25"), "known weak"
+    )
+    assert changed.gate.min_robust_map50 == {"pgd_linf_4": 0.25, "patch": 0.4}
+    assert record == {"path": "gate.min_robust_map50.pgd_linf_4", "old": 0.3, "new": 0.25,
+                      "reason": "known weak"}  # fmt: skip
+    assert policy_digest(changed) != policy_digest(policy)
 
 
 def test_override_value_parses_like_the_file():

@@ -8,6 +8,7 @@ modules of this package and register themselves on the one `app`.
 from __future__ import annotations
 
 from secmlops.cli import (
+    gate,  # noqa: F401  (registers gate)
     model,  # noqa: F401  (registers train, evaluate, predict)
     policy,  # noqa: F401  (registers policy check, override)
     security,  # noqa: F401  (registers keys, audit, data sign/verify/validate/screen)

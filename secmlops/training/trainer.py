@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import nn
+from torch import Tensor, nn
 
 from secmlops import models
+from secmlops.attacks.projected_gradient import AttackConfig, perturb
 from secmlops.data.dataset import DetectionDataset, load_dataset
 from secmlops.errors import DataError, ModelError
 from secmlops.evaluation.coco_map import coco_map
@@ -36,6 +37,50 @@ MAX_INPUT_SIDE = 384
 # Optimizer steps the default schedule aims for; epochs follow from the training-set size.
 TARGET_STEPS = 600
 MIN_EPOCHS, MAX_EPOCHS = 8, 60
+
+
+@dataclass(frozen=True)
+class AdversarialConfig:
+    """Adversarial augmentation: which attack crafts the examples and how many replace clean ones.
+
+    Args:
+        attack: the training-time attack (PGD-K or FGSM-RS, see `secmlops.attacks`).
+        mix: fraction of every batch replaced by adversarial versions of its images (0..1].
+            Keeping clean images in the batch limits the clean-accuracy cost of the defence.
+        eps_warmup_epochs: eps grows linearly from 0 to `attack.eps` over these epochs; a
+            detector that cannot yet find people learns nothing from attacks on them.
+    """
+
+    attack: AttackConfig
+    mix: float = 0.5
+    eps_warmup_epochs: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0 < self.mix <= 1:
+            raise ModelError(f"mix must be in (0, 1], got {self.mix}")
+        if self.eps_warmup_epochs < 0:
+            raise ModelError(f"eps warm-up must be >= 0 epochs, got {self.eps_warmup_epochs}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The form recorded in model.json (`training.adversarial`) and in checkpoints."""
+        return {
+            **self.attack.to_json(),
+            "mix": self.mix,
+            "eps_warmup_epochs": self.eps_warmup_epochs,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AdversarialConfig:
+        """Inverse of `to_json`."""
+        attack = AttackConfig(
+            **{k: data[k] for k in ("method", "eps", "steps", "norm", "step_size", "random_start")}
+        )
+        return cls(attack=attack, mix=data["mix"], eps_warmup_epochs=data["eps_warmup_epochs"])
+
+    def eps_fraction(self, step: int, steps_per_epoch: int) -> float:
+        """Share of the full eps used at global optimizer step `step` (0-based)."""
+        warmup_steps = self.eps_warmup_epochs * steps_per_epoch
+        return 1.0 if warmup_steps == 0 else min(1.0, (step + 1) / warmup_steps)
 
 
 @dataclass
@@ -54,11 +99,13 @@ class TrainConfig:
     amp: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model_config: dict[str, Any] = field(default_factory=dict)
+    adversarial: AdversarialConfig | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form recorded in model.json and checkpoints."""
         data = asdict(self)
         data["input_size"] = list(self.input_size) if self.input_size else None
+        data["adversarial"] = self.adversarial.to_json() if self.adversarial else None
         return data
 
 
@@ -183,6 +230,9 @@ def train(
         epoch_started = time.perf_counter()
         model.train()
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        # The attack's random starts come from a generator on the training device, so they
+        # cost no host-device copies and replay exactly on resume.
+        attack_generator = torch.Generator(device).manual_seed(config.seed * 100_019 + epoch)
         order = torch.randperm(len(train_split), generator=generator)
         losses: list[float] = []
         for step in range(steps_per_epoch):
@@ -195,10 +245,14 @@ def train(
                 generator,
                 config.augment,
             )
+            global_step = (epoch - 1) * steps_per_epoch + step
+            if config.adversarial is not None:
+                images = _adversarial_mix(
+                    model, images, targets, config.adversarial, global_step, steps_per_epoch,
+                    attack_generator, use_amp,
+                )  # fmt: skip
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate_at(
-                    (epoch - 1) * steps_per_epoch + step, total_steps, config
-                )
+                group["lr"] = learning_rate_at(global_step, total_steps, config)
             with torch.autocast(device.type, enabled=use_amp):
                 loss_dict = model(images, targets)
                 loss = sum(loss_dict.values())
@@ -262,6 +316,23 @@ def train(
     )
 
 
+def _adversarial_mix(
+    model: nn.Module,
+    images: Tensor,
+    targets: list[dict[str, Tensor]],
+    adversarial: AdversarialConfig,
+    global_step: int,
+    steps_per_epoch: int,
+    generator: torch.Generator,
+    amp: bool,
+) -> Tensor:
+    """Replace the first `mix` share of the (already shuffled) batch by adversarial examples."""
+    count = max(1, round(adversarial.mix * len(images)))
+    attack = adversarial.attack.scaled(adversarial.eps_fraction(global_step, steps_per_epoch))
+    crafted = perturb(model, images[:count], targets[:count], attack, generator=generator, amp=amp)
+    return torch.cat([crafted, images[count:]]) if count < len(images) else crafted
+
+
 def _resolve_config(
     config: TrainConfig, dataset: DetectionDataset, checkpoint_dir: Path | None
 ) -> TrainConfig:
@@ -271,11 +342,15 @@ def _resolve_config(
             **{k: tuple(v) if isinstance(v, list) else v for k, v in saved["augment"].items()}
         )
         saved["input_size"] = tuple(saved["input_size"])
+        if saved.get("adversarial"):
+            saved["adversarial"] = AdversarialConfig.from_json(saved["adversarial"])
         return TrainConfig(**saved)
     if config.architecture not in models.ARCHITECTURES:
         choices = ", ".join(models.ARCHITECTURES)
         raise ModelError(f"unknown architecture {config.architecture!r}; choose one of {choices}")
-    resolved = TrainConfig(**{**asdict(config), "augment": config.augment})
+    resolved = TrainConfig(
+        **{**asdict(config), "augment": config.augment, "adversarial": config.adversarial}
+    )
     if resolved.input_size is None:
         resolved.input_size = choose_input_size(dataset)
     if resolved.epochs is None:

@@ -101,3 +101,79 @@ def test_learning_rate_warms_up_then_decays():
     rates = [learning_rate_at(step, 100, config) for step in range(100)]
     assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
     assert rates[10] > rates[50] > rates[99] >= 0.01
+
+
+def test_adversarial_training_records_its_defence_and_resumes_exactly(tiny_scenes, tmp_path):
+    from secmlops.attacks.projected_gradient import AttackConfig
+    from secmlops.training.trainer import AdversarialConfig
+
+    adversarial = AdversarialConfig(
+        attack=AttackConfig(method="pgd", eps=4 / 255, steps=2), mix=0.5, eps_warmup_epochs=1
+    )
+    config = TrainConfig(epochs=2, adversarial=adversarial, **FAST)
+    train(tiny_scenes, tmp_path / "straight", config)
+    card = models.read_card(tmp_path / "straight")
+    assert card.training["adversarial"] == {
+        "method": "pgd",
+        "eps": pytest.approx(4 / 255),
+        "steps": 2,
+        "norm": "inf",
+        "step_size": pytest.approx(2.5 * 4 / 255 / 2),
+        "random_start": True,
+        "mix": 0.5,
+        "eps_warmup_epochs": 1,
+    }
+
+    def stop_after_first_epoch(summary):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(tiny_scenes, tmp_path / "resumed", config, on_epoch=stop_after_first_epoch)
+    # The resumed run takes its adversarial settings from the checkpoint, not from the caller.
+    train(tiny_scenes, tmp_path / "resumed", TrainConfig(), resume=True)
+    assert models.read_card(tmp_path / "resumed").training["adversarial"]["steps"] == 2
+    straight = load_file(str(tmp_path / "straight" / "checkpoints" / "state.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "checkpoints" / "state.safetensors"))
+    for key in straight:
+        if key.startswith(("model.", "optimizer.")):
+            torch.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-6)
+
+
+def test_adversarial_batches_differ_from_clean_training(tiny_scenes, tmp_path):
+    from secmlops.attacks.projected_gradient import fgsm_rs
+    from secmlops.training.trainer import AdversarialConfig
+
+    clean = train(tiny_scenes, tmp_path / "clean", TrainConfig(epochs=1, **FAST))
+    defended = train(
+        tiny_scenes,
+        tmp_path / "fgsm",
+        TrainConfig(epochs=1, adversarial=AdversarialConfig(fgsm_rs(8 / 255), mix=1.0), **FAST),
+    )
+    # Same seed, same augmentation: only the adversarial examples can move the loss.
+    assert defended.history[0]["loss"] != pytest.approx(clean.history[0]["loss"], rel=1e-3)
+    assert models.read_card(tmp_path / "clean").training["adversarial"] is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"mix": 0.0}, "mix"), ({"mix": 1.5}, "mix"), ({"eps_warmup_epochs": -1}, "warm-up")],
+)
+def test_invalid_adversarial_settings_are_refused(kwargs, message):
+    from secmlops.attacks.projected_gradient import AttackConfig
+    from secmlops.training.trainer import AdversarialConfig
+
+    with pytest.raises(ModelError, match=message):
+        AdversarialConfig(attack=AttackConfig(), **kwargs)
+
+
+def test_eps_warms_up_linearly_over_the_first_epochs():
+    from secmlops.attacks.projected_gradient import AttackConfig
+    from secmlops.training.trainer import AdversarialConfig
+
+    adversarial = AdversarialConfig(attack=AttackConfig(), eps_warmup_epochs=2)
+    assert adversarial.eps_fraction(0, steps_per_epoch=10) == pytest.approx(0.05)
+    assert adversarial.eps_fraction(9, steps_per_epoch=10) == pytest.approx(0.5)
+    assert adversarial.eps_fraction(19, steps_per_epoch=10) == 1.0
+    assert adversarial.eps_fraction(500, steps_per_epoch=10) == 1.0
+    no_warmup = AdversarialConfig(attack=AttackConfig(), eps_warmup_epochs=0)
+    assert no_warmup.eps_fraction(0, steps_per_epoch=10) == 1.0

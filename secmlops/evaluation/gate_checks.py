@@ -1,0 +1,307 @@
+"""The robustness gate's decision: one check per policy threshold, as a pure function of evidence.
+
+`evaluate_gate(report, policy, production)` judges a `secmlops.robustness/v1` report (written by
+`secmlops evaluate --attacks`) against the policy's `gate:` section. Missing or malformed evidence
+is a failed check, never a pass; numbers are read strictly (a `true` or a "0.9" is not a mAP).
+`secmlops.evaluation.gate` wraps it with the policy file, signing and the audit log.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from secmlops.errors import GateFailed
+from secmlops.policy import AttackSuitePolicy, GatePolicy
+
+REPORT_SCHEMA = "secmlops.robustness/v1"
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+ABSENT = object()  # what `get_path` returns for a missing key (distinct from a JSON null)
+
+_SECTIONS = ("model", "data", "suite", "clean", "attacks", "cross_check", "baseline")
+_NOT_EVIDENCE_SPLITS = ("train", "all")  # both contain the images the model was trained on
+_NEGATED = {">=": "<", "<=": ">"}
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    """One threshold: what was measured, against what, and whether it held.
+
+    `comparison` is ">=" or "<=" for numbers, "==" for evidence that must match exactly.
+    """
+
+    name: str
+    label: str
+    measured: float | str | None
+    threshold: float | str | None
+    comparison: str
+    passed: bool
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The check as JSON-ready data (the record and the audit log keep this form)."""
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One phrase for the gate message, e.g. "pgd_linf_4 robust mAP@0.5 0.012 < 0.300"."""
+        m, t = self.measured, self.threshold
+        if isinstance(m, float) and isinstance(t, float):
+            holds = m >= t if self.comparison == ">=" else m <= t
+            op = self.comparison if holds else _NEGATED.get(self.comparison, self.comparison)
+            text = f"{self.label} {m:.3f} {op} {t:.3f}"
+            return f"{text} ({self.note})" if self.note else text
+        return f"{self.label}: {self.note}"
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Every check of one gate run; it passed only if there were checks and all held."""
+
+    checks: tuple[GateCheck, ...]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(check.passed for check in self.checks)
+
+    @property
+    def failures(self) -> list[GateCheck]:
+        return [check for check in self.checks if not check.passed]
+
+    def message(self) -> str:
+        """The verdict: "gate failed: <each failed threshold>" or "gate passed: N checks"."""
+        if self.passed:
+            return f"gate passed: {len(self.checks)} checks"
+        return "gate failed: " + "; ".join(check.describe() for check in self.failures)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "checks": [check.to_dict() for check in self.checks]}
+
+
+def evaluate_gate(
+    report: dict[str, Any], policy: GatePolicy, production: dict[str, Any] | None = None
+) -> GateDecision:
+    """Judge a robustness report against the gate policy (pure: no I/O).
+
+    Args:
+        report: the candidate's `secmlops.robustness/v1` report (parsed JSON).
+        policy: the policy's `gate:` section.
+        production: the production model's report on the same data and suite, or None when
+            there is no production model yet (then no regression is checked, and the decision
+            says so).
+
+    Returns:
+        The decision with one check per threshold; missing or malformed evidence is a failed
+        check, never a pass.
+
+    Raises:
+        GateFailed: `report` is not even a JSON object, so no check can be made.
+    """
+    if not isinstance(report, dict):
+        check = _evidence_check([f"the report is a {type(report).__name__}, not a JSON object"])
+        raise GateFailed(f"gate failed: {check.describe()}", [check.to_dict()])
+    clean = get_path(report, "clean", "mAP50")
+    checks = [
+        _evidence_check(_evidence_problems(report), report.get("schema")),
+        _suite_check(report.get("suite"), policy.attacks),
+        _at_least("clean_map50", "clean mAP@0.5", clean, policy.min_clean_map50),
+    ]
+    for name, floor in sorted(policy.min_robust_map50.items()):
+        robust = get_path(report, "attacks", name, "mAP50")
+        checks.append(_at_least(f"robust_map50.{name}", f"{name} robust mAP@0.5", robust, floor))
+    checks.append(_cross_check(report.get("cross_check", ABSENT)))
+    checks.append(_defence_cost_check(report, policy.max_defence_cost))
+    checks.extend(_regression_checks(report, production, policy))
+    return GateDecision(tuple(checks))
+
+
+def get_path(obj: Any, *keys: str) -> Any:
+    """`obj[k1][k2]...`, or ABSENT where a level is missing or not an object."""
+    for key in keys:
+        if not isinstance(obj, dict) or key not in obj:
+            return ABSENT
+        obj = obj[key]
+    return obj
+
+
+def _fraction(value: Any) -> float | None:
+    """A finite number in 0..1 (a mAP), else None; `true` is not a number here."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) and 0 <= value <= 1 else None
+
+
+def _at_least(name: str, label: str, value: Any, floor: float, note: str = "") -> GateCheck:
+    measured = _fraction(value)
+    if measured is None:
+        problem = "missing from the report" if value is ABSENT else f"not a mAP in 0..1: {value!r}"
+        return GateCheck(name, label, None, floor, ">=", False, problem)
+    return GateCheck(name, label, measured, floor, ">=", measured >= floor, note)
+
+
+def _evidence_check(problems: list[str], schema: Any = None) -> GateCheck:
+    measured = schema if isinstance(schema, str) else None
+    note = "; ".join(problems) or "complete"
+    return GateCheck(
+        "evidence", "report evidence", measured, REPORT_SCHEMA, "==", not problems, note
+    )
+
+
+def _evidence_problems(report: dict[str, Any]) -> list[str]:
+    problems = []
+    if report.get("schema") != REPORT_SCHEMA:
+        problems.append(f"schema {report.get('schema')!r}, expected {REPORT_SCHEMA!r}")
+    missing = [section for section in _SECTIONS if section not in report]
+    if missing:
+        problems.append(f"missing sections: {', '.join(missing)}")
+    for section in _SECTIONS[:-1]:
+        if section in report and not isinstance(report[section], dict):
+            problems.append(f"{section} is not an object")
+    if report.get("baseline") is not None and not isinstance(report["baseline"], dict):
+        problems.append("baseline is neither an object nor null")
+    model, data = report.get("model"), report.get("data")
+    if isinstance(model, dict):
+        if not isinstance(model.get("weights_sha256"), str) or not SHA256_HEX.match(
+            model["weights_sha256"]
+        ):
+            problems.append("model.weights_sha256 is not a SHA-256 hex digest")
+        # An absent key must not read as "undefended": that would skip the defence-cost check.
+        if "defence" not in model:
+            problems.append("model.defence missing (null for an undefended model)")
+    if isinstance(data, dict):
+        split, images = data.get("split"), data.get("images")
+        if not isinstance(split, str):
+            problems.append("data.split missing")
+        elif split in _NOT_EVIDENCE_SPLITS:
+            problems.append(f"data.split is {split!r}: metrics on training images are not evidence")
+        if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+            problems.append(f"data.images must be a positive count, got {images!r}")
+    return problems
+
+
+def _suite_differences(suite: Any, expected: AttackSuitePolicy, whose: str) -> list[str]:
+    if not isinstance(suite, dict):
+        return [f"no attack suite in the {whose}"]
+    differences = []
+    for key, want in expected.model_dump(mode="json").items():
+        got = suite.get(key, ABSENT)
+        if isinstance(want, list):  # eps levels: the same set, in any order
+            same = isinstance(got, list) and all(_is_number(g) for g in got)
+            same = same and sorted(got) == sorted(want)
+        else:
+            same = _is_number(got) and got == want
+        if not same:
+            shown = "missing" if got is ABSENT else repr(got)
+            differences.append(f"{key} {shown} in the {whose}, policy {want!r}")
+    return differences
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _suite_check(suite: Any, expected: AttackSuitePolicy) -> GateCheck:
+    # Evidence made under a smaller eps or fewer PGD steps overstates robustness for this policy.
+    differences = _suite_differences(suite, expected, "report")
+    note = "; ".join(differences) or "matches the policy"
+    measured = _suite_text(suite) if isinstance(suite, dict) else None
+    threshold = _suite_text(expected.model_dump(mode="json"))
+    return GateCheck("suite", "attack suite", measured, threshold, "==", not differences, note)
+
+
+def _suite_text(suite: dict[str, Any]) -> str:
+    """A suite in one short line: "eps [2, 4]/255, pgd 10 steps, patch 0.15, severity 3"."""
+    return (
+        f"eps {suite.get('linf_eps_levels')}/255, pgd {suite.get('pgd_steps')} steps, "
+        f"patch {suite.get('patch_fraction')}, severity {suite.get('corruption_severity')}"
+    )
+
+
+def _cross_check(cross: Any) -> GateCheck:
+    name, label = "cross_check", "cross-check |ART - ours| mAP@0.5"
+    if not isinstance(cross, dict):
+        note = "no cross-check in the report: the attack's strength is unverified"
+        return GateCheck(name, label, None, None, "<=", False, note)
+    art, ours = _fraction(cross.get("art_mAP50")), _fraction(cross.get("ours_mAP50"))
+    tolerance = cross.get("tolerance")
+    if art is None or ours is None or not _is_number(tolerance) or not 0 <= tolerance < 1:
+        note = "cross-check incomplete: needs art_mAP50, ours_mAP50 and a tolerance in 0..1"
+        return GateCheck(name, label, None, None, "<=", False, note)
+    # Recomputed, not taken from the report: its `difference` and `passed` are claims.
+    difference = round(abs(art - ours), 9)
+    passed = cross.get("passed") is True and difference <= tolerance
+    note = f"{cross.get('attack')}: ART {art:.3f}, ours {ours:.3f}"
+    if difference > tolerance:
+        note += "; the implementations disagree: a weak attack or gradient masking"
+    elif cross.get("passed") is not True:
+        note += "; the report marks the cross-check as not passed"
+    return GateCheck(name, label, difference, float(tolerance), "<=", passed, note)
+
+
+def _defence_cost_check(report: dict[str, Any], max_cost: float) -> GateCheck:
+    name, label = "defence_cost", "defence cost (clean mAP@0.5)"
+    model = report.get("model")
+    if not isinstance(model, dict) or "defence" not in model:
+        note = "missing evidence: the report does not say whether the model is defended"
+        return GateCheck(name, label, None, max_cost, "<=", False, note)
+    if model["defence"] is None:
+        return GateCheck(name, label, 0.0, max_cost, "<=", True, "no defence")
+    baseline = report.get("baseline")
+    base = _fraction(get_path(baseline, "clean_mAP50"))
+    clean = _fraction(get_path(report, "clean", "mAP50"))
+    if base is None or clean is None:
+        note = "missing evidence: a defended model needs its undefended baseline's clean mAP@0.5"
+        return GateCheck(name, label, None, max_cost, "<=", False, note)
+    if get_path(baseline, "weights_sha256") == model.get("weights_sha256"):
+        note = "the baseline is the defended model itself"
+        return GateCheck(name, label, None, max_cost, "<=", False, note)
+    cost = round(base - clean, 9)  # rounding: 0.87 - 0.77 must not read as 0.1000000001
+    note = f"baseline {base:.3f}, defended {clean:.3f}"
+    return GateCheck(name, label, cost, max_cost, "<=", cost <= max_cost, note)
+
+
+def _regression_checks(
+    report: dict[str, Any], production: Any, policy: GatePolicy
+) -> list[GateCheck]:
+    if production is None:
+        note = "no production report given: not checked"
+        return [GateCheck("regression", "regression", None, None, ">=", True, note)]
+    problems = _comparability_problems(report, production, policy.attacks)
+    if problems:
+        note = "not comparable with the production report: " + "; ".join(problems)
+        return [GateCheck("regression", "production comparison", None, None, "==", False, note)]
+    metrics = [("clean_map50", "clean mAP@0.5", ("clean", "mAP50"))]
+    metrics += [
+        (a, f"{a} mAP@0.5", ("attacks", a, "mAP50")) for a in sorted(policy.min_robust_map50)
+    ]
+    checks = []
+    for name, label, path in metrics:
+        label = f"{label} vs production"
+        prod = _fraction(get_path(production, *path))
+        if prod is None:
+            note = "the production report lacks it: a regression cannot be ruled out"
+            checks.append(GateCheck(f"regression.{name}", label, None, None, ">=", False, note))
+            continue
+        floor = round(prod - policy.max_regression, 9)
+        note = f"production {prod:.3f} - {policy.max_regression:.3f}"
+        checks.append(_at_least(f"regression.{name}", label, get_path(report, *path), floor, note))
+    return checks
+
+
+def _comparability_problems(
+    report: dict[str, Any], production: Any, suite: AttackSuitePolicy
+) -> list[str]:
+    if not isinstance(production, dict):
+        return [f"it is a {type(production).__name__}, not a JSON object"]
+    problems = []
+    if production.get("schema") != REPORT_SCHEMA:
+        problems.append(f"its schema is {production.get('schema')!r}")
+    for key in ("dir", "split", "images"):
+        ours, theirs = get_path(report, "data", key), get_path(production, "data", key)
+        if ours is ABSENT or theirs is ABSENT or ours != theirs:
+            shown = ["missing" if v is ABSENT else repr(v) for v in (ours, theirs)]
+            problems.append(f"data.{key} {shown[0]} vs production {shown[1]}")
+    problems.extend(_suite_differences(production.get("suite"), suite, "production report"))
+    return problems

@@ -1,0 +1,153 @@
+"""On-device PGD / FGSM-RS: budgets hold, the loss rises beyond what noise does, no side effects."""
+
+import pytest
+import torch
+
+from secmlops import models
+from secmlops.attacks.projected_gradient import (
+    AttackConfig,
+    attack_loss,
+    fgsm_rs,
+    loss_mode,
+    parse_eps,
+    perturb,
+)
+from secmlops.data.dataset import load_dataset
+from secmlops.errors import ModelError
+from secmlops.training.batches import prepare_split
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_model, tiny_scenes):
+    """A trained tiny detector and 8 of its scenes with their true boxes, at its input size."""
+    model = models.load(tiny_model)
+    dataset = load_dataset(tiny_scenes)
+    prepared = prepare_split(dataset, dataset.images[:8], tuple(model.input_size))
+    images = prepared.images.float() / 255
+    targets = [
+        {"boxes": b, "labels": torch.ones(len(b), dtype=torch.int64), "ignore": ig}
+        for b, ig in zip(prepared.boxes, prepared.ignore, strict=True)
+    ]
+    return model, images, targets
+
+
+def _loss(model, images, targets) -> float:
+    with loss_mode(model), torch.no_grad():
+        return float(attack_loss(model, images, targets))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        AttackConfig(method="pgd", eps=4 / 255, steps=5),
+        AttackConfig(method="pgd", eps=0.5, steps=5, norm="2"),
+        fgsm_rs(4 / 255),
+    ],
+    ids=["pgd-linf", "pgd-l2", "fgsm-rs"],
+)
+def test_attack_stays_in_budget_and_raises_the_loss_more_than_noise(batch, config):
+    model, images, targets = batch
+    torch.manual_seed(0)
+    adversarial = perturb(model, images, targets, config)
+    delta = adversarial - images
+    if config.norm == "inf":
+        assert float(delta.abs().max()) <= config.eps + 1e-6
+        noise = (torch.rand_like(images) * 2 - 1).sign() * config.eps
+    else:
+        assert float(delta.flatten(1).norm(dim=1).max()) <= config.eps + 1e-4
+        noise = torch.randn_like(images)
+        noise = noise / noise.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * config.eps
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
+    clean_loss = _loss(model, images, targets)
+    noisy_loss = _loss(model, (images + noise).clamp(0, 1), targets)
+    attacked_loss = _loss(model, adversarial, targets)
+    # A real gradient attack beats a random perturbation of the same size by a wide margin.
+    assert attacked_loss > clean_loss + 3 * abs(noisy_loss - clean_loss), (
+        clean_loss,
+        noisy_loss,
+        attacked_loss,
+    )
+
+
+def test_more_steps_make_a_stronger_attack(batch):
+    model, images, targets = batch
+    one = perturb(model, images, targets, AttackConfig(eps=2 / 255, steps=1, random_start=False))
+    ten = perturb(model, images, targets, AttackConfig(eps=2 / 255, steps=10, random_start=False))
+    assert _loss(model, ten, targets) > _loss(model, one, targets)
+
+
+def test_attack_leaves_the_model_as_it_found_it(batch):
+    model, images, targets = batch
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    perturb(model, images, targets, AttackConfig(eps=4 / 255, steps=2))
+    assert model.training
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(p.grad is None for p in model.parameters())
+    for key, value in model.state_dict().items():  # batch-norm running statistics included
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+    model.eval()
+
+
+def test_random_start_is_reproducible_with_a_generator(batch):
+    model, images, targets = batch
+    config = fgsm_rs(4 / 255)
+    first = perturb(model, images, targets, config, generator=torch.Generator().manual_seed(5))
+    again = perturb(model, images, targets, config, generator=torch.Generator().manual_seed(5))
+    other = perturb(model, images, targets, config, generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    assert not torch.equal(first, other)
+
+
+def test_mixed_precision_path_still_finds_the_gradient(batch):
+    # On the CPU autocast runs bfloat16: coarser than CUDA's float16, so a harder test of the
+    # loss scaling that keeps small input gradients from vanishing.
+    model, images, targets = batch
+    config = AttackConfig(eps=4 / 255, steps=3, random_start=False)
+    adversarial = perturb(model, images, targets, config, amp=True)
+    assert float((adversarial - images).abs().max()) <= config.eps + 1e-6
+    assert _loss(model, adversarial, targets) > _loss(model, images, targets)
+
+
+def test_empty_batch_and_wrong_shapes(batch):
+    model, images, targets = batch
+    assert perturb(model, images[:0], [], AttackConfig()).shape[0] == 0
+    with pytest.raises(ModelError, match=r"\[B,3,H,W\]"):
+        perturb(model, images[0], targets[:1], AttackConfig())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "cw"}, "unknown attack"),
+        ({"norm": "1"}, "unknown norm"),
+        ({"eps": 0.0}, "positive"),
+        ({"eps": float("nan")}, "positive"),
+        ({"eps": 4.0}, "pixel units"),
+        ({"steps": 0}, "at least 1"),
+        ({"method": "fgsm-rs", "steps": 3}, "exactly one step"),
+        ({"method": "fgsm-rs", "steps": 1, "random_start": False}, "random start"),
+    ],
+)
+def test_invalid_settings_are_refused(kwargs, message):
+    with pytest.raises(ModelError, match=message):
+        AttackConfig(**kwargs)
+
+
+def test_step_sizes_follow_the_papers():
+    assert AttackConfig(eps=0.04, steps=10).alpha == pytest.approx(0.01)  # Madry: 2.5 eps / K
+    assert fgsm_rs(0.04).alpha == pytest.approx(0.05)  # Wong: 1.25 eps
+    assert AttackConfig(eps=0.04, steps=10).scaled(0.5).eps == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("4/255", 4 / 255), ("0.0157", 0.0157), (" 8 / 255 ", 8 / 255), (0.5, 0.5)]
+)
+def test_eps_is_read_as_a_fraction_or_a_number(text, value):
+    assert parse_eps(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["four", "4/0", "-1", "0", "nan"])
+def test_unreadable_eps_is_refused(text):
+    with pytest.raises(ModelError, match="eps"):
+        parse_eps(text)
