@@ -54,21 +54,29 @@ def train_model(
     epochs: int | None = None,
     seed: int = 0,
     input_size: list[int] | None = None,
+    adversarial: str = "none",
+    eps: str | float = "4/255",
+    attack_steps: int = 3,
+    mix: float = 0.5,
+    eps_warmup_epochs: int = 2,
 ) -> dict[str, Any]:
     """Train on `data_dir` into `model_dir` (resuming if a checkpoint is there).
 
     Resuming makes a retried Airflow task continue where the failed attempt stopped.
+    `adversarial` is "none", "pgd" (PGD-`attack_steps`) or "fgsm-rs"; `eps` is a number or a
+    fraction such as "4/255"; `mix` is the share of each batch replaced by adversarial examples.
 
     Returns:
         {"model_dir", "epochs", "best_epoch", "val": metrics, "seconds", "device"}
     """
-    from secmlops.training.trainer import CHECKPOINT_DIR, TrainConfig, train
+    from secmlops.training.trainer import CHECKPOINT_DIR, TrainConfig, adversarial_config, train
 
     config = TrainConfig(
         architecture=architecture,
         epochs=epochs,
         seed=seed,
         input_size=tuple(input_size) if input_size else None,  # type: ignore[arg-type]
+        adversarial=adversarial_config(adversarial, eps, attack_steps, mix, eps_warmup_epochs),
     )
     resume = (Path(model_dir) / CHECKPOINT_DIR / "state.json").exists()
     result = train(Path(data_dir), Path(model_dir), config, resume=resume, overwrite=True)

@@ -14,8 +14,10 @@ people vanish, move or multiply.
   Revisiting adversarial training", arXiv:2001.03994): one step of size 1.25*eps from a uniform
   random start; as strong a training signal as PGD at the price of one gradient.
 
-Both run without leaving the device (no numpy round trips) and without computing weight
-gradients (only the input needs one), which is what makes adversarial training affordable.
+Both run without leaving the device (no numpy round trips), without computing weight gradients
+(only the input needs one), and on a copy of the model whose frozen batch norms are folded into
+the convolutions before them (the same function, one layer fewer to run forward and backward at
+every step): together what makes adversarial training affordable.
 Under AMP the loss is computed in half precision; it is scaled before the backward pass so small
 input gradients do not underflow (only their direction is used, so the scale cancels out).
 
@@ -25,6 +27,8 @@ ART's `ProjectedGradientDescent` is the independent reference these are checked 
 
 from __future__ import annotations
 
+import copy
+import itertools
 import math
 import re
 from collections.abc import Iterator, Sequence
@@ -34,6 +38,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from secmlops.errors import ModelError
 
@@ -145,6 +150,33 @@ def loss_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+def fold_batch_norm(model: nn.Module) -> nn.Module:
+    """A copy of `model` with every batch norm that directly follows a convolution folded into it.
+
+    With its statistics frozen (as in `loss_mode`), batch norm is a per-channel affine map, and a
+    convolution followed by an affine map is one convolution: the copy computes the same function
+    with less work. Layers it cannot fold (anything not inside a Sequential right after a Conv2d)
+    stay as they are. The original model is not touched.
+    """
+    folded = copy.deepcopy(model).eval()
+    for module in folded.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        for first, second in itertools.pairwise(list(module._modules)):
+            conv, norm = module._modules[first], module._modules[second]
+            if (
+                isinstance(conv, nn.Conv2d)
+                and isinstance(norm, nn.BatchNorm2d)
+                and norm.running_mean is not None
+            ):
+                fused = fuse_conv_bn_eval(conv, norm)
+                if conv.weight.is_contiguous(memory_format=torch.channels_last):
+                    fused = fused.to(memory_format=torch.channels_last)  # keep the fast layout
+                module._modules[first] = fused
+                module._modules[second] = nn.Identity()
+    return folded.train(model.training)
+
+
 def attack_loss(
     model: nn.Module,
     images: Tensor,
@@ -193,11 +225,11 @@ def perturb(
     )
     delta = (clean + delta).clamp_(0, 1) - clean
     scale = _AMP_LOSS_SCALE if amp else 1.0
-    with loss_mode(model):
+    with loss_mode(fold_batch_norm(model)) as attacked:
         for _ in range(config.steps):
             delta.requires_grad_(True)
             with torch.autocast(clean.device.type, enabled=amp):
-                loss = attack_loss(model, clean + delta, targets, loss_keys)
+                loss = attack_loss(attacked, clean + delta, targets, loss_keys)
             (grad,) = torch.autograd.grad(loss * scale, delta)
             with torch.no_grad():
                 grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)

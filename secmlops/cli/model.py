@@ -109,32 +109,116 @@ def evaluate_command(
     model: Annotated[Path, typer.Option(help="Model directory.")],
     data: Annotated[Path, typer.Option(help="Dataset folder.")],
     split: Annotated[str, typer.Option(help="train, val, test or all.")] = "test",
-    out: Annotated[Path | None, typer.Option(help="Metrics JSON to write.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON to write (with --attacks default: <model>/../robustness-<split>.json)."
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    attacks: Annotated[
+        bool,
+        typer.Option(
+            "--attacks",
+            help="Run the robustness suite (ART FGSM/PGD, patch, corruptions, cross-check).",
+        ),
+    ] = False,
+    policy: Annotated[
+        Path | None,
+        typer.Option(help="Policy whose gate.attacks section is the suite (default: policy.yaml)."),
+    ] = None,
+    baseline: Annotated[
+        Path | None, typer.Option(help="Baseline model directory; its clean mAP is reported.")
+    ] = None,
+    max_images: Annotated[
+        int | None, typer.Option(help="Only the first N images of the split (quick runs).")
+    ] = None,
 ) -> None:
-    """COCO mAP@0.5 and mAP@[.5:.95] of a model on a dataset split."""
-    from secmlops.data.dataset import load_dataset
-    from secmlops.evaluation.inference import evaluate_records, select_split
+    """COCO mAP@0.5 and mAP@[.5:.95] of a model on a dataset split; with --attacks, its
+    robustness report (the evidence `secmlops gate` judges)."""
     from secmlops.fsutil import atomic_write_json
-    from secmlops.models import load
     from secmlops.training.trainer import pick_device
 
+    if not attacks:
+        if baseline is not None or max_images is not None or policy is not None:
+            raise typer.BadParameter("--policy, --baseline and --max-images need --attacks")
+        from secmlops.data.dataset import load_dataset
+        from secmlops.evaluation.inference import evaluate_records, select_split
+        from secmlops.models import load
+
+        try:
+            detector = load(model, device=pick_device(device))
+            dataset = load_dataset(data)
+            records = select_split(dataset, split)
+            with progress_bar(f"evaluating on {split}", len(records)) as advance:
+                metrics = evaluate_records(detector, dataset, records, progress=advance)
+        except SecMLOpsError as exc:
+            fail(exc)
+        report = {"model": str(model), "data": str(data), "split": split, **metrics}
+        if out is not None:
+            atomic_write_json(out, report)
+        console.print(
+            f"{split}: mAP@0.5 {metrics['mAP50']:.3f}  mAP@[.5:.95] {metrics['mAP50_95']:.3f}  "
+            f"AR@100 {metrics['AR100']:.3f}  ({int(metrics['images'])} images, "
+            f"{int(metrics['ground_truth_boxes'])} boxes)"
+        )
+        return
+
+    from rich.table import Table
+
+    from secmlops.evaluation.robustness import (
+        default_report_path,
+        evaluate_robustness,
+        suite_from_policy,
+    )
+    from secmlops.policy import load_policy
+
+    out = out or default_report_path(model, split)
     try:
-        detector = load(model, device=pick_device(device))
-        dataset = load_dataset(data)
-        records = select_split(dataset, split)
-        with progress_bar(f"evaluating on {split}", len(records)) as advance:
-            metrics = evaluate_records(detector, dataset, records, progress=advance)
+        suite = suite_from_policy(load_policy(policy or Path("policy.yaml")).gate)
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+        ) as bar:
+            task = bar.add_task("loading", total=None)
+
+            def on_step(name: str, done: int, total: int) -> None:
+                bar.update(task, description=name, completed=done, total=total)
+
+            report = evaluate_robustness(
+                model,
+                data,
+                split,
+                suite,
+                baseline_dir=baseline,
+                device=device,
+                max_images=max_images,
+                progress=on_step,
+            )
     except SecMLOpsError as exc:
         fail(exc)
-    report = {"model": str(model), "data": str(data), "split": split, **metrics}
-    if out is not None:
-        atomic_write_json(out, report)
+    atomic_write_json(out, report)
+
+    table = Table(title=f"robustness on {split} ({report['data']['images']} images)")
+    for column in ("attack", "family", "robust mAP@0.5", "seconds"):
+        table.add_column(column, justify="left" if column in ("attack", "family") else "right")
+    table.add_row("clean", "-", f"{report['clean']['mAP50']:.3f}", "-")
+    for name, result in report["attacks"].items():
+        table.add_row(name, result["family"], f"{result['mAP50']:.3f}", f"{result['seconds']:.1f}")
+    console.print(table)
+    if report["baseline"] is not None:
+        console.print(f"baseline {baseline}: clean mAP@0.5 {report['baseline']['clean_mAP50']:.3f}")
+    cross = report["cross_check"]
+    verdict = "[green]passed[/green]" if cross["passed"] else "[red]FAILED[/red]"
     console.print(
-        f"{split}: mAP@0.5 {metrics['mAP50']:.3f}  mAP@[.5:.95] {metrics['mAP50_95']:.3f}  "
-        f"AR@100 {metrics['AR100']:.3f}  ({int(metrics['images'])} images, "
-        f"{int(metrics['ground_truth_boxes'])} boxes)"
+        f"cross-check {cross['attack']}: ART {cross['art_mAP50']:.3f}, secmlops "
+        f"{cross['ours_mAP50']:.3f} (difference {cross['difference']:+.3f}, tolerance "
+        f"{cross['tolerance']}): {verdict}"
     )
+    console.print(f"report -> {out}  ({report['seconds']:.0f} s)")
 
 
 @app.command("predict")

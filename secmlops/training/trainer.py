@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from secmlops import models
-from secmlops.attacks.projected_gradient import AttackConfig, perturb
+from secmlops.attacks.projected_gradient import AttackConfig, fgsm_rs, parse_eps, perturb
 from secmlops.data.dataset import DetectionDataset, load_dataset
 from secmlops.errors import DataError, ModelError
 from secmlops.evaluation.coco_map import coco_map
@@ -81,6 +81,25 @@ class AdversarialConfig:
         """Share of the full eps used at global optimizer step `step` (0-based)."""
         warmup_steps = self.eps_warmup_epochs * steps_per_epoch
         return 1.0 if warmup_steps == 0 else min(1.0, (step + 1) / warmup_steps)
+
+
+def adversarial_config(
+    method: str, eps: str | float, steps: int, mix: float, eps_warmup_epochs: int = 2
+) -> AdversarialConfig | None:
+    """The adversarial augmentation a user asked for by name ("none", "pgd" or "fgsm-rs").
+
+    Raises:
+        ModelError: an unknown method or invalid settings (eps, steps, mix).
+    """
+    if method == "none":
+        return None
+    if method == "fgsm-rs":
+        attack = fgsm_rs(parse_eps(eps))
+    elif method == "pgd":
+        attack = AttackConfig(method="pgd", eps=parse_eps(eps), steps=steps)
+    else:
+        raise ModelError(f"unknown adversarial training {method!r}; choose none, pgd or fgsm-rs")
+    return AdversarialConfig(attack=attack, mix=mix, eps_warmup_epochs=eps_warmup_epochs)
 
 
 @dataclass

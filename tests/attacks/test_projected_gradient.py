@@ -8,6 +8,7 @@ from secmlops.attacks.projected_gradient import (
     AttackConfig,
     attack_loss,
     fgsm_rs,
+    fold_batch_norm,
     loss_mode,
     parse_eps,
     perturb,
@@ -87,6 +88,19 @@ def test_attack_leaves_the_model_as_it_found_it(batch):
     for key, value in model.state_dict().items():  # batch-norm running statistics included
         torch.testing.assert_close(value, before[key], rtol=0, atol=0)
     model.eval()
+
+
+def test_folded_copy_computes_the_same_losses_with_fewer_layers(batch):
+    model, images, targets = batch
+    folded = fold_batch_norm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # original untouched
+    with loss_mode(model), torch.no_grad():
+        expected = model(images, targets)
+    with loss_mode(folded), torch.no_grad():
+        got = folded(images, targets)
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=1e-4, atol=1e-5)
 
 
 def test_random_start_is_reproducible_with_a_generator(batch):

@@ -177,3 +177,18 @@ def test_eps_warms_up_linearly_over_the_first_epochs():
     assert adversarial.eps_fraction(500, steps_per_epoch=10) == 1.0
     no_warmup = AdversarialConfig(attack=AttackConfig(), eps_warmup_epochs=0)
     assert no_warmup.eps_fraction(0, steps_per_epoch=10) == 1.0
+
+
+def test_adversarial_training_is_chosen_by_name():
+    from secmlops.training.trainer import adversarial_config
+
+    assert adversarial_config("none", "4/255", 3, 0.5) is None
+    pgd = adversarial_config("pgd", "4/255", 3, 0.5)
+    assert (pgd.attack.method, pgd.attack.steps, pgd.mix) == ("pgd", 3, 0.5)
+    assert pgd.attack.eps == pytest.approx(4 / 255)
+    fgsm = adversarial_config("fgsm-rs", 0.03, 7, 1.0)
+    assert (fgsm.attack.method, fgsm.attack.steps) == ("fgsm-rs", 1)
+    with pytest.raises(ModelError, match="unknown adversarial training 'trades'"):
+        adversarial_config("trades", "4/255", 3, 0.5)
+    with pytest.raises(ModelError, match="eps"):
+        adversarial_config("pgd", "lots", 3, 0.5)

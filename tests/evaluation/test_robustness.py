@@ -1,0 +1,340 @@
+"""The robustness suite: ART attacks, the cross-check against our PGD, corruptions, the report
+and `secmlops evaluate --attacks`."""
+
+import json
+import math
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from secmlops import models
+from secmlops.attacks.projected_gradient import attack_loss, loss_mode
+from secmlops.errors import DataError, ModelError, PolicyError
+from secmlops.evaluation import art_attacks
+from secmlops.evaluation.corruptions import CORRUPTIONS, corrupt
+from secmlops.evaluation.robustness import (
+    CROSS_CHECK_TOLERANCE,
+    REPORT_SCHEMA,
+    RobustnessSuite,
+    evaluate_robustness,
+    suite_from_policy,
+)
+
+REPO_POLICY = Path(__file__).resolve().parents[2] / "policy.yaml"
+SUITE = RobustnessSuite(
+    linf_eps_levels=[2, 4], pgd_steps=10, patch_fraction=0.15, corruption_severity=3
+)
+EVAL_IMAGES = 12
+# The smallest schedule that gives a clearly useful model on these 64 scenes (mAP@0.5 ~0.48 on
+# all of them, 0.36 at 25 epochs, 0.25 at 15): an untrained model has nothing to lose to attacks.
+EPOCHS = 30
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for this module: on two cores shared with other jobs, two intra-op
+    threads made training ~10x slower (they spin-wait on each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    from secmlops.data.synthetic import generate_scenes
+
+    out = tmp_path_factory.mktemp("robustness-data") / "scenes"
+    return generate_scenes(out, 64, seed=11, width=160, height=128, workers=1)
+
+
+@pytest.fixture(scope="module")
+def small_model(scenes, one_thread, tmp_path_factory) -> Path:
+    """A compact detector trained until it finds people (clean mAP@0.5 well above 0.3)."""
+    from secmlops.training.trainer import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("robustness-models") / "small"
+    train(scenes, out, TrainConfig(epochs=EPOCHS, batch_size=8, warmup_steps=10, seed=1))
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(small_model, scenes) -> dict:
+    return evaluate_robustness(
+        small_model, scenes, "all", SUITE, baseline_dir=small_model, max_images=EVAL_IMAGES
+    )
+
+
+# ------------------------------------------------------------------------------- the report
+def test_report_has_every_attack_of_the_suite_with_a_valid_map(report, small_model, scenes):
+    assert report["schema"] == REPORT_SCHEMA
+    card = models.read_card(small_model)
+    assert report["model"] == {
+        "dir": str(small_model),
+        "weights_sha256": card.weights_sha256,
+        "architecture": "compact_centernet",
+        "defence": None,
+    }
+    assert report["data"]["split"] == "all" and report["data"]["images"] == EVAL_IMAGES
+    assert report["data"]["boxes"] > 0
+    assert report["suite"] == asdict(SUITE)
+    assert report["clean"]["mAP50"] > 0.3
+    expected = {
+        *(f"{kind}_linf_{k}" for kind in ("fgsm", "pgd") for k in (2, 4)),
+        "patch",
+        *CORRUPTIONS,
+    }
+    assert set(report["attacks"]) == expected
+    for name, result in report["attacks"].items():
+        assert result["family"] in ("evasion", "patch", "corruption"), name
+        assert result["library"] == ("secmlops" if result["family"] == "corruption" else "art")
+        for metric in ("mAP50", "mAP50_95"):
+            assert math.isfinite(result[metric]) and 0 <= result[metric] <= 1, name
+        assert result["seconds"] >= 0 and isinstance(result["params"], dict)
+    assert report["attacks"]["pgd_linf_4"]["method"] == "ProjectedGradientDescent"
+    assert report["attacks"]["pgd_linf_4"]["params"]["eps"] == pytest.approx(4 / 255)
+    assert report["attacks"]["patch"]["method"] == "RobustDPatch"
+    # A 15% patch on a 128-pixel short side.
+    assert report["attacks"]["patch"]["params"]["patch_side"] == round(0.15 * 128)
+    json.dumps(report, allow_nan=False)  # plain, finite JSON
+
+
+def test_gradient_attacks_and_the_patch_lower_map_below_clean(report):
+    clean = report["clean"]["mAP50"]
+    for name in ("fgsm_linf_2", "fgsm_linf_4", "pgd_linf_2", "pgd_linf_4", "patch"):
+        assert report["attacks"][name]["mAP50"] < clean, name
+    # At 4/255 the detector loses most of what it found.
+    assert report["attacks"]["pgd_linf_4"]["mAP50"] < clean / 2
+
+
+def test_our_pgd_agrees_with_art_within_tolerance(report):
+    cross = report["cross_check"]
+    assert cross["attack"] == "pgd_linf_4"
+    assert cross["art_mAP50"] == report["attacks"]["pgd_linf_4"]["mAP50"]
+    assert cross["tolerance"] == CROSS_CHECK_TOLERANCE == 0.03
+    assert cross["difference"] == pytest.approx(cross["ours_mAP50"] - cross["art_mAP50"])
+    assert abs(cross["difference"]) <= 0.03
+    assert cross["passed"] is True
+
+
+def test_our_pgd_and_art_craft_nearly_the_same_pixels(small_model, scenes):
+    """Below the mAP level too: where both attacks have not yet floored the mAP (the cross-check
+    at 4/255 compares two numbers near 0 on an undefended model), the pixels agree."""
+    from secmlops.attacks.projected_gradient import AttackConfig, perturb
+    from secmlops.data.dataset import load_dataset
+    from secmlops.training.batches import prepare_split
+
+    model = models.load(small_model)
+    dataset = load_dataset(scenes)
+    prepared = prepare_split(dataset, dataset.images[:8], model.input_size)
+    images = prepared.images.float() / 255
+    eps, steps = 2 / 255, 10
+    estimator = art_attacks.art_detector(model, "compact_centernet", torch.device("cpu"))
+    labels = art_attacks.art_labels(prepared.boxes, prepared.ignore)
+    art = torch.from_numpy(art_attacks.pgd(estimator, images.numpy(), labels, eps, steps))
+    targets = [
+        {"boxes": b, "labels": torch.ones(len(b), dtype=torch.int64), "ignore": i}
+        for b, i in zip(prepared.boxes, prepared.ignore, strict=True)
+    ]
+    config = AttackConfig("pgd", eps, steps, "inf", art_attacks.pgd_step_size(eps, steps), False)
+    ours = perturb(model, images, targets, config)
+    assert (art - images).abs().max() <= eps + 1e-6 and (ours - images).abs().max() <= eps + 1e-6
+    # Float noise flips the sign of a few near-zero gradients (~4% of pixels here), no more.
+    assert ((art - ours).abs() < 1e-4).float().mean() > 0.9
+
+
+def test_baseline_is_scored_on_the_same_images(report, small_model):
+    baseline = report["baseline"]
+    assert baseline["dir"] == str(small_model)
+    assert baseline["weights_sha256"] == report["model"]["weights_sha256"]
+    assert baseline["clean_mAP50"] == pytest.approx(report["clean"]["mAP50"])
+
+
+def test_art_attacks_the_same_loss_as_ours_including_ignore_regions():
+    torch.manual_seed(0)
+    model = models.build("compact_centernet", input_size=(64, 96)).eval()
+    images = torch.rand(2, 3, 64, 96)
+    boxes = [torch.tensor([[10.0, 10.0, 30.0, 60.0]]), torch.tensor([[50.0, 5.0, 70.0, 50.0]])]
+    ignore = [torch.tensor([[0.0, 0.0, 96.0, 64.0]]), torch.zeros(0, 4)]
+    targets = [
+        {"boxes": b, "labels": torch.ones(len(b), dtype=torch.int64), "ignore": i}
+        for b, i in zip(boxes, ignore, strict=True)
+    ]
+    with loss_mode(model):
+        ours = attack_loss(model, images, targets).item()
+        without_ignore = attack_loss(model, images, [{"boxes": b} for b in boxes]).item()
+    estimator = art_attacks.art_detector(model, "compact_centernet", torch.device("cpu"))
+    labels = art_attacks.art_labels(boxes, ignore)
+    art = sum(v.item() for v in estimator.compute_losses(images.numpy(), labels).values())
+    assert art == pytest.approx(ours, rel=1e-5)
+    assert ours < without_ignore  # the ignore region removed negative loss: ART saw it too
+
+
+# ------------------------------------------------------------------------------ corruptions
+@pytest.fixture
+def textured() -> torch.Tensor:
+    """Two 48x64 images with edges and mid-range values (room to move both ways)."""
+    generator = torch.Generator().manual_seed(3)
+    base = torch.rand(2, 3, 12, 16, generator=generator) * 0.6 + 0.2
+    return torch.nn.functional.interpolate(base, size=(48, 64), mode="nearest")
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_corruptions_are_deterministic_and_keep_shape_and_range(textured, name):
+    first = corrupt(name, textured, 3, torch.Generator().manual_seed(0))
+    second = corrupt(name, textured, 3, torch.Generator().manual_seed(0))
+    assert torch.equal(first, second)
+    assert first.shape == textured.shape and first.min() >= 0 and first.max() <= 1
+    assert not torch.equal(first, textured)
+
+
+def test_brightness_raises_the_mean_more_with_severity(textured):
+    means = [corrupt("brightness", textured, s).mean().item() for s in (1, 3, 5)]
+    assert textured.mean().item() < means[0] < means[1] < means[2]
+
+
+def test_blur_removes_high_frequency_energy(textured):
+    def high_frequency(x):
+        horizontal = (x[..., 1:] - x[..., :-1]).abs().mean()
+        return horizontal + (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
+
+    energies = [high_frequency(corrupt("gaussian_blur", textured, s)) for s in (1, 3, 5)]
+    assert high_frequency(textured) > energies[0] > energies[1] > energies[2]
+
+
+def test_jpeg_changes_pixels_a_little_and_more_at_higher_severity(textured):
+    errors = [(corrupt("jpeg", textured, s) - textured).abs().mean().item() for s in (1, 5)]
+    assert 0 < errors[0] < errors[1] < 0.2
+
+
+def test_noise_std_follows_the_imagenet_c_severity():
+    grey = torch.full((4, 3, 64, 64), 0.5)
+    stds = [
+        (corrupt("gaussian_noise", grey, s, torch.Generator().manual_seed(s)) - grey).std().item()
+        for s in (1, 2, 3, 4, 5)
+    ]
+    # Severities 1..3 add std 0.08, 0.12, 0.18; 4 and 5 are clipped at 0 and 1 but still grow.
+    assert stds[:3] == pytest.approx([0.08, 0.12, 0.18], rel=0.05)
+    assert stds == sorted(stds)
+
+
+def test_contrast_shrinks_the_spread(textured):
+    assert corrupt("contrast", textured, 3).std() < textured.std() * 0.5
+
+
+def test_unknown_corruption_or_severity_is_refused(textured):
+    with pytest.raises(ValueError, match="severity"):
+        corrupt("jpeg", textured, 6)
+    with pytest.raises(ValueError, match="unknown corruption"):
+        corrupt("fog", textured, 1)
+
+
+# ---------------------------------------------------------------------------- suite, errors
+def test_suite_from_policy_reads_the_gate_attacks_section():
+    from secmlops.policy import load_policy
+
+    suite = suite_from_policy(load_policy(REPO_POLICY).gate)
+    assert isinstance(suite, RobustnessSuite) and suite.linf_eps_levels
+    fields = {"linf_eps_levels": [8, 2], "pgd_steps": 5, "patch_fraction": 0.1}
+    gate = SimpleNamespace(attacks=SimpleNamespace(**fields, corruption_severity=2))
+    assert suite_from_policy(gate) == RobustnessSuite([8, 2], 5, 0.1, 2)
+    assert suite_from_policy(gate).cross_check_level == 8
+    with pytest.raises(PolicyError, match="corruption_severity is missing"):
+        suite_from_policy(SimpleNamespace(attacks=SimpleNamespace(**fields)))
+    with pytest.raises(PolicyError, match="no 'attacks'"):
+        suite_from_policy(SimpleNamespace())
+    with pytest.raises(PolicyError, match="severity"):
+        RobustnessSuite([2], 10, 0.15, 9)
+    with pytest.raises(PolicyError, match="linf_eps_levels"):
+        RobustnessSuite([], 10, 0.15, 3)
+
+
+def test_bad_split_missing_model_and_empty_split_are_clear_errors(scenes, small_model, tmp_path):
+    with pytest.raises(DataError, match="no split named 'nosuch'"):
+        evaluate_robustness(small_model, scenes, "nosuch", SUITE)
+    with pytest.raises(ModelError, match="model directory not found"):
+        evaluate_robustness(tmp_path / "nowhere", scenes, "all", SUITE)
+    with pytest.raises(DataError, match="max_images"):
+        evaluate_robustness(small_model, scenes, "all", SUITE, max_images=0)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    shutil.copy(scenes / "annotations.json", empty / "annotations.json")
+    (empty / "images").symlink_to(scenes / "images")
+    splits = json.loads((scenes / "splits.json").read_text())
+    (empty / "splits.json").write_text(json.dumps({**splits, "test": []}))
+    with pytest.raises(DataError, match="empty"):
+        evaluate_robustness(small_model, empty, "test", SUITE)
+
+
+# ----------------------------------------------------------------------------------- the CLI
+@pytest.fixture
+def policy_file(tmp_path) -> Path:
+    """The repository's policy (its gate.attacks is the suite the CLI runs)."""
+    path = tmp_path / "policy.yaml"
+    shutil.copy(REPO_POLICY, path)
+    return path
+
+
+def test_cli_evaluate_attacks_writes_the_report_next_to_the_model(small_model, scenes, policy_file):
+    from secmlops.cli import app
+    from secmlops.policy import load_policy
+
+    default_out = small_model.parent / "robustness-all.json"
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate", "--model", str(small_model), "--data", str(scenes), "--split", "all",
+            "--attacks", "--policy", str(policy_file), "--max-images", "2", "--device", "cpu",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    written = json.loads(default_out.read_text())
+    assert written["schema"] == REPORT_SCHEMA and written["data"]["images"] == 2
+    expected_suite = suite_from_policy(load_policy(policy_file).gate)
+    assert written["suite"] == asdict(expected_suite)
+    assert "pgd_linf_" in result.output and "cross-check" in result.output
+    # Atomic write: no temporary file left beside the report.
+    assert not [p for p in small_model.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_cli_evaluate_attacks_with_a_bad_split_writes_nothing(
+    small_model, scenes, policy_file, tmp_path
+):
+    from secmlops.cli import app
+
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate", "--model", str(small_model), "--data", str(scenes), "--split", "nosuch",
+            "--attacks", "--policy", str(policy_file), "--out", str(out),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "no split named 'nosuch'" in result.output
+    assert not out.exists()
+
+
+def test_cli_attack_options_need_attacks(small_model, scenes):
+    from secmlops.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        ["evaluate", "--model", str(small_model), "--data", str(scenes), "--max-images", "2"],
+    )
+    assert result.exit_code == 2
+    assert "need --attacks" in result.output
+
+
+def test_art_labels_put_ignore_regions_last_with_label_zero():
+    labels = art_attacks.art_labels(
+        [torch.tensor([[1.0, 2.0, 3.0, 4.0]])], [torch.tensor([[0.0, 0.0, 9.0, 9.0]])]
+    )
+    assert labels[0]["labels"].tolist() == [1, 0]
+    assert labels[0]["boxes"].dtype == np.float32 and labels[0]["boxes"].shape == (2, 4)
