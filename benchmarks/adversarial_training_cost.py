@@ -28,7 +28,7 @@ import torch
 from secmlops import models
 from secmlops.attacks.projected_gradient import AttackConfig, fgsm_rs
 from secmlops.data.dataset import load_dataset
-from secmlops.evaluation.robustness import our_pgd_map50
+from secmlops.evaluation.robustness import map_under_attack
 from secmlops.training.batches import prepare_split
 from secmlops.training.trainer import AdversarialConfig, TrainConfig, train
 
@@ -121,8 +121,8 @@ def main() -> None:
         prepared = prepare_split(dataset, records, tuple(model.input_size))
         attack = AttackConfig(method="pgd", eps=args.eps, steps=10, random_start=False)
         robust[name] = {
-            "clean": our_pgd_map50(model, prepared, None),
-            "pgd10": our_pgd_map50(model, prepared, attack),
+            "clean": map_under_attack(model, prepared, None)["mAP50"],
+            "pgd10": map_under_attack(model, prepared, attack)["mAP50"],
         }
 
     print(f"data {args.data}, eps {args.eps:.4f}, torch threads {torch.get_num_threads()}")

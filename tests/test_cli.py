@@ -105,3 +105,28 @@ def test_generate_refuses_a_non_empty_output(tmp_path):
     result = run("data", "generate", "--out", tmp_path / "out", "--images", 3)
     assert_one_line_error(result, "already exists and is not empty")
     assert (tmp_path / "out" / "keep.txt").read_text() == "precious"
+
+
+def test_train_with_adversarial_augmentation_records_the_defence(tiny_scenes, tmp_path):
+    out = tmp_path / "defended"
+    result = run("train", "--data", tiny_scenes, "--out", out, "--epochs", "1", "--batch-size",
+                 "8", "--adversarial", "fgsm-rs", "--eps", "8/255", "--mix", "1.0")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "fgsm-rs adversarial training" in result.output
+    adversarial = json.loads((out / "model.json").read_text())["training"]["adversarial"]
+    assert adversarial["method"] == "fgsm-rs" and adversarial["mix"] == 1.0
+    assert adversarial["eps"] == pytest.approx(8 / 255)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [("--adversarial", "trades", "unknown adversarial training"), ("--eps", "big", "eps"),
+     ("--mix", "0", "mix")],
+)  # fmt: skip
+def test_train_refuses_bad_adversarial_settings_before_any_work(
+    tiny_scenes, tmp_path, option, value, message
+):
+    args = ["--adversarial", "pgd", option, value] if option != "--adversarial" else [option, value]
+    result = run("train", "--data", tiny_scenes, "--out", tmp_path / "m", *args)
+    assert result.exit_code == EXIT_USER_ERROR and message in result.output
+    assert not (tmp_path / "m").exists()

@@ -34,9 +34,26 @@ def train_command(
     history: Annotated[
         Path | None, typer.Option(help="Also write per-epoch loss and val mAP here (JSON).")
     ] = None,
+    adversarial: Annotated[
+        str, typer.Option(help="Adversarial augmentation: none, pgd or fgsm-rs.")
+    ] = "none",
+    eps: Annotated[
+        str, typer.Option(help="L-inf budget of the training attack, e.g. 4/255 or 0.0157.")
+    ] = "4/255",
+    steps: Annotated[int, typer.Option(help="PGD steps K of the training attack.")] = 3,
+    mix: Annotated[
+        float, typer.Option(help="Share of each batch replaced by adversarial examples.")
+    ] = 0.5,
+    eps_warmup_epochs: Annotated[
+        int, typer.Option(help="Epochs over which eps grows from 0 to --eps.")
+    ] = 2,
 ) -> None:
-    """Train a pedestrian detector; checkpoints every epoch, keeps the best validation epoch."""
-    from secmlops.training.trainer import TrainConfig, train
+    """Train a pedestrian detector; checkpoints every epoch, keeps the best validation epoch.
+
+    With --adversarial, a --mix share of every batch is replaced by adversarial examples
+    crafted against the model being trained (PGD-K or FGSM with random start).
+    """
+    from secmlops.training.trainer import TrainConfig, adversarial_config, train
 
     try:
         config = TrainConfig(
@@ -47,6 +64,7 @@ def train_command(
             input_size=_parse_size(input_size),
             seed=seed,
             device=device,
+            adversarial=adversarial_config(adversarial, eps, steps, mix, eps_warmup_epochs),
         )
         with Progress(
             TextColumn("[bold]{task.description}"),
@@ -87,9 +105,10 @@ def train_command(
 
         atomic_write_json(history, result.history)
     val = result.val_metrics
+    defence = "" if config.adversarial is None else f" with {adversarial} adversarial training"
     console.print(
-        f"trained {result.epochs} epochs on {result.device} in {result.seconds:.0f} s; best epoch "
-        f"{result.best_epoch}: val mAP@0.5 {val.get('mAP50', float('nan')):.3f}, "
+        f"trained {result.epochs} epochs{defence} on {result.device} in {result.seconds:.0f} s; "
+        f"best epoch {result.best_epoch}: val mAP@0.5 {val.get('mAP50', float('nan')):.3f}, "
         f"mAP@[.5:.95] {val.get('mAP50_95', float('nan')):.3f} -> {out}"
     )
 

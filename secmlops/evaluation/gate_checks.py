@@ -21,7 +21,8 @@ SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 ABSENT = object()  # what `get_path` returns for a missing key (distinct from a JSON null)
 
 _SECTIONS = ("model", "data", "suite", "clean", "attacks", "cross_check", "baseline")
-_NOT_EVIDENCE_SPLITS = ("train", "all")  # both contain the images the model was trained on
+# "all" of a dataset is evidence only when the model was trained on another dataset (PETS frames
+# 601-795 imported as their own dataset, say); "train" never is.
 _NEGATED = {">=": "<", "<=": ">"}
 
 
@@ -174,11 +175,17 @@ def _evidence_problems(report: dict[str, Any]) -> list[str]:
         split, images = data.get("split"), data.get("images")
         if not isinstance(split, str):
             problems.append("data.split missing")
-        elif split in _NOT_EVIDENCE_SPLITS:
+        elif split == "train" or (split == "all" and not _held_out(model, data)):
             problems.append(f"data.split is {split!r}: metrics on training images are not evidence")
         if isinstance(images, bool) or not isinstance(images, int) or images < 1:
             problems.append(f"data.images must be a positive count, got {images!r}")
     return problems
+
+
+def _held_out(model: Any, data: dict[str, Any]) -> bool:
+    """Whether the evaluated dataset is not the one the model was trained on."""
+    trained_on = model.get("trained_on") if isinstance(model, dict) else None
+    return isinstance(trained_on, str) and trained_on != data.get("dir")
 
 
 def _suite_differences(suite: Any, expected: AttackSuitePolicy, whose: str) -> list[str]:

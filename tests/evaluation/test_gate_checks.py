@@ -222,6 +222,14 @@ def test_missing_cross_check_fails():
         (lambda r: r["model"].pop("defence"), "model.defence missing"),
         (lambda r: r["model"].update(weights_sha256="abc"), "not a SHA-256 hex digest"),
         (lambda r: r["data"].update(split="train"), "training images are not evidence"),
+        (lambda r: r["data"].update(split="all"), "training images are not evidence"),
+        (
+            lambda r: (
+                r["data"].update(split="all"),
+                r["model"].update(trained_on="runs/data/test"),
+            ),
+            "training images are not evidence",
+        ),
         (lambda r: r["data"].update(images=0), "data.images must be a positive count"),
     ],
 )
@@ -232,6 +240,13 @@ def test_malformed_report_fails_its_evidence_check(mutate, expected):
     assert not decision.passed
     assert "evidence" in [c.name for c in decision.failures]
     assert expected in decision.message()
+
+
+def test_a_whole_held_out_dataset_is_evidence():
+    report = passing_report()
+    report["data"]["split"] = "all"  # e.g. PETS frames 601-795, imported as their own dataset
+    report["model"]["trained_on"] = "/data/pets-train"
+    assert evaluate_gate(report, POLICY).passed
 
 
 @pytest.mark.parametrize("report", [[], "report", None, 3])
