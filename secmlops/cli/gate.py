@@ -28,9 +28,16 @@ def gate_command(
     policy: Annotated[
         Path | None, typer.Option(help="Policy file (default: $SECMLOPS_POLICY or ./policy.yaml).")
     ] = None,
+    production: Annotated[
+        Path | None,
+        typer.Option(
+            help="Production model directory: attacked with the same suite on the same data and "
+            "split as REPORT, for the no-regression check."
+        ),
+    ] = None,
     production_report: Annotated[
         Path | None,
-        typer.Option(help="Report of the production model on the same data (regression check)."),
+        typer.Option(help="Instead of --production: its report on the same data, made earlier."),
     ] = None,
     key: Annotated[
         Path | None,
@@ -65,10 +72,15 @@ def gate_command(
             if not sep:
                 raise PolicyError(f"--override must look like KEY.PATH=VALUE, got {assignment!r}")
             overrides.append((path.strip(), parse_override_value(text), reason or ""))
+        if production is not None and production_report is not None:
+            raise PolicyError("give --production or --production-report, not both")
+        policy_path = policy or Path(os.environ.get(POLICY_ENV, "policy.yaml"))
+        if production is not None:
+            production_report = _evaluate_production(production, report, policy_path)
         env_key = os.environ.get(SIGNING_KEY_ENV)
         decision = run_gate(
             report,
-            policy or Path(os.environ.get(POLICY_ENV, "policy.yaml")),
+            policy_path,
             signing_key=key or (Path(env_key) if env_key else None),
             audit_log=AuditLog(audit_log or default_audit_path()),
             record_path=record,
@@ -86,6 +98,29 @@ def gate_command(
     console.print(_checks_table([check.to_dict() for check in decision.checks]))
     written = record or report.parent / RECORD_NAME
     console.print(f"[green]{decision.message()}[/green]; signed record: {written}", highlight=False)
+
+
+def _evaluate_production(model_dir: Path, report: Path, policy_path: Path) -> Path:
+    """Attack the production model like the candidate was; its report goes beside REPORT."""
+    import json
+
+    from secmlops.errors import DataError
+    from secmlops.evaluation.robustness import evaluate_robustness, suite_from_policy
+    from secmlops.fsutil import atomic_write_json
+    from secmlops.policy import load_policy
+
+    try:
+        data = json.loads(report.read_text())["data"]
+        data_dir, split, images = Path(data["dir"]), data["split"], int(data["images"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(
+            f"{report}: cannot read the data and split it was made on ({exc})"
+        ) from None
+    suite = suite_from_policy(load_policy(policy_path).gate)
+    production = evaluate_robustness(model_dir, data_dir, split, suite, max_images=images)
+    out = report.with_name(f"{report.stem}.production.json")
+    atomic_write_json(out, production)
+    return out
 
 
 def _checks_table(checks: list[dict[str, Any]]) -> Table:

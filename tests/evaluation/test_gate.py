@@ -21,21 +21,6 @@ from .test_gate_checks import BASELINE_WEIGHTS, GATE, WEIGHTS, passing_report
 REPO_POLICY = Path(__file__).resolve().parents[2] / "policy.yaml"
 
 
-@pytest.fixture
-def setup(tmp_path, monkeypatch):
-    """A report, a policy file with GATE, a signing key, its keyring, and paths to write."""
-    monkeypatch.delenv("SECMLOPS_KEY_PASSPHRASE", raising=False)
-    key, pub = generate_keypair(tmp_path / "keys", "gate")
-    return {
-        "report": write_report(tmp_path / "eval" / "robustness.json", passing_report()),
-        "policy": write_policy(tmp_path / "policy.yaml"),
-        "key": key,
-        "keyring": Keyring.from_paths([pub]),
-        "audit": tmp_path / "audit.jsonl",
-        "record": tmp_path / "eval" / "gate-record.json",
-    }
-
-
 def write_report(path: Path, report: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report))
