@@ -86,7 +86,11 @@ constraints:
 pets: install
 	$(SECMLOPS) data import-mot --video $(PETS)/vtest.avi --gt $(PETS)/gt.txt --frames 1:600 --out runs/pets/train --overwrite
 	$(SECMLOPS) data import-mot --video $(PETS)/vtest.avi --gt $(PETS)/gt.txt --frames 601:795 --out runs/pets/test --overwrite
-	$(call robustness_gate,runs/pets/train,runs/pets/test,all,runs/pets,policy.yaml)
+	$(SECMLOPS) policy override policy.yaml --out runs/pets/policy.yaml \
+	  --set gate.min_robust_map50.fgsm_linf_4=0.65 --set gate.min_robust_map50.pgd_linf_2=0.72 \
+	  --set gate.min_robust_map50.pgd_linf_4=0.60 \
+	  --reason "PETS camera: its undefended detector already keeps 0.41 mAP@0.5 under PGD-10 at 4/255 (docs/results.md); the robustness bar must sit above that"
+	$(call robustness_gate,runs/pets/train,runs/pets/test,all,runs/pets,runs/pets/policy.yaml)
 
 ## The DVC pipeline (dvc.yaml + params.yaml): reruns only the stages whose inputs changed.
 repro: install

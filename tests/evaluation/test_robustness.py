@@ -80,7 +80,9 @@ def test_report_has_every_attack_of_the_suite_with_a_valid_map(report, small_mod
         "weights_sha256": card.weights_sha256,
         "architecture": "compact_centernet",
         "defence": None,
+        "trained_on": str(scenes.resolve()),
     }
+    assert report["data"]["dir"] == str(scenes.resolve())
     assert report["data"]["split"] == "all" and report["data"]["images"] == EVAL_IMAGES
     assert report["data"]["boxes"] > 0
     assert report["suite"] == asdict(SUITE)
