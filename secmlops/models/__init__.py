@@ -159,6 +159,10 @@ def load(model_dir: Path, device: str | torch.device = "cpu") -> nn.Module:
         raise ModelError(f"{weights}: missing (a model directory needs {WEIGHTS_FILE})")
     if sha256_file(weights) != card.weights_sha256:
         raise ModelError(f"{weights}: SHA-256 does not match {CARD_FILE}; the weights were changed")
+    with open(weights, "rb") as handle:
+        head = handle.read(4)
+    if head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save zip, or a raw pickle
+        raise ModelError(f"{weights}: a pickle, not safetensors; pickles are never loaded")
     model = build(card.architecture, **card.config)
     try:
         load_model(model, str(weights), strict=True, device=str(device))

@@ -1,0 +1,105 @@
+"""`secmlops model sign | verify`: the signed provenance statement that releases a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from secmlops.cli.common import console, fail
+from secmlops.cli.model_import import model_app
+from secmlops.cli.security import AuditOption, TrustedKeysOption, _audit, _keyring
+from secmlops.errors import SecMLOpsError
+
+
+@model_app.command("sign")
+def sign_command(
+    model: Annotated[Path, typer.Option(help="Model directory.")],
+    key: Annotated[Path, typer.Option(help="The model-signing private key (.key).")],
+    data: Annotated[
+        Path | None,
+        typer.Option(help="The dataset it was trained on: verified now, its digest recorded."),
+    ] = None,
+    trusted_keys: TrustedKeysOption = None,
+    dvc_revision: Annotated[
+        str | None, typer.Option(help="Data registry revision the data was pulled at.")
+    ] = None,
+    gate_record: Annotated[
+        Path | None, typer.Option(help="The passed gate record (copied in and signed with it).")
+    ] = None,
+    audit_log: AuditOption = None,
+) -> None:
+    """Sign an in-toto provenance statement over every file of the model directory."""
+    from secmlops.supplychain.keys import load_private_key
+    from secmlops.supplychain.provenance import sign_model, verify_model
+
+    try:
+        manifest_digest = signer = None
+        if data is not None:
+            from secmlops.data.manifest import verify_dataset
+
+            verified_data = verify_dataset(data, _keyring(trusted_keys))
+            manifest_digest, signer = verified_data.digest, verified_data.key_id
+        sign_model(
+            model,
+            load_private_key(key),
+            data_manifest_digest=manifest_digest,
+            data_signer=signer,
+            dvc_revision=dvc_revision,
+            gate_record=gate_record,
+        )
+        # Verify what was just written with the signer's own public key: a release that does not
+        # verify must not leave this command looking successful.
+        from secmlops.supplychain.keys import Keyring
+
+        public = Keyring([load_private_key(key).public_key()])
+        verified = verify_model(model, public)
+    except SecMLOpsError as exc:
+        fail(exc)
+    _audit(audit_log).append(
+        "supplychain", "sign_model", "info", verified.weights_sha256,
+        {"model_dir": str(model), "signer": verified.signer, "files": sorted(verified.subjects)},
+    )  # fmt: skip
+    console.print(
+        f"signed {model}: {len(verified.subjects)} files, weights sha256 "
+        f"{verified.weights_sha256[:16]}..., key {verified.signer}"
+    )
+
+
+@model_app.command("verify")
+def verify_command(
+    model: Annotated[Path, typer.Option(help="Model directory.")],
+    trusted_keys: TrustedKeysOption = None,
+    connection: Annotated[
+        str | None,
+        typer.Option(help="Read the trusted keys from this Airflow Connection instead."),
+    ] = None,
+    audit_log: AuditOption = None,
+) -> None:
+    """Check a model directory against its signed provenance (every file, signer trusted)."""
+    from secmlops.supplychain.provenance import verify_model
+
+    audit = _audit(audit_log)
+    try:
+        if connection is not None:
+            from secmlops.airflow_support import keyring_from_connection
+
+            keyring = keyring_from_connection(connection)
+        else:
+            keyring = _keyring(trusted_keys)
+        verified = verify_model(model, keyring)
+    except SecMLOpsError as exc:
+        audit.append("supplychain", "verify_model", "fail", str(model), {"error": str(exc)})
+        fail(exc)
+    audit.append(
+        "supplychain", "verify_model", "pass", verified.weights_sha256,
+        {"model_dir": str(model), "signer": verified.signer},
+    )  # fmt: skip
+    predicate = verified.predicate
+    gate = "present" if predicate.get("gate_record_sha256") else "absent"
+    console.print(
+        f"{model}: verified, signed by {verified.signer}; "
+        f"data {predicate['data']['manifest_digest']}, code {predicate['code']['git_commit']}, "
+        f"gate record {gate}"
+    )
