@@ -13,6 +13,7 @@ from secmlops.cli import (
     model_import,  # noqa: F401  (registers the model group and model import)
     model_sign,  # noqa: F401  (registers model sign, verify)
     policy,  # noqa: F401  (registers policy check, override)
+    registry,  # noqa: F401  (registers registry push, list, show, promote, rollback, pull)
     security,  # noqa: F401  (registers keys, audit, data sign/verify/validate/screen)
     versions,  # noqa: F401  (registers data publish, pull, versions)
 )

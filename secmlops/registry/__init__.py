@@ -1,0 +1,413 @@
+"""The model registry: immutable signed versions, and aliases moved by compare-and-swap.
+
+Threat: the deployment stage is where a model that was never signed, never passed the gate, or
+was swapped after the gate reaches production: a push of tampered files, an alias pointed at an
+unvetted version, two pipelines overwriting each other's promotion, or a version silently replaced
+under a name that production already trusts. Controls, all failing closed:
+
+- `push` verifies the signed provenance (`verify_model`) of a staged copy before anything is
+  written, and a version is written once: a second push of it is refused (`RegistryConflict`);
+- `promote` requires a PASSED gate record, signed by a trusted key, for exactly the weights of
+  that version (`verify_gate_record`), and re-verifies the version's provenance from the bytes
+  the registry holds now;
+- an alias moves only by compare-and-swap against the state read at the start of the move: a
+  lost race raises `RegistryConflict` naming the version that won; `expected_current` also
+  refuses to move an alias that no longer points where the caller believes;
+- `rollback` returns to the previous version under the same checks (a key since revoked from
+  the keyring cannot come back through a rollback);
+- `pull` downloads into a temporary folder, verifies it, and only then renames it into place;
+- every push, promote and rollback, passed or refused, is appended to the audit log.
+
+Backends: `FileStore` (`file:///abs/path` or a plain path), `S3Store` (`s3://bucket/prefix`).
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
+
+from secmlops.audit import AuditLog, default_actor
+from secmlops.errors import IntegrityError, SecMLOpsError
+from secmlops.registry.aliases import audited, check_expected, next_alias_record
+from secmlops.registry.file_store import FileStore
+from secmlops.registry.releases import (
+    GATE_RECORD_FILE,
+    file_digests,
+    gate_status,
+    stage_release,
+    verify_release,
+    vet_release,
+)
+from secmlops.registry.store import (
+    ALIAS_PATTERN,
+    VERSION_PATTERN,
+    VERSION_SCHEMA,
+    AliasChanged,
+    RegistryConflict,
+    RegistryError,
+    Store,
+    check_name,
+    now_iso,
+    sha256_file,
+)
+from secmlops.supplychain.keys import Keyring
+
+if TYPE_CHECKING:
+    from secmlops.supplychain.provenance import VerifiedModel
+
+__all__ = ["REGISTRY_ENV", "Registry", "RegistryConflict", "RegistryError", "default_registry_uri"]
+
+REGISTRY_ENV = "SECMLOPS_REGISTRY"
+
+
+def default_registry_uri() -> str:
+    """`$SECMLOPS_REGISTRY`, else `file://<workdir>/registry` (workdir: `$SECMLOPS_WORKDIR`)."""
+    from secmlops.pipeline import default_workdir
+
+    return os.environ.get(REGISTRY_ENV) or (default_workdir() / "registry").as_uri()
+
+
+class Registry:
+    """A model registry on one `Store`; open it with `Registry.open(uri)`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @classmethod
+    def open(cls, uri: str | Path) -> Registry:
+        """Open `file:///abs/path`, a plain folder path, or `s3://bucket/prefix`.
+
+        Raises:
+            RegistryError: an unknown scheme, a `file://` URI with a host or a relative path,
+                an S3 URI without a bucket, or credentials embedded in the URI.
+        """
+        text = str(uri)
+        parsed = urlparse(text)
+        if parsed.scheme == "s3":
+            if "@" in parsed.netloc or not parsed.netloc:
+                raise RegistryError(
+                    f"{text}: expected s3://bucket/prefix (credentials come from the "
+                    "environment, never from the URI)"
+                )
+            from secmlops.registry.s3_store import S3Store
+
+            return cls(S3Store(parsed.netloc, parsed.path))
+        if parsed.scheme == "file":
+            if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
+                raise RegistryError(f"{text}: expected file:///absolute/path")
+            return cls(FileStore(Path(unquote(parsed.path))))
+        if parsed.scheme:
+            raise RegistryError(f"{text}: unsupported registry URI (use file:// or s3://)")
+        return cls(FileStore(Path(text).expanduser().resolve()))
+
+    @property
+    def uri(self) -> str:
+        """Where this registry lives."""
+        return self.store.uri
+
+    def models(self) -> list[str]:
+        """Names of the models in the registry."""
+        return self.store.list_models()
+
+    def aliases(self, name: str) -> dict[str, dict[str, Any]]:
+        """Every alias of `name` with its record."""
+        check_name("model", name)
+        return {
+            alias: record
+            for alias in self.store.list_aliases(name)
+            if (record := self.store.read_alias(name, alias)[0]) is not None
+        }
+
+    def resolve(self, name: str, ref: str) -> tuple[str, dict[str, Any] | None]:
+        """Turn a version or an alias into (version, alias record or None).
+
+        Raises:
+            RegistryError: neither a committed version nor an alias of `name`, or both at once
+                (refused rather than guessed: a version named like an alias must not hijack it).
+        """
+        check_name("model", name)
+        is_version = bool(VERSION_PATTERN.match(ref)) and (
+            self.store.read_version_record(name, ref) is not None
+        )
+        alias = self.store.read_alias(name, ref)[0] if ALIAS_PATTERN.match(ref) else None
+        if is_version and alias is not None:
+            raise RegistryError(
+                f"{name}: {ref!r} is both a version and an alias; refusing to guess"
+            )
+        if alias is not None:
+            return alias["version"], alias
+        if is_version:
+            return ref, None
+        raise RegistryError(f"{name}: no version or alias {ref!r} in {self.uri}")
+
+    def _record(self, name: str, version: str) -> dict[str, Any]:
+        record = self.store.read_version_record(name, version)
+        if record is None:
+            raise RegistryError(f"{name}@{version}: no such version in {self.uri}")
+        return record
+
+    def show(self, name: str, ref: str, keyring: Keyring | None = None) -> dict[str, Any]:
+        """Describe a version: files and digests, signer, gate status, aliases pointing at it.
+
+        Args:
+            name: the model.
+            ref: a version or an alias.
+            keyring: when given, the version is fetched and verified (provenance and gate
+                record), and `verified`/`gate` say what holds now; else they come from the
+                record written at push time and say "unverified".
+
+        Raises:
+            RegistryError: no such model, version or alias.
+        """
+        version, _ = self.resolve(name, ref)
+        record = self._record(name, version)
+        info = {
+            **{k: record[k] for k in ("name", "version", "files", "weights_sha256", "signer")},
+            **{k: record[k] for k in ("pushed_at", "pushed_by")},
+            "registry": self.uri,
+            "aliases": sorted(a for a, r in self.aliases(name).items() if r["version"] == version),
+            "verified": None,
+            "gate": {"status": "unverified" if record.get("gate_record") else "missing"},
+        }
+        if keyring is not None:
+            with tempfile.TemporaryDirectory(prefix="secmlops-registry-") as tmp:
+                try:
+                    self._fetch(name, record, Path(tmp))
+                    info["verified"] = verify_release(Path(tmp), keyring).signer
+                except SecMLOpsError as exc:
+                    info["verified"] = False
+                    info["verify_error"] = str(exc)
+                info["gate"] = gate_status(Path(tmp), keyring, record["weights_sha256"])
+        return info
+
+    def push(
+        self, model_dir: Path, name: str, version: str, keyring: Keyring, audit: AuditLog
+    ) -> dict[str, Any]:
+        """Verify a signed model and store it as an immutable version.
+
+        Args:
+            model_dir: the release (`model.safetensors`, `model.json`, usually
+                `gate-record.json`, and `provenance.json`).
+            name, version: where it goes (`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`).
+            keyring: keys trusted to sign models.
+            audit: the audit log (action "push").
+
+        Returns:
+            The version record (files with digests and sizes, weights digest, signer, time).
+
+        Raises:
+            IntegrityError: unsigned, tampered, or signed by an untrusted key; nothing written.
+            RegistryConflict: the version exists (or a concurrent push of it won).
+            RegistryError: an invalid name or version, or the version is named like an alias.
+        """
+        details: dict[str, Any] = {"registry": self.uri, "source": str(model_dir)}
+
+        def work() -> dict[str, Any]:
+            check_name("model", name)
+            check_name("version", version, VERSION_PATTERN)
+            if self.store.read_version_record(name, version) is not None:
+                raise RegistryConflict(
+                    f"{name}@{version} already exists in {self.uri}; versions are immutable"
+                )
+            if ALIAS_PATTERN.match(version) and self.store.read_alias(name, version)[0]:
+                raise RegistryError(f"{name}: {version!r} is an alias; pick another version name")
+            with tempfile.TemporaryDirectory(prefix="secmlops-push-") as tmp:
+                # Verify a private copy and upload that copy: the source folder could change
+                # between the check and the upload; the copy cannot.
+                staged = Path(tmp)
+                stage_release(Path(model_dir), staged)
+                verified = verify_release(staged, keyring)
+                record = {
+                    "schema": VERSION_SCHEMA,
+                    "name": name,
+                    "version": version,
+                    "files": {
+                        f: {"sha256": d, "size": (staged / f).stat().st_size}
+                        for f, d in file_digests(staged).items()
+                    },
+                    "weights_sha256": verified.weights_sha256,
+                    "signer": verified.signer,
+                    "gate_record": GATE_RECORD_FILE in verified.subjects,
+                    "pushed_at": now_iso(),
+                    "pushed_by": audit.actor or default_actor(),
+                }
+                details.update(weights_sha256=verified.weights_sha256, signer=verified.signer)
+                self.store.commit_version(name, version, staged, record)
+            details["files"] = sorted(record["files"])
+            return record
+
+        return audited(audit, "push", lambda: f"{name}@{version}", details, work)
+
+    def pull(
+        self, name: str, ref: str, dest: Path, keyring: Keyring, *, overwrite: bool = False
+    ) -> VerifiedModel:
+        """Download a version (or an alias's version) into `dest`, verified before it appears.
+
+        Returns:
+            The `VerifiedModel` (its `model_dir` is `dest`).
+
+        Raises:
+            IntegrityError: a file differs from the registry's record, the provenance does not
+                verify with `keyring`, or the weights are not the ones the alias was moved to.
+            RegistryError: no such version or alias, or `dest` is not empty and `overwrite`
+                is False.
+        """
+        from secmlops.fsutil import staged_directory
+
+        version, alias = self.resolve(name, ref)
+        record = self._record(name, version)
+        dest = Path(dest)
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not overwrite:
+            raise RegistryError(f"{dest}: exists and is not empty (pass overwrite to replace it)")
+        with staged_directory(dest, overwrite=overwrite) as staging:
+            self._fetch(name, record, staging)
+            verified = verify_release(staging, keyring)
+            if alias is not None and alias["weights_sha256"] != verified.weights_sha256:
+                raise IntegrityError(
+                    f"{name}@{ref}: alias names weights {alias['weights_sha256']}, but "
+                    f"{version} holds {verified.weights_sha256}"
+                )
+        return dataclasses.replace(verified, model_dir=Path(dest))
+
+    def _fetch(self, name: str, record: dict[str, Any], dest: Path) -> None:
+        """Copy a version's files into `dest`, each checked against the record's digest."""
+        for file_name, meta in sorted(record["files"].items()):
+            self.store.fetch_file(name, record["version"], file_name, dest / file_name)
+            if sha256_file(dest / file_name) != meta["sha256"]:
+                raise IntegrityError(
+                    f"{name}@{record['version']}: {file_name} in {self.uri} differs from the "
+                    "digest recorded at push: the registry was tampered with"
+                )
+
+    def _vetted(self, name: str, version: str, keyring: Keyring) -> VerifiedModel:
+        """Fetch a version into a temporary folder and `vet_release` it; the `VerifiedModel`."""
+        record = self._record(name, version)
+        with tempfile.TemporaryDirectory(prefix="secmlops-promote-") as tmp:
+            self._fetch(name, record, Path(tmp))
+            verified, _ = vet_release(Path(tmp), keyring, record["weights_sha256"])
+        return verified
+
+    def promote(
+        self,
+        name: str,
+        version: str,
+        alias: str,
+        keyring: Keyring,
+        audit: AuditLog,
+        expected_current: str | None = None,
+    ) -> dict[str, Any]:
+        """Point `alias` at `version` after checking its signed provenance and passed gate.
+
+        Args:
+            expected_current: the version the caller believes the alias points at now ("" for
+                "does not exist yet"); refused if it differs. None: whatever was read at the
+                start of this call (the compare-and-swap still protects the move).
+
+        Returns:
+            The new alias record.
+
+        Raises:
+            IntegrityError: no gate record, a failed gate, a record for other weights, an
+                untrusted signer, or provenance that no longer verifies.
+            RegistryConflict: the alias moved meanwhile, or is not at `expected_current`.
+            RegistryError: invalid names, no such version, or the alias points there already.
+        """
+        details: dict[str, Any] = {"registry": self.uri, "alias": alias, "new_version": version}
+
+        def work() -> dict[str, Any]:
+            check_name("model", name)
+            check_name("version", version, VERSION_PATTERN)
+            check_name("alias", alias, ALIAS_PATTERN)
+            current, token = self.store.read_alias(name, alias)
+            details["old_version"] = current["version"] if current else None
+            check_expected(name, alias, current, expected_current)
+            if current and current["version"] == version:
+                raise RegistryError(f"{name}: {alias} already points at {version}")
+            if self.store.read_version_record(name, alias) is not None:
+                raise RegistryError(f"{name}: {alias!r} is a version; pick another alias name")
+            verified = self._vetted(name, version, keyring)
+            details["weights_sha256"] = verified.weights_sha256
+            previous = [current["version"], *current["previous"]] if current else []
+            new = next_alias_record(version, verified.weights_sha256, previous, current, audit)
+            self._swap(name, alias, new, token)
+            details["generation"] = new["generation"]
+            return new
+
+        return audited(audit, "promote", lambda: f"{name}@{version}", details, work)
+
+    def rollback(self, name: str, alias: str, keyring: Keyring, audit: AuditLog) -> dict[str, Any]:
+        """Move `alias` back to its previous version, re-verified as for `promote`.
+
+        Returns:
+            The new alias record (the rolled-back version leaves the history).
+
+        Raises:
+            RegistryError: no such alias, or no previous version to return to.
+            IntegrityError, RegistryConflict: as for `promote`.
+        """
+        details: dict[str, Any] = {"registry": self.uri, "alias": alias}
+
+        def work() -> dict[str, Any]:
+            check_name("model", name)
+            check_name("alias", alias, ALIAS_PATTERN)
+            current, token = self.store.read_alias(name, alias)
+            if current is None:
+                raise RegistryError(f"{name}: no alias {alias!r} in {self.uri}")
+            details["old_version"] = current["version"]
+            if not current["previous"]:
+                raise RegistryError(f"{name}: {alias} has no previous version to roll back to")
+            target = current["previous"][0]
+            details["new_version"] = target
+            verified = self._vetted(name, target, keyring)
+            details["weights_sha256"] = verified.weights_sha256
+            new = next_alias_record(
+                target, verified.weights_sha256, current["previous"][1:], current, audit
+            )
+            self._swap(name, alias, new, token)
+            details["generation"] = new["generation"]
+            return new
+
+        def subject() -> str:
+            return f"{name}@{details.get('new_version') or alias}"
+
+        return audited(audit, "rollback", subject, details, work)
+
+    def _swap(self, name: str, alias: str, new: dict[str, Any], token: str | None) -> None:
+        try:
+            self.store.write_alias(name, alias, new, token)
+        except AliasChanged as lost:
+            if lost.current == new:  # our own write, seen again after a retried request
+                return
+            winner = lost.current["version"] if lost.current else "(deleted)"
+            raise RegistryConflict(
+                f"{name}: alias {alias} moved to {winner} while this change was being made "
+                f"(lost the race; {new['version']} was not applied)"
+            ) from None
+
+    def list(self, name: str) -> builtins.list[dict[str, Any]]:
+        """Committed versions of `name`, oldest push first, with the aliases pointing at each.
+
+        Raises:
+            RegistryError: an invalid name, or a malformed record.
+        """
+        check_name("model", name)
+        pointing: dict[str, list[str]] = {}
+        for alias, record in self.aliases(name).items():
+            pointing.setdefault(record["version"], []).append(alias)
+        rows = []
+        for version in self.store.list_versions(name):
+            record = self._record(name, version)
+            rows.append(
+                {
+                    **{k: record[k] for k in ("version", "weights_sha256", "signer")},
+                    **{k: record[k] for k in ("pushed_at", "pushed_by")},
+                    "gate_record": bool(record.get("gate_record")),
+                    "aliases": sorted(pointing.get(version, [])),
+                }
+            )
+        return sorted(rows, key=lambda row: (row["pushed_at"], row["version"]))
