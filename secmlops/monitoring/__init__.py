@@ -1,0 +1,1 @@
+"""Monitoring: drift and attack signals from the inference log."""

@@ -1,0 +1,1 @@
+"""The serving stage: the detection API and the controls around each request."""

@@ -1,0 +1,128 @@
+"""The inference log: one JSON record per served request, the monitoring stage's evidence.
+
+Records go to a local folder (`/path` or `file:///path`) or to S3 (`s3://bucket/prefix`), in
+hourly partitions (`YYYY/MM/DD/HH/`), as JSON lines. Local files are appended to and flushed per
+record. S3 objects cannot be appended to, so records are buffered and written as one new object
+per flush (every `flush_every` records, and on close): an object is never rewritten, so readers
+never see a half-written one. Credentials come from the environment only; the endpoint from
+`SECMLOPS_S3_ENDPOINT_URL` (MinIO, a loopback test server) when set.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from secmlops.errors import DataError
+
+S3_ENDPOINT_ENV = "SECMLOPS_S3_ENDPOINT_URL"
+
+
+class InferenceLog:
+    """Append-only writer of inference records (thread-safe).
+
+    Args:
+        uri: a folder path, `file://` URI, or `s3://bucket/prefix`.
+        flush_every: S3 only: records per object.
+    """
+
+    def __init__(self, uri: str | Path, flush_every: int = 100) -> None:
+        text = str(uri)
+        self.uri = text
+        self._lock = threading.Lock()
+        self._buffer: list[str] = []
+        self._flush_every = flush_every
+        if text.startswith("s3://"):
+            bucket, _, prefix = text[5:].partition("/")
+            if not bucket:
+                raise DataError(f"inference log {text!r}: no bucket")
+            self._s3 = _s3_client()
+            self._bucket, self._prefix = bucket, prefix.strip("/")
+            self._folder: Path | None = None
+        else:
+            self._s3 = None
+            self._folder = Path(text.removeprefix("file://"))
+            self._folder.mkdir(parents=True, exist_ok=True)
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write one record (a `time` field in UTC ISO format is added if absent)."""
+        now = dt.datetime.now(dt.UTC)
+        record = {"time": now.isoformat(timespec="milliseconds"), **record}
+        line = json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
+        with self._lock:
+            if self._folder is not None:
+                path = self._folder / _partition(now) / "records.jsonl"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "a", encoding="utf-8") as handle:
+                    handle.write(line)
+                    handle.flush()
+                return
+            self._buffer.append(line)
+            if len(self._buffer) >= self._flush_every:
+                self._flush_locked(now)
+
+    def flush(self) -> None:
+        """Write buffered records now (S3); a no-op for folders."""
+        with self._lock:
+            self._flush_locked(dt.datetime.now(dt.UTC))
+
+    close = flush
+
+    def _flush_locked(self, now: dt.datetime) -> None:
+        if self._s3 is None or not self._buffer:
+            return
+        key = "/".join(
+            part for part in (self._prefix, _partition(now), f"{uuid.uuid4().hex}.jsonl") if part
+        )
+        self._s3.put_object(Bucket=self._bucket, Key=key, Body="".join(self._buffer).encode())
+        self._buffer.clear()
+
+
+def read_inference_log(uri: str | Path) -> Iterator[dict[str, Any]]:
+    """Every record of an inference log, oldest partition first.
+
+    Raises:
+        DataError: a line is not valid JSON (names the file and line).
+    """
+    text = str(uri)
+    if text.startswith("s3://"):
+        bucket, _, prefix = text[5:].partition("/")
+        client = _s3_client()
+        keys: list[str] = []
+        for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix.strip("/")
+        ):
+            keys.extend(item["Key"] for item in page.get("Contents", []))
+        for key in sorted(keys):
+            body = client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+            yield from _parse_lines(body, f"s3://{bucket}/{key}")
+        return
+    folder = Path(text.removeprefix("file://"))
+    for path in sorted(folder.rglob("*.jsonl")):
+        yield from _parse_lines(path.read_text(encoding="utf-8"), str(path))
+
+
+def _parse_lines(text: str, source: str) -> Iterator[dict[str, Any]]:
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{source}:{number}: not a JSON record ({exc.msg})") from None
+
+
+def _partition(now: dt.datetime) -> str:
+    return now.strftime("%Y/%m/%d/%H")
+
+
+def _s3_client() -> Any:
+    import boto3
+
+    return boto3.client("s3", endpoint_url=os.environ.get(S3_ENDPOINT_ENV) or None)

@@ -1,0 +1,116 @@
+"""Which model serving runs: the registry alias, verified at every load, hot-swapped when it moves.
+
+The server only ever runs a model that verified (signature by a trusted key, every file's digest,
+provenance) at the moment it was loaded. When the alias moves, the new version is pulled into a
+fresh folder and verified there; only then does it replace the running model. A version that
+fails to verify is refused, audited, and the old model keeps serving.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from secmlops.audit import AuditLog
+from secmlops.errors import SecMLOpsError
+from secmlops.supplychain.keys import Keyring
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A verified, loaded model and where it came from."""
+
+    model: nn.Module
+    version: str
+    weights_sha256: str
+    signer: str
+
+
+class ModelSource:
+    """The registry alias serving follows.
+
+    Args:
+        registry_uri: `file://...` or `s3://...`.
+        name: the model name in the registry.
+        alias: the alias to serve (`production`).
+        keyring: trusted model-signing keys.
+        audit: where loads and refusals are recorded.
+        device: where the model runs.
+    """
+
+    def __init__(
+        self,
+        registry_uri: str,
+        name: str,
+        alias: str,
+        keyring: Keyring,
+        audit: AuditLog,
+        device: str = "cpu",
+    ) -> None:
+        from secmlops.registry import Registry
+
+        self.registry = Registry.open(registry_uri)
+        self.name, self.alias, self.keyring, self.audit = name, alias, keyring, audit
+        self.device = device
+        self.current: LoadedModel | None = None
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+        self._cache = Path(tempfile.mkdtemp(prefix="secmlops-serving-"))
+
+    def refresh(self) -> bool:
+        """Load the alias's version if it differs from the running one.
+
+        Returns:
+            True when a new model now serves.
+
+        Raises:
+            SecMLOpsError: only when no model is running yet (the server cannot start without
+                one); later failures keep the old model and are reported in `last_error`.
+        """
+        with self._lock:
+            try:
+                version, _ = self.registry.resolve(self.name, self.alias)
+                if self.current is not None and self.current.version == version:
+                    return False
+                loaded = self._load(version)
+            except SecMLOpsError as exc:
+                self.last_error = str(exc)
+                self.audit.append(
+                    "serving", "load_model", "fail", f"{self.name}@{self.alias}",
+                    {"error": str(exc), "kept": self.current.version if self.current else None},
+                )  # fmt: skip
+                if self.current is None:
+                    raise
+                return False
+            previous = self.current.version if self.current else None
+            self.current, self.last_error = loaded, None
+            self.audit.append(
+                "serving", "load_model", "pass", loaded.weights_sha256,
+                {"model": self.name, "version": version, "alias": self.alias,
+                 "previous": previous, "signer": loaded.signer},
+            )  # fmt: skip
+            return True
+
+    def _load(self, version: str) -> LoadedModel:
+        from secmlops.models import load
+
+        folder = self._cache / version
+        verified = self.registry.pull(self.name, version, folder, self.keyring, overwrite=True)
+        model = load(folder, device=self.device)
+        return LoadedModel(model, version, verified.weights_sha256, verified.signer)
+
+    def describe(self) -> dict[str, Any]:
+        """What is serving now, for /healthz."""
+        current = self.current
+        return {
+            "model": self.name,
+            "alias": self.alias,
+            "version": current.version if current else None,
+            "weights_sha256": current.weights_sha256 if current else None,
+            "last_refusal": self.last_error,
+        }
