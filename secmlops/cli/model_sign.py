@@ -103,3 +103,28 @@ def verify_command(
         f"data {predicate['data']['manifest_digest']}, code {predicate['code']['git_commit']}, "
         f"gate record {gate}"
     )
+
+
+@model_app.command("calibrate-screening")
+def calibrate_screening_command(
+    model: Annotated[Path, typer.Option(help="Model directory (before `model sign`).")],
+    data: Annotated[Path, typer.Option(help="Dataset with clean images from the camera.")],
+    split: Annotated[str, typer.Option(help="Split to calibrate on (not the test split).")] = "val",
+    max_images: Annotated[int, typer.Option(help="At most this many images.")] = 200,
+) -> None:
+    """Measure the adversarial-input screener's thresholds; writes screening.json beside the model.
+
+    Sign the model afterwards: the calibration is one of its signed artifact files, and serving
+    uses it (the feature-squeezing cascade) only when it verifies.
+    """
+    from secmlops.serving.calibration import SCREENING_FILE, calibrate_model
+
+    try:
+        calibration = calibrate_model(model, data, split, max_images)
+    except SecMLOpsError as exc:
+        fail(exc)
+    console.print(
+        f"{model / SCREENING_FILE}: {calibration.images} clean {split} images, alarm above "
+        f"uncertainty {calibration.uncertainty_threshold:.4f}, squeeze check from "
+        f"{calibration.escalate_at}"
+    )

@@ -155,8 +155,19 @@ def _serve(
         raise HTTPException(503, "no verified model is loaded")
     device = next(loaded.model.parameters()).device
     batch = image.unsqueeze(0).to(device)
-    with torch.no_grad():
-        outputs, scores = detector(loaded.model, batch)
+    screening: dict[str, bool] = {}
+    if config.detect is None and loaded.screener is not None:
+        # The calibrated cascade: score in units of the alarm threshold (> 1: alarm).
+        result = loaded.screener(batch)
+        outputs, scores = result.detections, result.score
+        screening = {
+            "flagged": bool(result.flagged[0]),
+            "escalated": bool(result.escalated[0]),
+            "degraded": bool(result.degraded[0]),
+        }
+    else:
+        with torch.no_grad():
+            outputs, scores = detector(loaded.model, batch)
     detections = {k: v.cpu() for k, v in outputs[0].items()}
     score = round(float(scores[0]), 6)
     keep = detections["scores"] >= config.score_threshold
@@ -180,6 +191,7 @@ def _serve(
             },
             "detections": people,
             "adversarial_score": score,
+            "screening": screening,
             "latency_ms": round((time.perf_counter() - started) * 1000, 2),
             **config.extra_log_fields,
         }
@@ -189,6 +201,7 @@ def _serve(
         "model": {"version": loaded.version, "weights_sha256": loaded.weights_sha256},
         "detections": people,
         "adversarial_score": score,
+        "screening": screening,
     }
 
 

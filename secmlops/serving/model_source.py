@@ -8,6 +8,7 @@ fails to verify is refused, audited, and the old model keeps serving.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from secmlops.audit import AuditLog
-from secmlops.errors import SecMLOpsError
+from secmlops.errors import ModelError, SecMLOpsError
 from secmlops.supplychain.keys import Keyring
 
 
@@ -29,6 +30,7 @@ class LoadedModel:
     version: str
     weights_sha256: str
     signer: str
+    screener: Any = None  # a calibrated `Screener` when the release carries screening.json
 
 
 class ModelSource:
@@ -98,11 +100,22 @@ class ModelSource:
 
     def _load(self, version: str) -> LoadedModel:
         from secmlops.models import load
+        from secmlops.serving.calibration import SCREENING_FILE
+        from secmlops.serving.screening import Screener, ScreenerCalibration
 
         folder = self._cache / version
         verified = self.registry.pull(self.name, version, folder, self.keyring, overwrite=True)
         model = load(folder, device=self.device)
-        return LoadedModel(model, version, verified.weights_sha256, verified.signer)
+        screener = None
+        if (folder / SCREENING_FILE).is_file():  # signed with the model: verified above
+            try:
+                calibration = ScreenerCalibration.from_json(
+                    json.loads((folder / SCREENING_FILE).read_text())
+                )
+            except (ValueError, TypeError) as exc:
+                raise ModelError(f"{self.name}@{version}: bad {SCREENING_FILE} ({exc})") from None
+            screener = Screener(model, calibration)
+        return LoadedModel(model, version, verified.weights_sha256, verified.signer, screener)
 
     def describe(self) -> dict[str, Any]:
         """What is serving now, for /healthz."""

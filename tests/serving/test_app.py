@@ -1,6 +1,7 @@
 """`/v1/detect`: auth, input limits, verified hot reload, and the inference log."""
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -149,3 +150,43 @@ def test_default_screening_scores_every_request_from_the_same_forward(tmp_path, 
     with TestClient(app) as client:
         scores = [detect(client, jpeg(seed=s)).json()["adversarial_score"] for s in range(2)]
     assert all(math.isfinite(s) and s >= 0 for s in scores)
+
+
+def test_a_release_with_a_calibrated_screener_reports_alarms(tmp_path, pki, tiny_scenes):
+    """The calibration is signed with the model; serving runs the cascade and flags attacks."""
+    from secmlops import models
+    from secmlops.attacks.projected_gradient import AttackConfig, perturb
+    from secmlops.serving.calibration import calibrate_model
+    from secmlops.supplychain.provenance import sign_model
+    from secmlops.training.trainer import TrainConfig, train
+
+    model_dir = tmp_path / "model"
+    train(tiny_scenes, model_dir, TrainConfig(epochs=2, batch_size=8, warmup_steps=4, seed=1))
+    calibrate_model(model_dir, tiny_scenes, split="all", max_images=40)
+    sign_model(model_dir, pki["release"]["key"])
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    registry = Registry.open(tmp_path / "registry")
+    registry.push(model_dir, "pds", "v1", pki["keyring"], audit)
+    # Promotion needs a passed gate; loading for serving does not look at aliases' history.
+    (tmp_path / "registry" / "models" / "pds" / "aliases").mkdir(parents=True)
+    record = {"version": "v1", "weights_sha256": models.read_card(model_dir).weights_sha256,
+              "previous": [], "generation": 1, "moved_at": "2026-11-26T00:00:00+00:00",
+              "moved_by": "test"}  # fmt: skip
+    (tmp_path / "registry" / "models" / "pds" / "aliases" / "production.json").write_text(
+        json.dumps(record)
+    )
+    source = ModelSource(str(tmp_path / "registry"), "pds", "production", pki["keyring"], audit)
+    app = create_app(source, InferenceLog(tmp_path / "log"), ServingConfig(token=TOKEN))
+    image = Image.open(sorted((tiny_scenes / "images").iterdir())[0]).convert("RGB")
+    clean = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(255).unsqueeze(0)
+    model = models.load(model_dir)
+    attacked = perturb(model, clean, [{"boxes": torch.zeros(0, 4)}], AttackConfig(eps=8 / 255))
+    with TestClient(app) as client:
+        answers = []
+        for pixels in (clean, attacked):
+            buffer = io.BytesIO()
+            array = pixels[0].mul(255).round().byte().permute(1, 2, 0).numpy()
+            Image.fromarray(array).save(buffer, "PNG")
+            answers.append(detect(client, buffer.getvalue(), "image/png").json())
+    assert set(answers[0]["screening"]) == {"flagged", "escalated", "degraded"}
+    assert answers[1]["adversarial_score"] > answers[0]["adversarial_score"]
