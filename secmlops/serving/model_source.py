@@ -61,6 +61,9 @@ class ModelSource:
         self.device = device
         self.current: LoadedModel | None = None
         self.last_error: str | None = None
+        # The version last refused: not retried (and not re-audited) every interval while the
+        # alias still names it; versions are immutable, so it would fail the same way.
+        self._refused: str | None = None
         self._lock = threading.Lock()
         self._cache = Path(tempfile.mkdtemp(prefix="secmlops-serving-"))
 
@@ -75,13 +78,15 @@ class ModelSource:
                 one); later failures keep the old model and are reported in `last_error`.
         """
         with self._lock:
+            version: str | None = None
             try:
                 version, _ = self.registry.resolve(self.name, self.alias)
-                if self.current is not None and self.current.version == version:
+                if self.current is not None and version in (self.current.version, self._refused):
                     return False
                 loaded = self._load(version)
             except SecMLOpsError as exc:
                 self.last_error = str(exc)
+                self._refused = version
                 self.audit.append(
                     "serving", "load_model", "fail", f"{self.name}@{self.alias}",
                     {"error": str(exc), "kept": self.current.version if self.current else None},
