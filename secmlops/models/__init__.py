@@ -9,7 +9,6 @@ missing, malformed or do not match each other.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +19,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from secmlops.errors import ModelError
-from secmlops.fsutil import atomic_write_json
+from secmlops.fsutil import atomic_write_json, sha256_file
 from secmlops.models.compact_centernet import LOSS_KEYS as CENTERNET_LOSS_KEYS
 from secmlops.models.compact_centernet import CompactCenterNet
 from secmlops.models.torchvision_detectors import TORCHVISION_BUILDERS, TORCHVISION_LOSS_KEYS
@@ -80,15 +79,6 @@ def loss_keys(name: str) -> tuple[str, ...]:
     if name == DEFAULT_ARCHITECTURE:
         return CENTERNET_LOSS_KEYS
     return TORCHVISION_LOSS_KEYS[name]
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Streaming SHA-256 hex digest of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save(

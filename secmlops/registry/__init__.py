@@ -33,6 +33,7 @@ from urllib.parse import unquote, urlparse
 
 from secmlops.audit import AuditLog, default_actor
 from secmlops.errors import IntegrityError, SecMLOpsError
+from secmlops.fsutil import sha256_file
 from secmlops.registry.aliases import audited, check_expected, next_alias_record
 from secmlops.registry.file_store import FileStore
 from secmlops.registry.releases import (
@@ -53,7 +54,6 @@ from secmlops.registry.store import (
     Store,
     check_name,
     now_iso,
-    sha256_file,
 )
 from secmlops.supplychain.keys import Keyring
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from secmlops.errors import IntegrityError
-from secmlops.registry.store import sha256_file
+from secmlops.fsutil import sha256_file
 from secmlops.supplychain.keys import Keyring
 
 if TYPE_CHECKING:

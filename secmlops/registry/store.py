@@ -14,7 +14,6 @@ or folder can put anything there. Names are validated before they become paths o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from abc import ABC, abstractmethod
@@ -64,15 +63,6 @@ def check_name(kind: str, value: str, pattern: re.Pattern[str] = NAME_PATTERN) -
 def now_iso() -> str:
     """UTC time, seconds precision: when a version was pushed or an alias moved."""
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Streaming SHA-256 hex digest of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def encode_json(obj: Any) -> bytes:
