@@ -243,7 +243,7 @@ def train(
 
     state = {"epoch": 0, "best_epoch": 0, "best_map50": -1.0, "history": []}
     if resume:
-        state = _load_checkpoint(checkpoint_dir, model, optimizer, config)
+        state = _load_checkpoint(checkpoint_dir, model, optimizer, config, scaler)
 
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
         epoch_started = time.perf_counter()
@@ -302,7 +302,7 @@ def train(
             state["best_map50"], state["best_epoch"] = val_map50, epoch
             _save_weights(model, checkpoint_dir / "best.safetensors")
         state["epoch"] = epoch
-        _save_checkpoint(checkpoint_dir, model, optimizer, config, state)
+        _save_checkpoint(checkpoint_dir, model, optimizer, config, state, scaler)
         if on_epoch:
             on_epoch(summary)
 
@@ -402,8 +402,13 @@ def _save_checkpoint(
     optimizer: torch.optim.Optimizer,
     config: TrainConfig,
     state: dict[str, Any],
+    scaler: torch.amp.GradScaler,
 ) -> None:
-    """Weights and optimizer tensors in safetensors, the rest in JSON; JSON written last."""
+    """Weights and optimizer tensors in safetensors, the rest in JSON; JSON written last.
+
+    The AMP loss scale is part of the state: a resumed run that restarted it at its initial value
+    would skip or scale steps differently from the uninterrupted run.
+    """
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     optimizer_state = optimizer.state_dict()
     for param_id, param_state in optimizer_state["state"].items():
@@ -419,13 +424,18 @@ def _save_checkpoint(
         {
             "config": config.to_json(),
             "param_groups": optimizer_state["param_groups"],
+            "grad_scaler": scaler.state_dict(),
             **state,
         },
     )
 
 
 def _load_checkpoint(
-    checkpoint_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig
+    checkpoint_dir: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    scaler: torch.amp.GradScaler,
 ) -> dict[str, Any]:
     meta = json.loads((checkpoint_dir / "state.json").read_text())
     try:
@@ -442,4 +452,6 @@ def _load_checkpoint(
             optimizer_state["state"].setdefault(int(param_id), {})[name] = value
     optimizer.load_state_dict(optimizer_state)
     torch.set_rng_state(tensors["rng.torch"])
+    if meta.get("grad_scaler"):
+        scaler.load_state_dict(meta["grad_scaler"])
     return {k: meta[k] for k in ("epoch", "best_epoch", "best_map50", "history")}
