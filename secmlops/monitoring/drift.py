@@ -1,0 +1,304 @@
+"""Drift and attack-rate signals of an inference-log window.
+
+Drift: every feature column of the window is compared with the model's reference profile by a
+two-sample Kolmogorov-Smirnov test (Evidently `ValueDrift(method="ks")`, so the value is a
+p-value whatever the reference size); the window drifts when the share of columns whose p-value
+falls below `drift_p_value` reaches `max_drifted_share`. Evidently writes the HTML and JSON
+reports that operators read; the decision uses the same p-values that the reports show.
+
+Attack rate: the share of requests that serving's screener flagged (or, for records served
+without a calibrated screener, whose adversarial score exceeds `score_threshold`). An alarm
+fires when the share reaches `max_flagged_share`, or when it jumps against the previous window
+(one-sided two-proportion z-test): a campaign that starts below the absolute bar still shows as
+a sudden rise.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from secmlops.errors import DataError
+from secmlops.fsutil import atomic_write_bytes
+from secmlops.monitoring.reference import FEATURE_COLUMNS, SCORE_COLUMN
+
+# Evidently reports usage unless told not to; this must happen before its first import.
+os.environ["DO_NOT_TRACK"] = "1"
+
+FLAGGED_COLUMN = "flagged"
+HTML_REPORT = "drift-report.html"
+JSON_REPORT = "drift-report.json"
+
+
+@dataclass(frozen=True)
+class MonitoringThresholds:
+    """Every threshold of the monitoring stage; callers pass explicit values (no defaults).
+
+    Attributes:
+        max_drifted_share: drift when at least this share of feature columns drifted (0..1].
+        drift_p_value: a column drifts when its K-S p-value is below this (0..1).
+        min_window: fewer records than this cannot be judged (the check raises).
+        max_flagged_share: attack alarm when at least this share of records is flagged (0..1].
+        jump_p_value: attack alarm when the rise of the flagged share against the previous
+            window is significant at this level (one-sided two-proportion z-test) (0..1).
+        score_threshold: adversarial score above which a record without screening counts
+            as flagged; None: such records are an error (they cannot be judged).
+    """
+
+    max_drifted_share: float
+    drift_p_value: float
+    min_window: int
+    max_flagged_share: float
+    jump_p_value: float
+    score_threshold: float | None
+
+    def __post_init__(self) -> None:
+        for name in ("max_drifted_share", "max_flagged_share"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+        for name in ("drift_p_value", "jump_p_value"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"{name} must be in (0, 1), got {value!r}")
+        if isinstance(self.min_window, bool) or self.min_window < 2:
+            raise ValueError(f"min_window must be an integer >= 2, got {self.min_window!r}")
+        if self.score_threshold is not None and not math.isfinite(self.score_threshold):
+            raise ValueError(f"score_threshold must be finite, got {self.score_threshold!r}")
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    """Outcome of one drift check (JSON-serialisable through `to_json`)."""
+
+    detected: bool
+    drifted_share: float
+    drifted_columns: tuple[str, ...]
+    p_values: dict[str, float]
+    window_size: int
+    reference_size: int
+    html_report: str
+    json_report: str
+    thresholds: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A plain dict for audit details and asset extras."""
+        data = asdict(self)
+        data["drifted_columns"] = list(self.drifted_columns)
+        return data
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """Outcome of one attack-rate check (JSON-serialisable through `to_json`)."""
+
+    alarm: bool
+    flagged: int
+    total: int
+    flagged_share: float
+    jump: bool
+    jump_p_value: float | None
+    previous_share: float | None
+    reasons: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """A plain dict for audit details and asset extras."""
+        data = asdict(self)
+        data["reasons"] = list(self.reasons)
+        return data
+
+
+def records_to_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Flatten inference-log records into one row per request.
+
+    Columns: every feature of `FEATURE_COLUMNS`, `adversarial_score`, and `flagged` (1.0 or
+    0.0 from serving's screening, NaN when the record was served without a screener).
+
+    Raises:
+        DataError: a record lacks a feature or its score, or a value is not a finite number
+            (names the record's position and request id); a silent gap would hide drift.
+    """
+    rows: list[dict[str, float]] = []
+    for index, record in enumerate(records):
+        where = f"inference record {index} ({record.get('request_id', 'no request_id')})"
+        features = record.get("features")
+        if not isinstance(features, Mapping):
+            raise DataError(f"{where}: no 'features' object")
+        row: dict[str, float] = {}
+        for name in FEATURE_COLUMNS:
+            row[name] = _finite(features.get(name), f"{where}: feature {name!r}")
+        row[SCORE_COLUMN] = _finite(record.get(SCORE_COLUMN), f"{where}: {SCORE_COLUMN!r}")
+        screening = record.get("screening") or {}
+        if not isinstance(screening, Mapping):
+            raise DataError(f"{where}: 'screening' is not an object")
+        flagged = screening.get("flagged")
+        if flagged is not None and not isinstance(flagged, bool):
+            raise DataError(f"{where}: screening.flagged is not a boolean ({flagged!r})")
+        row[FLAGGED_COLUMN] = float(flagged) if flagged is not None else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[*FEATURE_COLUMNS, SCORE_COLUMN, FLAGGED_COLUMN])
+
+
+def check_drift(
+    reference_df: pd.DataFrame,
+    window_df: pd.DataFrame,
+    out_dir: Path,
+    thresholds: MonitoringThresholds,
+) -> DriftResult:
+    """Compare a window's feature distribution with the reference; write Evidently reports.
+
+    Args:
+        reference_df: the model's reference profile (`load_reference`).
+        window_df: the window's rows (`records_to_frame`).
+        out_dir: folder for `drift-report.html` and `drift-report.json` (written atomically).
+        thresholds: the monitoring thresholds.
+
+    Returns:
+        The drift outcome with per-column p-values, drifted columns and report paths.
+
+    Raises:
+        DataError: a feature column is missing or the window is smaller than `min_window`.
+    """
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import ValueDrift
+
+    columns = list(FEATURE_COLUMNS)
+    for name, frame in (("reference", reference_df), ("window", window_df)):
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise DataError(f"drift check: {name} lacks feature columns {missing}")
+    if len(window_df) < thresholds.min_window:
+        raise DataError(
+            f"drift check: window has {len(window_df)} records, fewer than min_window="
+            f"{thresholds.min_window}; it cannot be judged"
+        )
+    definition = DataDefinition(numerical_columns=columns)
+    # method="ks" keeps the value a p-value for references above 1000 rows too.
+    metrics = [
+        ValueDrift(column=c, method="ks", threshold=thresholds.drift_p_value) for c in columns
+    ]
+    snapshot = Report(metrics, include_tests=True).run(
+        current_data=Dataset.from_pandas(
+            window_df[columns].astype(float), data_definition=definition
+        ),
+        reference_data=Dataset.from_pandas(
+            reference_df[columns].astype(float), data_definition=definition
+        ),
+    )
+    p_values = _p_values(snapshot.dict(), columns)
+    drifted = tuple(c for c in columns if p_values[c] < thresholds.drift_p_value)
+    share = len(drifted) / len(columns)
+    out_dir = Path(out_dir)
+    html_path, json_path = out_dir / HTML_REPORT, out_dir / JSON_REPORT
+    atomic_write_bytes(html_path, snapshot.get_html_str(as_iframe=False).encode())
+    atomic_write_bytes(json_path, snapshot.json().encode())
+    return DriftResult(
+        detected=share >= thresholds.max_drifted_share,
+        drifted_share=share,
+        drifted_columns=drifted,
+        p_values=p_values,
+        window_size=len(window_df),
+        reference_size=len(reference_df),
+        html_report=str(html_path),
+        json_report=str(json_path),
+        thresholds={
+            "max_drifted_share": thresholds.max_drifted_share,
+            "drift_p_value": thresholds.drift_p_value,
+        },
+    )
+
+
+def check_attacks(
+    window_df: pd.DataFrame,
+    thresholds: MonitoringThresholds,
+    previous: AttackResult | None = None,
+) -> AttackResult:
+    """Attack-rate alarm of a window: absolute share, and a jump against the previous window.
+
+    Args:
+        window_df: the window's rows (`records_to_frame`).
+        thresholds: the monitoring thresholds.
+        previous: the previous window's result (None: no jump test).
+
+    Returns:
+        The attack outcome; `reasons` names which test fired ("share", "jump").
+
+    Raises:
+        DataError: the window is smaller than `min_window`, lacks its columns, or holds
+            records without screening while `score_threshold` is None.
+    """
+    for name in (SCORE_COLUMN, FLAGGED_COLUMN):
+        if name not in window_df.columns:
+            raise DataError(f"attack check: window lacks column {name!r}")
+    total = len(window_df)
+    if total < thresholds.min_window:
+        raise DataError(
+            f"attack check: window has {total} records, fewer than min_window="
+            f"{thresholds.min_window}; it cannot be judged"
+        )
+    screened = window_df[FLAGGED_COLUMN].to_numpy(dtype=float)
+    unscreened = np.isnan(screened)
+    if unscreened.any() and thresholds.score_threshold is None:
+        raise DataError(
+            f"attack check: {int(unscreened.sum())} records carry no screening verdict and no "
+            "score_threshold is set to judge them"
+        )
+    scores = window_df[SCORE_COLUMN].to_numpy(dtype=float)
+    by_score = scores > (thresholds.score_threshold if unscreened.any() else math.inf)
+    flags = np.where(unscreened, by_score, screened > 0.5)
+    flagged = int(flags.sum())
+    share = flagged / total
+    reasons: list[str] = []
+    if share >= thresholds.max_flagged_share:
+        reasons.append("share")
+    jump_p = None
+    if previous is not None and previous.total > 0:
+        jump_p = _rise_p_value(previous.flagged, previous.total, flagged, total)
+        if jump_p < thresholds.jump_p_value:
+            reasons.append("jump")
+    return AttackResult(
+        alarm=bool(reasons),
+        flagged=flagged,
+        total=total,
+        flagged_share=share,
+        jump="jump" in reasons,
+        jump_p_value=jump_p,
+        previous_share=previous.flagged_share if previous is not None else None,
+        reasons=tuple(reasons),
+    )
+
+
+def _rise_p_value(before: int, n_before: int, after: int, n_after: int) -> float:
+    """One-sided p-value that the flagged rate rose (pooled two-proportion z-test)."""
+    pooled = (before + after) / (n_before + n_after)
+    if pooled in (0.0, 1.0):
+        return 1.0  # nothing or everything flagged in both windows: no rise to see
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n_before + 1 / n_after))
+    z = (after / n_after - before / n_before) / se
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def _p_values(report: dict[str, Any], columns: list[str]) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for metric in report.get("metrics", []):
+        config = metric.get("config", {})
+        if config.get("type", "").endswith(":ValueDrift") and config.get("column") in columns:
+            found[config["column"]] = float(metric["value"])
+    missing = [c for c in columns if c not in found or not math.isfinite(found[c])]
+    if missing:
+        # An unreadable report must not read as "no drift".
+        raise DataError(f"drift check: Evidently returned no p-value for {missing}")
+    return {c: found[c] for c in columns}
+
+
+def _finite(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise DataError(f"{where} is missing or not a finite number ({value!r})")
+    return float(value)

@@ -1,0 +1,187 @@
+"""Monitoring core: reference profile, Evidently drift, attack rate, retraining decision.
+
+Every number comes from a real model run on real rendered scenes and a real Evidently report.
+"""
+
+import datetime as dt
+import json
+
+import pytest
+
+from secmlops.audit import AuditLog, read_audit_log
+from secmlops.errors import DataError
+from secmlops.monitoring.decision import decide
+from secmlops.monitoring.drift import (
+    MonitoringThresholds,
+    check_attacks,
+    check_drift,
+    records_to_frame,
+)
+from secmlops.monitoring.reference import (
+    REFERENCE_FILE,
+    build_reference,
+    describe_images,
+    load_reference,
+    load_split_images,
+    save_reference,
+)
+
+NOW = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def thresholds(score_threshold: float | None = None) -> MonitoringThresholds:
+    return MonitoringThresholds(
+        max_drifted_share=0.3,
+        drift_p_value=0.01,
+        min_window=20,
+        max_flagged_share=0.1,
+        jump_p_value=0.01,
+        score_threshold=score_threshold,
+    )
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A model trained on seed-11 scenes, its reference on unseen seed-21 scenes, window images."""
+    from secmlops.data.synthetic import generate_scenes
+    from secmlops.models import load
+    from secmlops.training.trainer import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("monitoring")
+    train_data = generate_scenes(root / "train", 80, seed=11, width=160, height=128, workers=1)
+    model_dir = root / "model"
+    train(train_data, model_dir, TrainConfig(epochs=10, batch_size=8, warmup_steps=10, seed=1))
+    # Held-out scenes (the model never saw them): the reference, like a validation split.
+    ref_data = generate_scenes(root / "ref", 100, seed=21, width=160, height=128, workers=1)
+    reference = build_reference(model_dir, ref_data, split="train", max_images=80)
+    save_reference(reference, model_dir)
+    window_data = generate_scenes(root / "win", 75, seed=31, width=160, height=128, workers=1)
+    images = load_split_images(window_data, "train", max_images=60)
+    return {"model_dir": model_dir, "model": load(model_dir), "images": images, "root": root}
+
+
+def served_records(model, images, flagged=None):
+    """Inference-log records as serving writes them (features, score, screening)."""
+    records = []
+    for i, row in enumerate(describe_images(model, images)):
+        score = row.pop("adversarial_score")
+        screening = (
+            {}
+            if flagged is None
+            else {"flagged": bool(flagged[i]), "escalated": False, "degraded": False}
+        )
+        records.append(
+            {
+                "request_id": f"r{i}",
+                "features": row,
+                "adversarial_score": score,
+                "screening": screening,
+            }
+        )
+    return records
+
+
+def test_reference_round_trip(setup):
+    path = setup["model_dir"] / REFERENCE_FILE
+    assert path.is_file()
+    reference = load_reference(setup["model_dir"])
+    assert len(reference) == 80
+    assert reference["detections"].sum() > 0  # the trained model finds people
+    assert isinstance(json.loads(path.read_text()), list)
+
+
+def test_in_distribution_window_no_drift_no_request(setup, tmp_path):
+    reference = load_reference(setup["model_dir"])
+    window = records_to_frame(served_records(setup["model"], setup["images"]))
+    result = check_drift(reference, window, tmp_path / "reports", thresholds())
+    assert not result.detected, result.p_values
+    assert result.drifted_share < 0.3
+    assert (tmp_path / "reports" / "drift-report.html").stat().st_size > 1000
+    assert json.loads((tmp_path / "reports" / "drift-report.json").read_text())["metrics"]
+    audit = AuditLog(tmp_path / "audit.jsonl", actor="test")
+    attack = check_attacks(window, thresholds(float(reference["adversarial_score"].max())))
+    request = decide(result, attack, tmp_path / "state.json", audit, NOW, 3600)
+    assert request is None
+    assert [e["action"] for e in read_audit_log(tmp_path / "audit.jsonl")] == ["check_window"]
+
+
+@pytest.mark.parametrize(
+    "shift",
+    [lambda x: (x + 0.3).clamp(0, 1), lambda x: x * 0.4 + 0.45],
+    ids=["brighter", "fog"],
+)
+def test_shifted_window_drifts_and_requests_retraining(setup, tmp_path, shift):
+    reference = load_reference(setup["model_dir"])
+    shifted = [shift(image) for image in setup["images"]]
+    window = records_to_frame(served_records(setup["model"], shifted))
+    result = check_drift(reference, window, tmp_path, thresholds())
+    assert result.detected
+    assert "brightness" in result.drifted_columns or "contrast" in result.drifted_columns
+    audit = AuditLog(tmp_path / "audit.jsonl", actor="test")
+    request = decide(result, None, tmp_path / "state.json", audit, NOW, 3600)
+    assert request is not None and request.reason == "drift"
+    assert request.evidence["drift"]["html_report"] == result.html_report
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["last_reason"] == "drift"
+
+    # The same drift ten minutes later: inside the cooldown, suppressed and audited.
+    later = decide(
+        result, None, tmp_path / "state.json", audit, NOW + dt.timedelta(minutes=10), 3600
+    )
+    assert later is None
+    entries = read_audit_log(tmp_path / "audit.jsonl")
+    assert [e["action"] for e in entries] == ["request_retraining", "suppress_retraining_request"]
+    assert entries[-1]["details"]["suppressed"] == ["drift"]
+    # After the cooldown it fires again.
+    again = decide(result, None, tmp_path / "state.json", audit, NOW + dt.timedelta(hours=2), 3600)
+    assert again is not None and again.reason == "drift"
+
+
+def test_flagged_share_raises_attack_alarm(setup, tmp_path):
+    images = setup["images"]
+    clean = records_to_frame(served_records(setup["model"], images, flagged=[False] * len(images)))
+    previous = check_attacks(clean, thresholds())
+    assert not previous.alarm and previous.flagged == 0
+    marks = [i % 5 == 0 for i in range(len(images))]  # 20% flagged by the screener
+    window = records_to_frame(served_records(setup["model"], images, flagged=marks))
+    attack = check_attacks(window, thresholds(), previous=previous)
+    assert attack.alarm and attack.flagged == sum(marks)
+    assert attack.flagged_share == pytest.approx(sum(marks) / len(images))
+    assert set(attack.reasons) == {"share", "jump"}
+    audit = AuditLog(tmp_path / "audit.jsonl", actor="test")
+    request = decide(None, attack, tmp_path / "state.json", audit, NOW, 3600)
+    assert request is not None and request.reason == "attack"
+    assert request.evidence["attack"]["flagged"] == sum(marks)
+
+
+def test_unscreened_records_flag_by_real_score_threshold(setup):
+    reference = load_reference(setup["model_dir"])
+    window = records_to_frame(served_records(setup["model"], setup["images"]))
+    with pytest.raises(DataError, match="score_threshold"):
+        check_attacks(window, thresholds(None))
+    # A threshold at the reference's 80th percentile flags a share of clean traffic near 20%.
+    cut = float(reference["adversarial_score"].quantile(0.8))
+    attack = check_attacks(window, thresholds(cut))
+    assert attack.flagged == int((window["adversarial_score"] > cut).sum())
+    assert attack.alarm == (attack.flagged_share >= 0.1)
+
+
+def test_missing_feature_fails_closed():
+    with pytest.raises(DataError, match="brightness"):
+        records_to_frame([{"features": {}, "adversarial_score": 0.1, "screening": {}}])
+
+
+def test_corrupt_state_fails_closed(setup, tmp_path):
+    (tmp_path / "state.json").write_text("{not json")
+    images = setup["images"][:20]
+    window = records_to_frame(served_records(setup["model"], images, flagged=[True] * 20))
+    attack = check_attacks(window, thresholds())
+    with pytest.raises(DataError, match="monitoring state"):
+        decide(None, attack, tmp_path / "state.json", AuditLog(tmp_path / "a.jsonl"), NOW, 60)
+
+
+def test_thresholds_validate():
+    with pytest.raises(ValueError, match="max_drifted_share"):
+        MonitoringThresholds(0.0, 0.01, 20, 0.1, 0.01, None)
+    with pytest.raises(ValueError, match="now must be timezone-aware"):
+        decide(None, None, "s.json", AuditLog("a.jsonl"), dt.datetime(2025, 1, 1), 60)
