@@ -11,8 +11,8 @@ written reason and returns the record that the caller appends to the audit log; 
 Layout: one model per lifecycle stage, each a required field of `Policy`: `data:` (validation,
 leakage and poisoning screens, trusted manifest keys) and `gate:` (the robustness validation gate:
 the attack suite its evidence must come from, clean and robust mAP floors, the accuracy a defence
-may cost, the regression allowed against production). `monitoring:` is added the same way, as a
-required section with no defaults.
+may cost, the regression allowed against production) and `monitoring:` (drift and attack signals
+that request retraining, and the cooldown between requests).
 """
 
 from __future__ import annotations
@@ -148,12 +148,38 @@ class GatePolicy(_Section):
         return thresholds
 
 
+class MonitoringPolicy(_Section):
+    """Thresholds of the monitoring stage: when a window of served requests asks for retraining."""
+
+    drift_p_value: float = Field(
+        gt=0, lt=1, description="a feature drifts when its K-S p-value is below this"
+    )
+    max_drifted_share: float = Field(
+        gt=0, le=1, description="drift is declared when at least this share of features drifts"
+    )
+    min_window: int = Field(ge=5, description="fewest requests a window needs to be judged")
+    max_flagged_share: float = Field(
+        gt=0, le=1, description="attack alarm when at least this share of requests is flagged"
+    )
+    jump_p_value: float = Field(
+        gt=0, lt=1, description="attack alarm when the flagged share rises this significantly"
+    )
+    adversarial_score_threshold: float | None = Field(
+        description="requests served without a calibrated screener count as flagged above this "
+        "score; null: such requests cannot be judged (an error, not a pass)"
+    )
+    cooldown_hours: float = Field(
+        gt=0, description="a request for the same reason inside this time is suppressed"
+    )
+
+
 class Policy(_Section):
     """The whole policy file: its format version and one section per lifecycle stage."""
 
     version: Literal[1]
     data: DataPolicy
     gate: GatePolicy
+    monitoring: MonitoringPolicy
 
     @field_validator("version", mode="before")
     @classmethod

@@ -49,6 +49,15 @@ def valid() -> dict[str, Any]:
             "max_defence_cost": 0.1,
             "max_regression": 0.02,
         },
+        "monitoring": {
+            "drift_p_value": 0.01,
+            "max_drifted_share": 0.3,
+            "min_window": 20,
+            "max_flagged_share": 0.1,
+            "jump_p_value": 0.001,
+            "adversarial_score_threshold": None,
+            "cooldown_hours": 6,
+        },
     }
 
 
@@ -103,7 +112,7 @@ def test_each_missing_attack_suite_setting_is_an_error(tmp_path, field):
     assert error_of(path) == f"{path}: gate.attacks.{field}: field required"
 
 
-@pytest.mark.parametrize("section", ["version", "data", "gate"])
+@pytest.mark.parametrize("section", ["version", "data", "gate", "monitoring"])
 def test_missing_section_is_an_error(tmp_path, section):
     content = valid()
     del content[section]
@@ -287,7 +296,7 @@ def test_override_without_reason_is_refused(reason):
         ("data.min_box_width", "3", "data.min_box_width: input should be a valid number"),
         ("data.nope", 1, "data.nope: unknown policy key"),
         ("gate.min_map", 1, "gate.min_map: unknown policy key"),
-        ("monitoring.window", 1, "monitoring: unknown policy key"),
+        ("monitoring.window", 1, "monitoring.window: unknown policy key"),
         ("gate.min_robust_map50.pgd_linf_8", 0.2, "gate.min_robust_map50.pgd_linf_8: unknown"),
         ("gate.min_robust_map50.patch", 1.5, "gate.min_robust_map50.patch: input should be less"),
         ("gate.min_robust_map50", {"patch": 0.1}, "names a section"),
@@ -330,3 +339,14 @@ def test_digest_is_canonical(tmp_path):
         "min_box_width: 4", "min_box_width: 4.0"
     )
     assert policy_digest(load_policy(write(tmp_path, reordered))) == digest
+
+
+def test_monitoring_section_is_strict(tmp_path):
+    content = valid()
+    content["monitoring"]["cooldown_hours"] = 0
+    assert "monitoring.cooldown_hours" in error_of(write(tmp_path, content))
+    content = valid()
+    del content["monitoring"]["adversarial_score_threshold"]  # null is a choice; absent is not
+    assert "monitoring.adversarial_score_threshold: field required" in error_of(
+        write(tmp_path, content)
+    )

@@ -5,6 +5,7 @@ Every number comes from a real model run on real rendered scenes and a real Evid
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,8 @@ from secmlops.monitoring.reference import (
     load_split_images,
     save_reference,
 )
+
+from ..conftest import REPO_ROOT
 
 NOW = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -185,3 +188,27 @@ def test_thresholds_validate():
         MonitoringThresholds(0.0, 0.01, 20, 0.1, 0.01, None)
     with pytest.raises(ValueError, match="now must be timezone-aware"):
         decide(None, None, "s.json", AuditLog("a.jsonl"), dt.datetime(2025, 1, 1), 60)
+
+
+def test_monitor_window_reads_the_log_and_applies_the_policy(setup, tmp_path):
+    """The hourly run: log window -> checks under the policy's thresholds -> one request."""
+    from secmlops.monitoring.window import monitor_window
+    from secmlops.policy import load_policy
+    from secmlops.serving.inference_log import InferenceLog
+
+    policy = load_policy(REPO_ROOT / "policy.yaml").monitoring
+    fog = [image * 0.4 + 0.45 for image in setup["images"]]
+    log = InferenceLog(tmp_path / "log")
+    for record in served_records(setup["model"], fog, flagged=[False] * len(fog)):
+        log.append(record)
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    args = (str(tmp_path / "log"), setup["model_dir"], policy, tmp_path / "reports",
+            tmp_path / "state.json", audit)  # fmt: skip
+    now = dt.datetime.now(dt.UTC)
+    result = monitor_window(*args, now=now)
+    assert result["records"] == len(fog) and result["drift"]["detected"]
+    assert result["request"]["reason"] == "drift"
+    assert Path(result["drift"]["html_report"]).is_file()
+    # An hour later the same records are outside the window: too few to judge, an error.
+    with pytest.raises(DataError, match="needs at least"):
+        monitor_window(*args, now=now + dt.timedelta(hours=2))
