@@ -12,6 +12,7 @@ from secmlops.cli import (
     model,  # noqa: F401  (registers train, evaluate, predict)
     model_import,  # noqa: F401  (registers the model group and model import)
     model_sign,  # noqa: F401  (registers model sign, verify)
+    monitor,  # noqa: F401  (registers monitor)
     policy,  # noqa: F401  (registers policy check, override)
     registry,  # noqa: F401  (registers registry push, list, show, promote, rollback, pull)
     security,  # noqa: F401  (registers keys, audit, data sign/verify/validate/screen)

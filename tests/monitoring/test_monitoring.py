@@ -212,3 +212,33 @@ def test_monitor_window_reads_the_log_and_applies_the_policy(setup, tmp_path):
     # An hour later the same records are outside the window: too few to judge, an error.
     with pytest.raises(DataError, match="needs at least"):
         monitor_window(*args, now=now + dt.timedelta(hours=2))
+
+
+def test_cli_monitor_writes_the_request_for_a_foggy_window(setup, tmp_path):
+    from typer.testing import CliRunner
+
+    from secmlops.cli import app
+    from secmlops.serving.inference_log import InferenceLog
+
+    log = InferenceLog(tmp_path / "log")
+    fog = [image * 0.4 + 0.45 for image in setup["images"]]
+    for record in served_records(setup["model"], fog, flagged=[False] * len(fog)):
+        log.append(record)
+    out = tmp_path / "request.json"
+    result = CliRunner().invoke(
+        app,
+        ["monitor", "--model", str(setup["model_dir"]), "--log", str(tmp_path / "log"),
+         "--reports", str(tmp_path / "reports"), "--state", str(tmp_path / "state.json"),
+         "--request-out", str(out), "--policy", str(REPO_ROOT / "policy.yaml"),
+         "--audit-log", str(tmp_path / "audit.jsonl")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "drift DETECTED" in result.output
+    assert json.loads(out.read_text())["reason"] == "drift"
+    empty = CliRunner().invoke(
+        app,
+        ["monitor", "--model", str(setup["model_dir"]), "--log", str(tmp_path / "nothing"),
+         "--policy", str(REPO_ROOT / "policy.yaml"), "--audit-log", str(tmp_path / "a.jsonl"),
+         "--state", str(tmp_path / "s.json")],
+    )  # fmt: skip
+    assert empty.exit_code == 2 and "needs at least" in empty.output
