@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from secmlops.data.dataset import load_dataset, read_rgb
 from secmlops.errors import DataError, ModelError
+from secmlops.evaluation.inference import select_split
 from secmlops.fsutil import atomic_write_bytes
 from secmlops.monitoring.features import (
     DETECTION_FEATURES,
@@ -71,7 +72,8 @@ def describe_images(model: nn.Module, images: list[Tensor]) -> list[dict[str, fl
 
 
 def load_split_images(data_dir: Path, split: str = "val", max_images: int = 300) -> list[Tensor]:
-    """The first `max_images` images of a dataset split as float [3,H,W] tensors in [0,1].
+    """The first `max_images` images of a dataset split ("all": every image) as float [3,H,W]
+    tensors in [0,1].
 
     Raises:
         DataError: the dataset or split is missing or empty, or `max_images` is not positive.
@@ -81,7 +83,7 @@ def load_split_images(data_dir: Path, split: str = "val", max_images: int = 300)
     dataset = load_dataset(Path(data_dir))
     return [
         torch.from_numpy(read_rgb(dataset.image_path(item))).permute(2, 0, 1).float().div_(255)
-        for item in dataset.split(split)[:max_images]
+        for item in select_split(dataset, split)[:max_images]
     ]
 
 

@@ -27,7 +27,7 @@ from secmlops.monitoring.reference import (
     save_reference,
 )
 
-from ..conftest import REPO_ROOT
+from ..conftest import PETS_DIR, REPO_ROOT, requires_pets
 
 NOW = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -242,3 +242,27 @@ def test_cli_monitor_writes_the_request_for_a_foggy_window(setup, tmp_path):
          "--state", str(tmp_path / "s.json")],
     )  # fmt: skip
     assert empty.exit_code == 2 and "needs at least" in empty.output
+
+
+@requires_pets
+def test_real_pets_footage_drifts_from_the_synthetic_reference(setup, tmp_path):
+    """Real footage replayed through a model trained on synthetic scenes: drift, reason drift."""
+    from secmlops.data.import_mot import import_mot
+    from secmlops.monitoring.reference import load_split_images
+    from secmlops.monitoring.window import monitor_window
+    from secmlops.policy import load_policy
+    from secmlops.serving.inference_log import InferenceLog
+
+    pets = import_mot(PETS_DIR / "vtest.avi", PETS_DIR / "gt.txt", tmp_path / "pets",
+                      frames="601:660")  # fmt: skip
+    frames = load_split_images(pets, "all", 60)
+    log = InferenceLog(tmp_path / "log")
+    for record in served_records(setup["model"], frames, flagged=[False] * len(frames)):
+        log.append(record)
+    policy = load_policy(REPO_ROOT / "policy.yaml").monitoring
+    result = monitor_window(
+        str(tmp_path / "log"), setup["model_dir"], policy, tmp_path / "reports",
+        tmp_path / "state.json", AuditLog(tmp_path / "audit.jsonl"),
+    )  # fmt: skip
+    assert result["drift"]["detected"], result["drift"]["p_values"]
+    assert result["request"]["reason"] == "drift"
