@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from secmlops.audit import AuditLog, read_audit_log
 from secmlops.errors import DataError
@@ -266,3 +267,42 @@ def test_real_pets_footage_drifts_from_the_synthetic_reference(setup, tmp_path):
     )  # fmt: skip
     assert result["drift"]["detected"], result["drift"]["p_values"]
     assert result["request"]["reason"] == "drift"
+
+
+def test_a_window_with_20_percent_pgd_requests_raises_the_attack_alarm(setup, tmp_path):
+    """Real PGD uploads, flagged by the real calibrated screener, then the attack monitor."""
+    from secmlops.attacks.projected_gradient import AttackConfig, perturb
+    from secmlops.monitoring.reference import load_split_images
+    from secmlops.serving.screening import Screener
+
+    model = setup["model"]
+    calibration = torch.stack(load_split_images(setup["root"] / "ref", "train", 80))
+    screener = Screener.calibrate(model, calibration)
+    images = setup["images"]
+    attacked = set(range(0, len(images), 5))  # 20% of the requests
+    # The attacker makes the people of these scenes vanish: PGD against their true boxes.
+    from secmlops.data.dataset import load_dataset
+
+    dataset = load_dataset(setup["root"] / "win")
+    records = dataset.split("train")[: len(images)]
+    served = []
+    for i, image in enumerate(images):
+        batch = image.unsqueeze(0)
+        if i in attacked:
+            target = {"boxes": torch.tensor(records[i].boxes, dtype=torch.float32).reshape(-1, 4)}
+            seeded = torch.Generator().manual_seed(i)
+            batch = perturb(model, batch, [target], AttackConfig(eps=4 / 255), generator=seeded)
+            batch = batch.mul(255).round().div(255)  # uploads are 8-bit images
+        served.append(batch[0])
+    flags = screener(torch.stack(served)).flagged.tolist()
+    window = records_to_frame(served_records(model, served, flagged=flags))
+    clean = records_to_frame(served_records(model, images, flagged=screener(
+        torch.stack(images)).flagged.tolist()))  # fmt: skip
+    previous = check_attacks(clean, thresholds())
+    attack = check_attacks(window, thresholds(), previous=previous)
+    caught = sum(flags[i] for i in attacked)
+    print(f"screener caught {caught} of {len(attacked)} attacked requests")
+    assert caught >= len(attacked) // 2, (caught, len(attacked))
+    assert attack.alarm, attack
+    request = decide(None, attack, tmp_path / "state.json", AuditLog(tmp_path / "a.jsonl"), NOW, 60)
+    assert request is not None and request.reason == "attack"
