@@ -28,7 +28,7 @@ from secmlops import models
 from secmlops.attacks.projected_gradient import AttackConfig, perturb
 from secmlops.data.dataset import load_dataset
 from secmlops.data.synthetic import generate_scenes
-from secmlops.evaluation.coco_map import coco_map
+from secmlops.evaluation.robustness import map_under_transform
 from secmlops.training.batches import PreparedSplit, prepare_split
 
 
@@ -40,23 +40,6 @@ def best_of(repeats: int, run: Callable[[], object]) -> tuple[float, object]:
         result = run()
         times.append(time.perf_counter() - started)
     return min(times), result
-
-
-def robust_map50(model: torch.nn.Module, prepared: PreparedSplit, images: torch.Tensor) -> float:
-    """mAP@0.5 of `model` on (adversarial) input-size images of `prepared`."""
-    model.eval()
-    with torch.no_grad():
-        outputs = model(images)
-    height, width = images.shape[-2:]
-    predictions = {
-        record.id: {
-            "boxes": out["boxes"]
-            * torch.tensor([record.width / width, record.height / height] * 2),
-            "scores": out["scores"],
-        }
-        for record, out in zip(prepared.records, outputs, strict=True)
-    }
-    return coco_map(prepared.records, predictions)["mAP50"]
 
 
 def main() -> None:
@@ -154,8 +137,13 @@ def main() -> None:
     if args.model:
         print(
             f"robust mAP@0.5: ours {robust_map50(model, prepared, ours_images):.3f}, "
-            f"ART {robust_map50(model, prepared, torch.from_numpy(art_images).to(device)):.3f}"
+            f"ART {robust_map50(model, prepared, torch.from_numpy(art_images)):.3f}"
         )
+
+
+def robust_map50(model: torch.nn.Module, prepared: PreparedSplit, images: torch.Tensor) -> float:
+    """mAP@0.5 of `model` on (adversarial) input-size images of `prepared`."""
+    return map_under_transform(model, prepared, 16, lambda _, window: images[window].cpu())["mAP50"]
 
 
 if __name__ == "__main__":

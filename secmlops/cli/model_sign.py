@@ -31,10 +31,11 @@ def sign_command(
     audit_log: AuditOption = None,
 ) -> None:
     """Sign an in-toto provenance statement over every file of the model directory."""
-    from secmlops.supplychain.keys import load_private_key
+    from secmlops.supplychain.keys import Keyring, load_private_key
     from secmlops.supplychain.provenance import sign_model, verify_model
 
     try:
+        private_key = load_private_key(key)  # read once (a passphrase is asked for once)
         manifest_digest = signer = None
         if data is not None:
             from secmlops.data.manifest import verify_dataset
@@ -43,7 +44,7 @@ def sign_command(
             manifest_digest, signer = verified_data.digest, verified_data.key_id
         sign_model(
             model,
-            load_private_key(key),
+            private_key,
             data_manifest_digest=manifest_digest,
             data_signer=signer,
             dvc_revision=dvc_revision,
@@ -51,9 +52,7 @@ def sign_command(
         )
         # Verify what was just written with the signer's own public key: a release that does not
         # verify must not leave this command looking successful.
-        from secmlops.supplychain.keys import Keyring
-
-        public = Keyring([load_private_key(key).public_key()])
+        public = Keyring([private_key.public_key()])
         verified = verify_model(model, public)
     except SecMLOpsError as exc:
         fail(exc)

@@ -303,7 +303,7 @@ def _timed(
     }
 
 
-def _map_under(
+def map_under_transform(
     model: nn.Module,
     prepared: PreparedSplit,
     batch_size: int,
@@ -350,7 +350,7 @@ def _art_evasion(
         labels = art_attacks.art_labels(prepared.boxes[window], prepared.ignore[window])
         return torch.from_numpy(craft(images.numpy(), labels))
 
-    run = lambda: _map_under(model, prepared, batch_size, adversarial)  # noqa: E731
+    run = lambda: map_under_transform(model, prepared, batch_size, adversarial)  # noqa: E731
     return _timed("evasion", "art", method, params, run)
 
 
@@ -371,7 +371,7 @@ def _patch_attack(
 
     def run() -> dict[str, float]:
         patch.train(prepared.images[spread].float().div_(255).numpy())
-        return _map_under(
+        return map_under_transform(
             model, prepared, batch_size, lambda x, _: torch.from_numpy(patch.apply(x.numpy()))
         )
 
@@ -389,7 +389,7 @@ def _corruption(
 
     def run() -> dict[str, float]:
         generator = torch.Generator().manual_seed(SEED)
-        return _map_under(
+        return map_under_transform(
             model, prepared, batch_size, lambda x, _: corrupt(name, x, severity, generator)
         )
 
@@ -445,4 +445,4 @@ def map_under_attack(
         ]
         return perturb(model, images.to(device), targets, attack, loss_keys=loss_keys)
 
-    return _map_under(model, prepared, batch_size, adversarial)
+    return map_under_transform(model, prepared, batch_size, adversarial)
