@@ -127,3 +127,30 @@ def calibrate_screening_command(
         f"uncertainty {calibration.uncertainty_threshold:.4f}, squeeze check from "
         f"{calibration.escalate_at}"
     )
+
+
+@model_app.command("profile")
+def profile_command(
+    model: Annotated[Path, typer.Option(help="Model directory (before `model sign`).")],
+    data: Annotated[Path, typer.Option(help="The dataset the model was validated on.")],
+    split: Annotated[str, typer.Option(help="Split to profile (the validation split).")] = "val",
+    max_images: Annotated[int, typer.Option(help="At most this many images.")] = 300,
+) -> None:
+    """Write the drift reference (features + backbone-embedding PCA) beside the model.
+
+    `secmlops train` does this itself when the validation split is large enough; use this for
+    imported models. Sign the model afterwards: monitoring trusts only a signed profile.
+    """
+    from secmlops.monitoring.reference import load_profile, profile_model
+
+    try:
+        path = profile_model(model, data, split, max_images)
+        frame, projection = load_profile(model)
+    except SecMLOpsError as exc:
+        fail(exc)
+    kept = (
+        f", embedding PCA keeps {projection.explained_variance_ratio.sum():.0%}"
+        if projection
+        else ""
+    )
+    console.print(f"{path}: {len(frame)} {split} images{kept}")

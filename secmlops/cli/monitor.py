@@ -21,9 +21,10 @@ def monitor_command(
     window_minutes: Annotated[
         float, typer.Option(help="Judge the requests of the last N minutes.")
     ] = 60,
-    reports: Annotated[Path, typer.Option(help="Where each window's drift reports go.")] = Path(
-        "runs/monitoring/reports"
-    ),
+    reports: Annotated[
+        str,
+        typer.Option(help="Where each window's drift reports go: a folder or s3://bucket/prefix."),
+    ] = "runs/monitoring/reports",
     state: Annotated[Path, typer.Option(help="Cooldown state between runs (JSON).")] = Path(
         "runs/monitoring/state.json"
     ),

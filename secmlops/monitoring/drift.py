@@ -3,8 +3,13 @@
 Drift: every feature column of the window is compared with the model's reference profile by a
 two-sample Kolmogorov-Smirnov test (Evidently `ValueDrift(method="ks")`, so the value is a
 p-value whatever the reference size); the window drifts when the share of columns whose p-value
-falls below `drift_p_value` reaches `max_drifted_share`. Evidently writes the HTML and JSON
-reports that operators read; the decision uses the same p-values that the reports show.
+falls below `drift_p_value` reaches `max_drifted_share`. The detection columns (count, scores,
+box sizes) are the prediction drift, reported on their own as well. When the model's reference
+carries a backbone-embedding projection, Evidently's `EmbeddingsDrift` ("ratio" method: a K-S
+test per PCA component at the same `drift_p_value`) compares the logged embeddings too, and the
+window drifts when the share of drifted components exceeds `max_drifted_share` (a shift the
+hand-made features miss still shows). Evidently writes the HTML and JSON reports that operators
+read; the decision uses the same values that the reports show.
 
 Attack rate: the share of requests that serving's screener flagged (or, for records served
 without a calibrated screener, whose adversarial score exceeds `score_threshold`). An alarm
@@ -27,12 +32,15 @@ import pandas as pd
 
 from secmlops.errors import DataError
 from secmlops.fsutil import atomic_write_bytes
+from secmlops.monitoring.embedding import EMBEDDING_PREFIX, embedding_columns
+from secmlops.monitoring.features import DETECTION_FEATURES
 from secmlops.monitoring.reference import FEATURE_COLUMNS, SCORE_COLUMN
 
 # Evidently reports usage unless told not to; this must happen before its first import.
 os.environ["DO_NOT_TRACK"] = "1"
 
 FLAGGED_COLUMN = "flagged"
+EMBEDDING_NAME = "backbone"
 HTML_REPORT = "drift-report.html"
 JSON_REPORT = "drift-report.json"
 
@@ -87,11 +95,16 @@ class DriftResult:
     html_report: str
     json_report: str
     thresholds: dict[str, Any] = field(default_factory=dict)
+    # Share of drifted embedding components; None when the model records no embedding.
+    embedding_drift_share: float | None = None
+    embedding_drifted: bool = False
+    prediction_drifted_columns: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict for audit details and asset extras."""
         data = asdict(self)
         data["drifted_columns"] = list(self.drifted_columns)
+        data["prediction_drifted_columns"] = list(self.prediction_drifted_columns)
         return data
 
 
@@ -118,14 +131,17 @@ class AttackResult:
 def records_to_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """Flatten inference-log records into one row per request.
 
-    Columns: every feature of `FEATURE_COLUMNS`, `adversarial_score`, and `flagged` (1.0 or
-    0.0 from serving's screening, NaN when the record was served without a screener).
+    Columns: every feature of `FEATURE_COLUMNS`, `adversarial_score`, `flagged` (1.0 or 0.0
+    from serving's screening, NaN when the record was served without a screener), and emb_0..
+    when the records carry a projected backbone `embedding`.
 
     Raises:
-        DataError: a record lacks a feature or its score, or a value is not a finite number
-            (names the record's position and request id); a silent gap would hide drift.
+        DataError: a record lacks a feature or its score, a value is not a finite number, or
+            some records carry an embedding and others do not or with another width (names the
+            record's position and request id); a silent gap would hide drift.
     """
     rows: list[dict[str, float]] = []
+    width: int | None = None
     for index, record in enumerate(records):
         where = f"inference record {index} ({record.get('request_id', 'no request_id')})"
         features = record.get("features")
@@ -142,8 +158,20 @@ def records_to_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         if flagged is not None and not isinstance(flagged, bool):
             raise DataError(f"{where}: screening.flagged is not a boolean ({flagged!r})")
         row[FLAGGED_COLUMN] = float(flagged) if flagged is not None else math.nan
+        embedding = record.get("embedding")
+        size = len(embedding) if isinstance(embedding, list) else 0
+        if width is None:
+            width = size
+        if size != width:
+            raise DataError(
+                f"{where}: embedding of width {size}, earlier records {width} (one window must "
+                "come from one model's projection)"
+            )
+        for i, value in enumerate(embedding or []):
+            row[f"{EMBEDDING_PREFIX}{i}"] = _finite(value, f"{where}: embedding[{i}]")
         rows.append(row)
-    return pd.DataFrame(rows, columns=[*FEATURE_COLUMNS, SCORE_COLUMN, FLAGGED_COLUMN])
+    columns = [*FEATURE_COLUMNS, SCORE_COLUMN, FLAGGED_COLUMN, *embedding_columns(width or 0)]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def check_drift(
@@ -164,12 +192,21 @@ def check_drift(
         The drift outcome with per-column p-values, drifted columns and report paths.
 
     Raises:
-        DataError: a feature column is missing or the window is smaller than `min_window`.
+        DataError: a feature column is missing, the reference has embedding columns the window
+            lacks, or the window is smaller than `min_window`.
     """
     from evidently import DataDefinition, Dataset, Report
-    from evidently.metrics import ValueDrift
+    from evidently.metrics import EmbeddingsDrift, ValueDrift
+    from evidently.metrics.embeddings import RatioDriftMethod
 
     columns = list(FEATURE_COLUMNS)
+    embedded = [c for c in reference_df.columns if c.startswith(EMBEDDING_PREFIX)]
+    missing_embedding = [c for c in embedded if c not in window_df.columns]
+    if missing_embedding:
+        raise DataError(
+            f"drift check: the reference has a backbone embedding but the window lacks "
+            f"{missing_embedding} (was it served by another model version?)"
+        )
     for name, frame in (("reference", reference_df), ("window", window_df)):
         missing = [c for c in columns if c not in frame.columns]
         if missing:
@@ -179,28 +216,47 @@ def check_drift(
             f"drift check: window has {len(window_df)} records, fewer than min_window="
             f"{thresholds.min_window}; it cannot be judged"
         )
-    definition = DataDefinition(numerical_columns=columns)
+    definition = DataDefinition(
+        numerical_columns=columns + embedded,
+        embeddings={EMBEDDING_NAME: embedded} if embedded else None,
+    )
     # method="ks" keeps the value a p-value for references above 1000 rows too.
-    metrics = [
+    metrics: list[Any] = [
         ValueDrift(column=c, method="ks", threshold=thresholds.drift_p_value) for c in columns
     ]
+    if embedded:
+        metrics.append(
+            EmbeddingsDrift(
+                embeddings_name=EMBEDDING_NAME,
+                drift_method=RatioDriftMethod(
+                    component_stattest="ks",
+                    component_stattest_threshold=thresholds.drift_p_value,
+                    threshold=thresholds.max_drifted_share,
+                ),
+            )
+        )
+    used = columns + embedded
     snapshot = Report(metrics, include_tests=True).run(
-        current_data=Dataset.from_pandas(
-            window_df[columns].astype(float), data_definition=definition
-        ),
+        current_data=Dataset.from_pandas(window_df[used].astype(float), data_definition=definition),
         reference_data=Dataset.from_pandas(
-            reference_df[columns].astype(float), data_definition=definition
+            reference_df[used].astype(float), data_definition=definition
         ),
     )
-    p_values = _p_values(snapshot.dict(), columns)
+    report = snapshot.dict()
+    p_values = _p_values(report, columns)
     drifted = tuple(c for c in columns if p_values[c] < thresholds.drift_p_value)
     share = len(drifted) / len(columns)
+    embedding_share = _embedding_share(report) if embedded else None
+    # The same rule as Evidently's ratio method (strictly above the threshold).
+    embedding_drifted = embedding_share is not None and (
+        embedding_share > thresholds.max_drifted_share
+    )
     out_dir = Path(out_dir)
     html_path, json_path = out_dir / HTML_REPORT, out_dir / JSON_REPORT
     atomic_write_bytes(html_path, snapshot.get_html_str(as_iframe=False).encode())
     atomic_write_bytes(json_path, snapshot.json().encode())
     return DriftResult(
-        detected=share >= thresholds.max_drifted_share,
+        detected=share >= thresholds.max_drifted_share or embedding_drifted,
         drifted_share=share,
         drifted_columns=drifted,
         p_values=p_values,
@@ -212,6 +268,9 @@ def check_drift(
             "max_drifted_share": thresholds.max_drifted_share,
             "drift_p_value": thresholds.drift_p_value,
         },
+        embedding_drift_share=embedding_share,
+        embedding_drifted=embedding_drifted,
+        prediction_drifted_columns=tuple(c for c in drifted if c in DETECTION_FEATURES),
     )
 
 
@@ -296,6 +355,16 @@ def _p_values(report: dict[str, Any], columns: list[str]) -> dict[str, float]:
         # An unreadable report must not read as "no drift".
         raise DataError(f"drift check: Evidently returned no p-value for {missing}")
     return {c: found[c] for c in columns}
+
+
+def _embedding_share(report: dict[str, Any]) -> float:
+    for metric in report.get("metrics", []):
+        if metric.get("config", {}).get("type", "").endswith(":EmbeddingsDrift"):
+            value = float(metric["value"])
+            if math.isfinite(value):
+                return value
+    # An unreadable report must not read as "no drift".
+    raise DataError("drift check: Evidently returned no embedding drift score")
 
 
 def _finite(value: Any, where: str) -> float:

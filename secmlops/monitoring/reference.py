@@ -3,9 +3,11 @@
 Drift is only meaningful against what the model saw when it passed its gates, so the reference
 is built from the model's own validation split, by the model itself (detection features depend
 on the weights), with exactly the features serving logs (`secmlops.monitoring.features`) at the
-images' original size, one image per forward pass as serving does. The profile is written into
-the model directory before it is signed, so a tampered reference fails signature verification
-with the model instead of silently hiding drift.
+images' original size, one image per forward pass as serving does. The profile also holds the
+PCA projection of the backbone embedding (`embedding.py`), fitted on the same images, which
+serving uses to log the reduced embedding. The profile is written into the model directory before
+it is signed, so a tampered reference fails signature verification with the model instead of
+silently hiding drift.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ from secmlops.data.dataset import load_dataset, read_rgb
 from secmlops.errors import DataError, ModelError
 from secmlops.evaluation.inference import select_split
 from secmlops.fsutil import atomic_write_bytes
+from secmlops.monitoring.embedding import (
+    EmbeddingProjection,
+    capture_embeddings,
+    fit_projection,
+)
 from secmlops.monitoring.features import (
     DETECTION_FEATURES,
     IMAGE_FEATURES,
@@ -30,6 +37,7 @@ from secmlops.monitoring.features import (
 )
 
 REFERENCE_FILE = "reference-profile.json"
+REFERENCE_FORMAT = "secmlops.reference/v2"
 FEATURE_COLUMNS = IMAGE_FEATURES + DETECTION_FEATURES
 # Kept beside the features: the attack monitor can derive a score threshold from clean images.
 SCORE_COLUMN = "adversarial_score"
@@ -38,27 +46,41 @@ REFERENCE_COLUMNS = (*FEATURE_COLUMNS, SCORE_COLUMN)
 MIN_REFERENCE_ROWS = 20
 
 
-def describe_images(model: nn.Module, images: list[Tensor]) -> list[dict[str, float]]:
+def describe_images(
+    model: nn.Module, images: list[Tensor], projection: EmbeddingProjection | None = None
+) -> list[dict[str, float]]:
     """Serving's per-image features plus the free adversarial score, one dict per image.
 
     Args:
         model: a detector in eval mode (torchvision contract).
         images: float [3,H,W] tensors in [0,1], each at its original size.
+        projection: when given, the projected backbone embedding is added as emb_* columns.
 
     Returns:
-        One dict per image with every column of `REFERENCE_COLUMNS`.
+        One dict per image with every column of `REFERENCE_COLUMNS` (+ the embedding's).
 
     Raises:
         ValueError: the model is in training mode.
     """
+    rows, embeddings = _describe(model, images)
+    if projection is not None:
+        for row, projected in zip(rows, projection.project(embeddings), strict=True):
+            row.update(zip(projection.columns, map(float, projected), strict=True))
+    return rows
+
+
+def _describe(model: nn.Module, images: list[Tensor]) -> tuple[list[dict[str, float]], np.ndarray]:
     from secmlops.serving.screening import detect_and_score
 
     device = next(model.parameters()).device
     rows: list[dict[str, float]] = []
+    embeddings: list[Tensor] = []
     for image in images:
         # One image per pass, as serving does: batching would pad and change the detections.
         batch = image.unsqueeze(0).to(device)
-        detections, scores = detect_and_score(model, batch)
+        with capture_embeddings(model) as captured:
+            detections, scores = detect_and_score(model, batch)
+        embeddings.append(captured[0][0])
         height, width = image.shape[-2:]
         found = {k: v.cpu() for k, v in detections[0].items()}
         rows.append(
@@ -68,7 +90,7 @@ def describe_images(model: nn.Module, images: list[Tensor]) -> list[dict[str, fl
                 SCORE_COLUMN: float(scores[0]),
             }
         )
-    return rows
+    return rows, torch.stack(embeddings).numpy() if embeddings else np.empty((0, 0))
 
 
 def load_split_images(data_dir: Path, split: str = "val", max_images: int = 300) -> list[Tensor]:
@@ -89,8 +111,8 @@ def load_split_images(data_dir: Path, split: str = "val", max_images: int = 300)
 
 def build_reference(
     model_dir: Path, data_dir: Path, split: str = "val", max_images: int = 300
-) -> pd.DataFrame:
-    """Per-image reference features of a model on a dataset split.
+) -> tuple[pd.DataFrame, EmbeddingProjection]:
+    """Per-image reference features of a model on a dataset split, and the embedding PCA.
 
     Args:
         model_dir: the model directory (`secmlops.models.load`).
@@ -99,7 +121,8 @@ def build_reference(
         max_images: cap on images profiled (the K-S test gains little beyond a few hundred).
 
     Returns:
-        One row per image, columns `REFERENCE_COLUMNS`.
+        One row per image (columns `REFERENCE_COLUMNS` and the projection's emb_* columns), and
+        the PCA projection of the backbone embedding fitted on these images.
 
     Raises:
         ModelError: the model directory is invalid.
@@ -114,11 +137,36 @@ def build_reference(
             f"{data_dir}: split {split!r} has {len(images)} images; a drift reference needs "
             f"at least {MIN_REFERENCE_ROWS}"
         )
-    return pd.DataFrame(describe_images(model, images), columns=list(REFERENCE_COLUMNS))
+    rows, embeddings = _describe(model, images)
+    projection = fit_projection(embeddings)
+    frame = pd.DataFrame(rows, columns=list(REFERENCE_COLUMNS))
+    frame[list(projection.columns)] = projection.project(embeddings)
+    return frame, projection
 
 
-def save_reference(df: pd.DataFrame, model_dir: Path) -> Path:
-    """Write the profile as `reference-profile.json` (records orient) into the model directory.
+def profile_model(
+    model_dir: Path, data_dir: Path, split: str = "val", max_images: int = 300
+) -> Path:
+    """Build a model's reference profile on a split and save it into the model directory.
+
+    Run it before signing: the profile is one of the model's signed files.
+
+    Returns:
+        The written `reference-profile.json`.
+
+    Raises:
+        ModelError: the model directory is invalid.
+        DataError: the split is missing or too small.
+    """
+    frame, projection = build_reference(model_dir, data_dir, split, max_images)
+    return save_reference(frame, model_dir, projection)
+
+
+def save_reference(
+    df: pd.DataFrame, model_dir: Path, projection: EmbeddingProjection | None = None
+) -> Path:
+    """Write the profile (records + embedding projection) as `reference-profile.json` into the
+    model directory, atomically.
 
     Returns:
         The written path.
@@ -126,42 +174,72 @@ def save_reference(df: pd.DataFrame, model_dir: Path) -> Path:
     Raises:
         DataError: a column is missing, a value is not finite, or there are too few rows.
     """
-    _check_frame(df, f"reference for {model_dir}")
+    columns = _profile_columns(projection)
+    _check_frame(df, f"reference for {model_dir}", columns)
     path = Path(model_dir) / REFERENCE_FILE
-    records = df[list(REFERENCE_COLUMNS)].to_dict(orient="records")
-    atomic_write_bytes(path, (json.dumps(records, allow_nan=False) + "\n").encode())
+    profile = {
+        "format": REFERENCE_FORMAT,
+        "records": df[columns].to_dict(orient="records"),
+        "embedding_projection": projection.to_json() if projection is not None else None,
+    }
+    atomic_write_bytes(path, (json.dumps(profile, allow_nan=False) + "\n").encode())
     return path
 
 
-def load_reference(model_dir: Path) -> pd.DataFrame:
-    """Read a model's reference profile.
+def load_profile(model_dir: Path) -> tuple[pd.DataFrame, EmbeddingProjection | None]:
+    """Read a model's reference profile and its embedding projection (None: not recorded).
 
     Raises:
-        ModelError: the file is missing or not valid JSON.
+        ModelError: the file is missing, not valid JSON, or not a reference profile.
         DataError: a column is missing, a value is not finite, or there are too few rows.
     """
     path = Path(model_dir) / REFERENCE_FILE
     if not path.is_file():
-        raise ModelError(f"{path}: missing; build it with build_reference and save_reference")
+        raise ModelError(f"{path}: missing; build it with `secmlops model profile`")
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
+        profile = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(profile, dict) or profile.get("format") != REFERENCE_FORMAT:
+        raise ModelError(f"{path}: not a {REFERENCE_FORMAT} profile")
+    records = profile.get("records")
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise ModelError(f"{path}: expected a JSON list of records")
+        raise ModelError(f"{path}: 'records' must be a JSON list of records")
+    raw_projection = profile.get("embedding_projection")
+    projection = (
+        EmbeddingProjection.from_json(raw_projection) if raw_projection is not None else None
+    )
+    columns = _profile_columns(projection)
     df = pd.DataFrame(records)
-    _check_frame(df, str(path))
-    return df[list(REFERENCE_COLUMNS)].astype(float)
+    _check_frame(df, str(path), columns)
+    return df[columns].astype(float), projection
 
 
-def _check_frame(df: pd.DataFrame, source: str) -> None:
-    missing = [c for c in REFERENCE_COLUMNS if c not in df.columns]
+def load_reference(model_dir: Path) -> pd.DataFrame:
+    """A model's reference rows (`load_profile` without the projection)."""
+    return load_profile(model_dir)[0]
+
+
+def load_projection(model_dir: Path) -> EmbeddingProjection | None:
+    """The embedding projection of a model's reference profile; None when there is no profile
+    or it records no projection (serving then logs no embedding)."""
+    if not (Path(model_dir) / REFERENCE_FILE).is_file():
+        return None
+    return load_profile(model_dir)[1]
+
+
+def _profile_columns(projection: EmbeddingProjection | None) -> list[str]:
+    return [*REFERENCE_COLUMNS, *(projection.columns if projection is not None else ())]
+
+
+def _check_frame(df: pd.DataFrame, source: str, columns: list[str]) -> None:
+    missing = [c for c in columns if c not in df.columns]
     if missing:
         raise DataError(f"{source}: missing columns {missing}")
     if len(df) < MIN_REFERENCE_ROWS:
         raise DataError(f"{source}: {len(df)} rows; a reference needs {MIN_REFERENCE_ROWS}")
     try:
-        values = df[list(REFERENCE_COLUMNS)].astype(float).to_numpy()
+        values = df[columns].astype(float).to_numpy()
     except (TypeError, ValueError):
         raise DataError(f"{source}: non-numeric values") from None
     if not np.isfinite(values).all():

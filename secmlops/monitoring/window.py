@@ -2,13 +2,16 @@
 
 This is the function the hourly monitoring DAG task and `secmlops monitor` call. Thresholds come
 from the policy's `monitoring:` section; the reference profile from the served model's folder
-(`reference-profile.json`, signed with it); reports go to a folder per window, linked from the
-audit entry and the request.
+(`reference-profile.json`, signed with it); reports go to a folder per window (local, or S3
+where the team keeps its evidence: `s3://bucket/prefix`), linked from the audit entry and the
+request.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from secmlops.audit import AuditLog
 from secmlops.errors import DataError
 from secmlops.monitoring.decision import decide
 from secmlops.monitoring.drift import (
+    DriftResult,
     MonitoringThresholds,
     check_attacks,
     check_drift,
@@ -23,7 +27,7 @@ from secmlops.monitoring.drift import (
 )
 from secmlops.monitoring.reference import load_reference
 from secmlops.policy import MonitoringPolicy
-from secmlops.serving.inference_log import read_inference_log
+from secmlops.serving.inference_log import read_inference_log, s3_client
 
 
 def thresholds_from_policy(policy: MonitoringPolicy) -> MonitoringThresholds:
@@ -42,7 +46,7 @@ def monitor_window(
     log_uri: str,
     model_dir: Path,
     policy: MonitoringPolicy,
-    reports_dir: Path,
+    reports_dir: Path | str,
     state_path: Path,
     audit: AuditLog,
     *,
@@ -73,8 +77,14 @@ def monitor_window(
         )
     thresholds = thresholds_from_policy(policy)
     frame = records_to_frame(records)
-    out = reports_dir / now.strftime("%Y%m%dT%H%M%SZ")
-    drift = check_drift(load_reference(model_dir), frame, out, thresholds)
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    reference = load_reference(model_dir)
+    if str(reports_dir).startswith("s3://"):
+        with tempfile.TemporaryDirectory() as staging:
+            drift = check_drift(reference, frame, Path(staging), thresholds)
+            drift = upload_reports(drift, f"{str(reports_dir).rstrip('/')}/{stamp}")
+    else:
+        drift = check_drift(reference, frame, Path(reports_dir) / stamp, thresholds)
     attack = check_attacks(frame, thresholds)
     request = decide(drift, attack, state_path, audit, now, cooldown_s=policy.cooldown_hours * 3600)
     return {
@@ -83,3 +93,27 @@ def monitor_window(
         "attack": attack.to_json(),
         "request": request.to_json() if request else None,
     }
+
+
+def upload_reports(drift: DriftResult, uri: str) -> DriftResult:
+    """Upload a window's HTML and JSON reports to `s3://bucket/prefix/`; the result links there.
+
+    Raises:
+        DataError: the URI names no bucket, or the upload fails.
+    """
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise DataError(f"reports location {uri!r}: no bucket")
+    client = s3_client()
+    links: dict[str, str] = {}
+    for field, content_type in (("html_report", "text/html"), ("json_report", "application/json")):
+        local = Path(getattr(drift, field))
+        key = f"{prefix.strip('/')}/{local.name}".lstrip("/")
+        try:
+            client.put_object(
+                Bucket=bucket, Key=key, Body=local.read_bytes(), ContentType=content_type
+            )
+        except Exception as exc:  # botocore's errors: the link must never point at nothing
+            raise DataError(f"cannot upload {local.name} to s3://{bucket}/{key}: {exc}") from None
+        links[field] = f"s3://{bucket}/{key}"
+    return dataclasses.replace(drift, **links)

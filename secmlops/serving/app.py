@@ -30,6 +30,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, UploadFile
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from PIL import Image, UnidentifiedImageError
 
+from secmlops.monitoring.embedding import capture_embeddings
 from secmlops.monitoring.features import detection_features, image_features
 from secmlops.serving.inference_log import InferenceLog
 from secmlops.serving.model_source import ModelSource
@@ -156,18 +157,24 @@ def _serve(
     device = next(loaded.model.parameters()).device
     batch = image.unsqueeze(0).to(device)
     screening: dict[str, bool] = {}
-    if config.detect is None and loaded.screener is not None:
-        # The calibrated cascade: score in units of the alarm threshold (> 1: alarm).
-        result = loaded.screener(batch)
-        outputs, scores = result.detections, result.score
-        screening = {
-            "flagged": bool(result.flagged[0]),
-            "escalated": bool(result.escalated[0]),
-            "degraded": bool(result.degraded[0]),
-        }
-    else:
-        with torch.no_grad():
-            outputs, scores = detector(loaded.model, batch)
+    # The backbone embedding comes from the same forward pass, through a hook (monitoring).
+    with capture_embeddings(loaded.model) as embeddings:
+        if config.detect is None and loaded.screener is not None:
+            # The calibrated cascade: score in units of the alarm threshold (> 1: alarm).
+            result = loaded.screener(batch)
+            outputs, scores = result.detections, result.score
+            screening = {
+                "flagged": bool(result.flagged[0]),
+                "escalated": bool(result.escalated[0]),
+                "degraded": bool(result.degraded[0]),
+            }
+        else:
+            with torch.no_grad():
+                outputs, scores = detector(loaded.model, batch)
+    embedding: dict[str, list[float]] = {}
+    if loaded.projection is not None and embeddings:
+        projected = loaded.projection.project(embeddings[0][:1])[0]
+        embedding = {"embedding": [round(float(v), 6) for v in projected]}
     detections = {k: v.cpu() for k, v in outputs[0].items()}
     score = round(float(scores[0]), 6)
     keep = detections["scores"] >= config.score_threshold
@@ -189,6 +196,7 @@ def _serve(
                 **image_features(batch.cpu())[0],
                 **detection_features(detections, float(width * height)),
             },
+            **embedding,
             "detections": people,
             "adversarial_score": score,
             "screening": screening,

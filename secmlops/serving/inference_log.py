@@ -42,7 +42,7 @@ class InferenceLog:
             bucket, _, prefix = text[5:].partition("/")
             if not bucket:
                 raise DataError(f"inference log {text!r}: no bucket")
-            self._s3 = _s3_client()
+            self._s3 = s3_client()
             self._bucket, self._prefix = bucket, prefix.strip("/")
             self._folder: Path | None = None
         else:
@@ -93,7 +93,7 @@ def read_inference_log(uri: str | Path) -> Iterator[dict[str, Any]]:
     text = str(uri)
     if text.startswith("s3://"):
         bucket, _, prefix = text[5:].partition("/")
-        client = _s3_client()
+        client = s3_client()
         keys: list[str] = []
         for page in client.get_paginator("list_objects_v2").paginate(
             Bucket=bucket, Prefix=prefix.strip("/")
@@ -122,7 +122,8 @@ def _partition(now: dt.datetime) -> str:
     return now.strftime("%Y/%m/%d/%H")
 
 
-def _s3_client() -> Any:
+def s3_client() -> Any:
+    """A boto3 S3 client on `$SECMLOPS_S3_ENDPOINT_URL` (MinIO, loopback) or AWS by default."""
     import boto3
 
     return boto3.client("s3", endpoint_url=os.environ.get(S3_ENDPOINT_ENV) or None)

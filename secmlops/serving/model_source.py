@@ -19,6 +19,7 @@ from torch import nn
 
 from secmlops.audit import AuditLog
 from secmlops.errors import ModelError, SecMLOpsError
+from secmlops.monitoring.embedding import EmbeddingProjection
 from secmlops.supplychain.keys import Keyring
 
 
@@ -31,6 +32,8 @@ class LoadedModel:
     weights_sha256: str
     signer: str
     screener: Any = None  # a calibrated `Screener` when the release carries screening.json
+    # The reference profile's embedding PCA (signed with the model): serving logs the projection.
+    projection: EmbeddingProjection | None = None
 
 
 class ModelSource:
@@ -105,6 +108,7 @@ class ModelSource:
 
     def _load(self, version: str) -> LoadedModel:
         from secmlops.models import load
+        from secmlops.monitoring.reference import load_projection
         from secmlops.serving.calibration import SCREENING_FILE
         from secmlops.serving.screening import Screener, ScreenerCalibration
 
@@ -120,7 +124,13 @@ class ModelSource:
             except (ValueError, TypeError) as exc:
                 raise ModelError(f"{self.name}@{version}: bad {SCREENING_FILE} ({exc})") from None
             screener = Screener(model, calibration)
-        return LoadedModel(model, version, verified.weights_sha256, verified.signer, screener)
+        try:
+            projection = load_projection(folder)  # signed with the model: verified above
+        except SecMLOpsError as exc:
+            raise ModelError(f"{self.name}@{version}: bad reference profile ({exc})") from None
+        return LoadedModel(
+            model, version, verified.weights_sha256, verified.signer, screener, projection
+        )
 
     def describe(self) -> dict[str, Any]:
         """What is serving now, for /healthz."""

@@ -324,6 +324,12 @@ def train(
             "train_images": len(train_split),
         },
     )
+    from secmlops.monitoring.reference import MIN_REFERENCE_ROWS, profile_model
+
+    if val_split and len(val_split) >= MIN_REFERENCE_ROWS:
+        # The drift reference is the validation split as this model sees it; too small a split
+        # gives no profile (monitoring then refuses the model instead of judging on noise).
+        profile_model(out_dir, Path(data_dir), "val")
     return TrainResult(
         model_dir=out_dir,
         epochs=config.epochs,

@@ -4,6 +4,7 @@ Every number comes from a real model run on real rendered scenes and a real Evid
 """
 
 import datetime as dt
+import itertools
 import json
 from pathlib import Path
 
@@ -19,10 +20,12 @@ from secmlops.monitoring.drift import (
     check_drift,
     records_to_frame,
 )
+from secmlops.monitoring.embedding import EMBEDDING_COMPONENTS
 from secmlops.monitoring.reference import (
     REFERENCE_FILE,
     build_reference,
     describe_images,
+    load_profile,
     load_reference,
     load_split_images,
     save_reference,
@@ -57,18 +60,25 @@ def setup(tmp_path_factory):
     train(train_data, model_dir, TrainConfig(epochs=10, batch_size=8, warmup_steps=10, seed=1))
     # Held-out scenes (the model never saw them): the reference, like a validation split.
     ref_data = generate_scenes(root / "ref", 100, seed=21, width=160, height=128, workers=1)
-    reference = build_reference(model_dir, ref_data, split="train", max_images=80)
-    save_reference(reference, model_dir)
+    reference, projection = build_reference(model_dir, ref_data, split="train", max_images=80)
+    save_reference(reference, model_dir, projection)
     window_data = generate_scenes(root / "win", 75, seed=31, width=160, height=128, workers=1)
     images = load_split_images(window_data, "train", max_images=60)
-    return {"model_dir": model_dir, "model": load(model_dir), "images": images, "root": root}
+    return {
+        "model_dir": model_dir,
+        "model": load(model_dir),
+        "projection": projection,
+        "images": images,
+        "root": root,
+    }
 
 
-def served_records(model, images, flagged=None):
-    """Inference-log records as serving writes them (features, score, screening)."""
+def served_records(model, images, flagged=None, projection=None):
+    """Inference-log records as serving writes them (features, embedding, score, screening)."""
     records = []
-    for i, row in enumerate(describe_images(model, images)):
+    for i, row in enumerate(describe_images(model, images, projection)):
         score = row.pop("adversarial_score")
+        embedding = [row.pop(c) for c in projection.columns] if projection else None
         screening = (
             {}
             if flagged is None
@@ -78,6 +88,7 @@ def served_records(model, images, flagged=None):
             {
                 "request_id": f"r{i}",
                 "features": row,
+                **({"embedding": embedding} if embedding else {}),
                 "adversarial_score": score,
                 "screening": screening,
             }
@@ -91,15 +102,24 @@ def test_reference_round_trip(setup):
     reference = load_reference(setup["model_dir"])
     assert len(reference) == 80
     assert reference["detections"].sum() > 0  # the trained model finds people
-    assert isinstance(json.loads(path.read_text()), list)
+    profile = json.loads(path.read_text())
+    assert profile["format"] == "secmlops.reference/v2"
+    projection = load_profile(setup["model_dir"])[1]
+    assert projection is not None and len(projection.columns) == EMBEDDING_COMPONENTS
+    assert list(reference.columns[-EMBEDDING_COMPONENTS:]) == list(projection.columns)
+    # PCA: the kept directions explain most of the reference's embedding variance, in order.
+    ratios = projection.explained_variance_ratio
+    assert ratios.sum() > 0.5 and all(a >= b for a, b in itertools.pairwise(ratios))
 
 
 def test_in_distribution_window_no_drift_no_request(setup, tmp_path):
     reference = load_reference(setup["model_dir"])
-    window = records_to_frame(served_records(setup["model"], setup["images"]))
+    records = served_records(setup["model"], setup["images"], projection=setup["projection"])
+    window = records_to_frame(records)
     result = check_drift(reference, window, tmp_path / "reports", thresholds())
     assert not result.detected, result.p_values
     assert result.drifted_share < 0.3
+    assert result.embedding_drift_share is not None and not result.embedding_drifted
     assert (tmp_path / "reports" / "drift-report.html").stat().st_size > 1000
     assert json.loads((tmp_path / "reports" / "drift-report.json").read_text())["metrics"]
     audit = AuditLog(tmp_path / "audit.jsonl", actor="test")
@@ -117,7 +137,9 @@ def test_in_distribution_window_no_drift_no_request(setup, tmp_path):
 def test_shifted_window_drifts_and_requests_retraining(setup, tmp_path, shift):
     reference = load_reference(setup["model_dir"])
     shifted = [shift(image) for image in setup["images"]]
-    window = records_to_frame(served_records(setup["model"], shifted))
+    window = records_to_frame(
+        served_records(setup["model"], shifted, projection=setup["projection"])
+    )
     result = check_drift(reference, window, tmp_path, thresholds())
     assert result.detected
     assert "brightness" in result.drifted_columns or "contrast" in result.drifted_columns
@@ -170,6 +192,49 @@ def test_unscreened_records_flag_by_real_score_threshold(setup):
     assert attack.alarm == (attack.flagged_share >= 0.1)
 
 
+def test_upside_down_camera_drifts_in_the_embedding_not_in_pixel_statistics(setup, tmp_path):
+    """A camera mounted upside down: every pixel statistic is unchanged (they are invariant to a
+    180-degree rotation), yet the backbone sees another world; the embedding drift catches it."""
+    reference = load_reference(setup["model_dir"])
+    flipped = [image.flip(-1).flip(-2) for image in setup["images"]]
+    window = records_to_frame(
+        served_records(setup["model"], flipped, projection=setup["projection"])
+    )
+    result = check_drift(reference, window, tmp_path, thresholds())
+    pixel_columns = ("brightness", "contrast", "sharpness", "colourfulness", "hf_energy")
+    assert not set(pixel_columns) & set(result.drifted_columns), result.p_values
+    assert result.embedding_drifted, result.embedding_drift_share
+    assert result.detected
+    report = json.loads(Path(result.json_report).read_text())
+    assert any("EmbeddingsDrift" in m["config"]["type"] for m in report["metrics"])
+
+
+def test_window_without_the_models_embedding_fails_closed(setup, tmp_path):
+    reference = load_reference(setup["model_dir"])
+    window = records_to_frame(served_records(setup["model"], setup["images"]))
+    with pytest.raises(DataError, match="lacks"):
+        check_drift(reference, window, tmp_path, thresholds())
+    records = served_records(setup["model"], setup["images"][:2], projection=setup["projection"])
+    records[1]["embedding"] = records[1]["embedding"][:3]
+    with pytest.raises(DataError, match=r"record 1.*width 3"):
+        records_to_frame(records)
+
+
+def test_projection_is_deterministic_and_validated():
+    from secmlops.monitoring.embedding import EmbeddingProjection, fit_projection
+
+    rng = torch.Generator().manual_seed(0)
+    values = torch.randn(50, 12, generator=rng).numpy()
+    first, second = fit_projection(values, 4), fit_projection(values.copy(), 4)
+    assert (first.components == second.components).all()
+    round_trip = EmbeddingProjection.from_json(json.loads(json.dumps(first.to_json())))
+    assert (round_trip.project(values) == first.project(values)).all()
+    with pytest.raises(DataError, match="12-wide"):
+        first.project(values[:, :5])
+    with pytest.raises(DataError, match="inconsistent shapes"):
+        EmbeddingProjection.from_json({**first.to_json(), "mean": [0.0] * 3})
+
+
 def test_missing_feature_fails_closed():
     with pytest.raises(DataError, match="brightness"):
         records_to_frame([{"features": {}, "adversarial_score": 0.1, "screening": {}}])
@@ -200,7 +265,9 @@ def test_monitor_window_reads_the_log_and_applies_the_policy(setup, tmp_path):
     policy = load_policy(REPO_ROOT / "policy.yaml").monitoring
     fog = [image * 0.4 + 0.45 for image in setup["images"]]
     log = InferenceLog(tmp_path / "log")
-    for record in served_records(setup["model"], fog, flagged=[False] * len(fog)):
+    for record in served_records(
+        setup["model"], fog, flagged=[False] * len(fog), projection=setup["projection"]
+    ):
         log.append(record)
     audit = AuditLog(tmp_path / "audit.jsonl")
     args = (str(tmp_path / "log"), setup["model_dir"], policy, tmp_path / "reports",
@@ -215,6 +282,37 @@ def test_monitor_window_reads_the_log_and_applies_the_policy(setup, tmp_path):
         monitor_window(*args, now=now + dt.timedelta(hours=2))
 
 
+def test_reports_kept_on_s3_and_linked_from_the_audit_entry(
+    setup, tmp_path, s3_bucket, monkeypatch
+):
+    """Reports go to the S3 store (the loopback moto server), and the audit entry links them."""
+    import boto3
+
+    from secmlops.monitoring.window import monitor_window
+    from secmlops.policy import load_policy
+    from secmlops.serving.inference_log import InferenceLog
+
+    endpoint, bucket = s3_bucket
+    monkeypatch.setenv("SECMLOPS_S3_ENDPOINT_URL", endpoint)
+    log = InferenceLog(tmp_path / "log")
+    fog = [image * 0.4 + 0.45 for image in setup["images"]]
+    for record in served_records(setup["model"], fog, [False] * len(fog), setup["projection"]):
+        log.append(record)
+    policy = load_policy(REPO_ROOT / "policy.yaml").monitoring
+    result = monitor_window(
+        str(tmp_path / "log"), setup["model_dir"], policy, f"s3://{bucket}/monitoring",
+        tmp_path / "state.json", AuditLog(tmp_path / "audit.jsonl"),
+    )  # fmt: skip
+    html = result["drift"]["html_report"]
+    assert html.startswith(f"s3://{bucket}/monitoring/") and html.endswith("drift-report.html")
+    key = html.removeprefix(f"s3://{bucket}/")
+    body = boto3.client("s3", endpoint_url=endpoint).get_object(Bucket=bucket, Key=key)["Body"]
+    assert b"<html" in body.read()[:2000].lower()
+    entries = read_audit_log(tmp_path / "audit.jsonl")
+    (entry,) = [e for e in entries if e["action"] == "request_retraining"]
+    assert html in json.dumps(entry)
+
+
 def test_cli_monitor_writes_the_request_for_a_foggy_window(setup, tmp_path):
     from typer.testing import CliRunner
 
@@ -223,7 +321,9 @@ def test_cli_monitor_writes_the_request_for_a_foggy_window(setup, tmp_path):
 
     log = InferenceLog(tmp_path / "log")
     fog = [image * 0.4 + 0.45 for image in setup["images"]]
-    for record in served_records(setup["model"], fog, flagged=[False] * len(fog)):
+    for record in served_records(
+        setup["model"], fog, flagged=[False] * len(fog), projection=setup["projection"]
+    ):
         log.append(record)
     out = tmp_path / "request.json"
     result = CliRunner().invoke(
@@ -258,7 +358,9 @@ def test_real_pets_footage_drifts_from_the_synthetic_reference(setup, tmp_path):
                       frames="601:660")  # fmt: skip
     frames = load_split_images(pets, "all", 60)
     log = InferenceLog(tmp_path / "log")
-    for record in served_records(setup["model"], frames, flagged=[False] * len(frames)):
+    for record in served_records(
+        setup["model"], frames, flagged=[False] * len(frames), projection=setup["projection"]
+    ):
         log.append(record)
     policy = load_policy(REPO_ROOT / "policy.yaml").monitoring
     result = monitor_window(

@@ -43,7 +43,7 @@ def pki(tmp_path_factory) -> dict[str, Any]:
     return {**keys, "keyring": Keyring.from_paths([keys["release"]["public"]])}
 
 
-def _make_release(root: Path, label: str, pki: dict[str, Any], policy: Path) -> Path:
+def _make_release(root: Path, label: str, pki: dict[str, Any], policy: Path, scenes: Path) -> Path:
     from secmlops.evaluation.gate import run_gate
     from secmlops.models import build, read_card, save
     from secmlops.supplychain.provenance import sign_model
@@ -52,6 +52,10 @@ def _make_release(root: Path, label: str, pki: dict[str, Any], policy: Path) -> 
     model_dir = root / label
     model = build("compact_centernet", input_size=(64, 64), widths=(8, 8, 8, 8), neck_width=8)
     save(model, model_dir)
+    if label == "v1":  # one release carries a drift reference: serving then logs embeddings
+        from secmlops.monitoring.reference import profile_model
+
+        profile_model(model_dir, scenes, "train", max_images=24)
     digest = read_card(model_dir).weights_sha256
     record = None
     if spec.get("gate", "pass") != "none":
@@ -71,14 +75,14 @@ def _make_release(root: Path, label: str, pki: dict[str, Any], policy: Path) -> 
 
 
 @pytest.fixture(scope="session")
-def releases(tmp_path_factory, pki) -> dict[str, Path]:
+def releases(tmp_path_factory, pki, tiny_scenes) -> dict[str, Path]:
     """Signed model folders by label (see RELEASES); read-only: copy before tampering."""
     root = tmp_path_factory.mktemp("releases")
     content = yaml.safe_load((REPO_ROOT / "policy.yaml").read_text())
     content["gate"] = GATE
     policy = root / "policy.yaml"
     policy.write_text(yaml.safe_dump(content))
-    return {label: _make_release(root, label, pki, policy) for label in RELEASES}
+    return {label: _make_release(root, label, pki, policy, tiny_scenes) for label in RELEASES}
 
 
 @pytest.fixture(params=["file", "s3"])

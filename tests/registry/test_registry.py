@@ -31,7 +31,8 @@ def test_push_then_pull_round_trips_and_verifies(registry_uri, releases, pki, au
     record = registry.push(releases["v1"], NAME, "1.0.0", pki["keyring"], audit)
     assert record["weights_sha256"] == digest(releases["v1"])
     assert set(record["files"]) == {
-        "gate-record.json", "model.json", "model.safetensors", "provenance.json"
+        "gate-record.json", "model.json", "model.safetensors", "provenance.json",
+        "reference-profile.json",
     }  # fmt: skip
     assert registry.models() == [NAME]
     (row,) = registry.list(NAME)

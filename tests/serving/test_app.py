@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from secmlops.audit import AuditLog, read_audit_log
+from secmlops.monitoring.embedding import EMBEDDING_COMPONENTS
 from secmlops.registry import Registry
 from secmlops.serving.app import ServingConfig, create_app
 from secmlops.serving.inference_log import InferenceLog, read_inference_log
@@ -63,6 +64,8 @@ def test_detect_returns_detections_score_and_logs_the_request(served):
     features = records[0]["features"]
     assert set(features) >= {"brightness", "contrast", "sharpness", "hf_energy", "detections"}
     assert records[0]["model_version"] == "v1" and records[0]["width"] == 96
+    # v1 carries a signed reference profile: the backbone embedding's PCA projection is logged.
+    assert len(records[0]["embedding"]) == EMBEDDING_COMPONENTS
 
 
 @pytest.mark.parametrize(
