@@ -1,91 +1,206 @@
-"""Train and evaluate the pedestrian detector: data -> train -> evaluate.
+"""Train, attack, gate, sign and release the pedestrian detector.
 
-Every task is one call into `secmlops.pipeline`; this file only wires them. Nothing heavy is
-imported at parse time (torch is imported inside the task bodies), so the dag-processor parses
-it in well under a second.
+pull + verify data -> train the candidate (adversarial augmentation) and its undefended baseline
+-> robustness suite (and the production model's, for the regression check) -> gate -> sign ->
+push -> promote -> `model` asset. Runs on the `dataset` asset (a new verified data version) or
+the `retraining-request` asset (monitoring), or by hand from the UI's trigger form.
+
+Every task is one call into `secmlops.lifecycle`; this file only wires them (DESIGN.md). Nothing
+heavy is imported at parse time (torch is imported inside the task bodies).
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+import os
+from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
+from secmlops.airflow_support import (
+    DATASET_ASSET,
+    MODEL_ASSET,
+    RETRAINING_REQUEST_ASSET,
+    audit_task_failure,
+    lifecycle_asset,
+    refusals_fail_the_task,
+)
+
+DATASET = lifecycle_asset(DATASET_ASSET)
+MODEL = lifecycle_asset(MODEL_ASSET)
+RETRAINING_REQUEST = lifecycle_asset(RETRAINING_REQUEST_ASSET)
+# Training goes to the GPU workers' queue when the deployment has one (docs/operations.md).
+TRAINING_QUEUE = os.environ.get("SECMLOPS_TRAINING_QUEUE", "default")
+
 DOC = """
-### Train and evaluate the pedestrian detector
+### Train, gate and release the pedestrian detector
 
-1. **prepare_data**: the synthetic street-scene dataset for (images, seed), generated once and
-   reused; or an existing dataset folder given as `data_dir`.
-2. **train_model**: the compact CenterNet detector (or a torchvision architecture), seeded and
-   checkpointed every epoch; a retried task resumes from its last checkpoint.
-3. **evaluate_model**: COCO mAP@0.5 and mAP@[.5:.95] on the test split.
-
-Outputs live under `$SECMLOPS_WORKDIR/runs/<run id>/`.
+1. **pull_data** / **verify_data**: the dataset version of the triggering `dataset` event (or
+   `data_rev`, or the newest), pulled and verified again: workers may differ from the puller.
+2. **train_model** (adversarial augmentation: `adversarial`, `eps`, `mix`) and
+   **train_baseline** (the same without the defence, for the gate's defence-cost check), seeded
+   and checkpointed; a retried task resumes. `train_model` runs on `$SECMLOPS_TRAINING_QUEUE`.
+3. **evaluate_model**: the policy's attack suite (PGD, FGSM, patch, corruptions; ART as the
+   independent reference); **evaluate_production**: the same on the model in production.
+4. **gate_model**: the robustness gate. A failed gate fails the run with the gate's message,
+   and nothing after it runs. `policy_overrides` need an `override_reason` (audited).
+5. **sign_model** (screener calibration, provenance, signature) -> **push_model** ->
+   **promote_model** (the `production` alias, compare-and-swap) -> `model` asset.
 """
 
 
 @dag(
     dag_id="secmlops_training",
-    schedule=None,
+    schedule=DATASET | RETRAINING_REQUEST,
+    start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
     tags=["secmlops", "training"],
     doc_md=DOC,
-    default_args={"owner": "secmlops", "retries": 1, "retry_delay": timedelta(seconds=30)},
+    default_args={
+        "owner": "secmlops",
+        "retries": 1,
+        "retry_delay": timedelta(seconds=30),
+        "on_failure_callback": audit_task_failure,
+    },
     params={
-        "data_dir": Param(
-            "", type="string", description="Existing dataset folder; empty = synthetic data."
+        "data_rev": Param(
+            "",
+            type="string",
+            pattern=r"^(|data/[A-Za-z0-9][A-Za-z0-9_.-]*/v[1-9][0-9]*)$",
+            description="Dataset tag; empty = the triggering event's, else the newest.",
         ),
-        "images": Param(1000, type="integer", minimum=10, description="Synthetic scenes."),
-        "seed": Param(0, type="integer", minimum=0, description="Data and training seed."),
         "architecture": Param(
             "compact_centernet",
             type="string",
             enum=["compact_centernet", "fasterrcnn_mobilenet_v3", "fcos_resnet50", "ssdlite320"],
         ),
         "epochs": Param(None, type=["null", "integer"], minimum=1, description="Empty = auto."),
-        "input_size": Param(
-            None,
-            type=["null", "array"],
-            items={"type": "integer"},
-            description="[height, width]; empty = from the data.",
+        "seed": Param(0, type="integer", minimum=0),
+        "adversarial": Param(
+            "fgsm-rs",
+            type="string",
+            enum=["fgsm-rs", "pgd", "none"],
+            description="Adversarial augmentation (none: no defence, no baseline).",
+        ),
+        "eps": Param(
+            "4/255", type="string", pattern=r"^[0-9.]+(/[0-9.]+)?$", description="L-inf budget."
+        ),
+        "mix": Param(0.5, type="number", minimum=0, maximum=1, description="Adversarial share."),
+        "max_eval_images": Param(
+            None, type=["null", "integer"], minimum=1, description="Cap on attacked test images."
+        ),
+        "policy_overrides": Param(
+            [],
+            type="array",
+            items={"type": "string", "pattern": r"^[a-z_]+(\.[A-Za-z0-9_]+)+=.+$"},
+            description="Gate thresholds changed for this run, e.g. gate.min_clean_mAP50=0.7.",
+        ),
+        "override_reason": Param(
+            "", type="string", description="Why (required with overrides; audited)."
         ),
     },
 )
 def secmlops_training():
     @task(execution_timeout=timedelta(minutes=30))
-    def prepare_data() -> dict:
-        from secmlops.pipeline import default_workdir, prepare_synthetic_data
-
-        params = get_current_context()["params"]
-        if params["data_dir"]:
-            return {"data_dir": params["data_dir"]}
-        return prepare_synthetic_data(str(default_workdir()), params["images"], params["seed"])
-
-    @task(execution_timeout=timedelta(hours=6))
-    def train_model(data: dict) -> dict:
-        from secmlops.pipeline import default_workdir, safe_name, train_model
+    def pull_data() -> dict:
+        from secmlops.lifecycle import LifecycleSettings, pull_data
 
         context = get_current_context()
-        params = context["params"]
-        run_dir = default_workdir() / "runs" / safe_name(context["run_id"])
-        return train_model(
-            data["data_dir"],
-            str(run_dir / "model"),
-            architecture=params["architecture"],
-            epochs=params["epochs"],
-            seed=params["seed"],
-            input_size=params["input_size"],
+        rev = context["params"]["data_rev"] or None
+        for event in (context.get("triggering_asset_events") or {}).get(DATASET, []):
+            rev = rev or event.extra.get("rev")
+        return pull_data(LifecycleSettings.from_env(), rev, context["run_id"])
+
+    @task(execution_timeout=timedelta(minutes=10))
+    def verify_data(pulled: dict) -> dict:
+        from secmlops.lifecycle import LifecycleSettings, verify_data
+
+        with refusals_fail_the_task():
+            return {**pulled, **verify_data(LifecycleSettings.from_env(), pulled["data_dir"])}
+
+    @task(execution_timeout=timedelta(hours=6), queue=TRAINING_QUEUE)
+    def train_model(data: dict) -> dict:
+        from secmlops.lifecycle import LifecycleSettings, train
+
+        context = get_current_context()
+        settings = LifecycleSettings.from_env()
+        return train(
+            settings, data["data_dir"], context["run_id"], context["params"], defended=True
         )
 
-    @task(execution_timeout=timedelta(minutes=30))
-    def evaluate_model(data: dict, trained: dict) -> dict:
-        from secmlops.pipeline import evaluate_model
+    @task(execution_timeout=timedelta(hours=6), queue=TRAINING_QUEUE)
+    def train_baseline(data: dict) -> dict | None:
+        from secmlops.lifecycle import LifecycleSettings, train
 
-        return evaluate_model(trained["model_dir"], data["data_dir"], split="test")
+        context = get_current_context()
+        settings = LifecycleSettings.from_env()
+        params = context["params"]
+        return train(settings, data["data_dir"], context["run_id"], params, defended=False)
 
-    data = prepare_data()
-    evaluate_model(data, train_model(data))
+    @task(execution_timeout=timedelta(hours=2))
+    def evaluate_model(data: dict, trained: dict, baseline: dict | None) -> dict:
+        from secmlops.lifecycle import LifecycleSettings, evaluate
+
+        context = get_current_context()
+        settings = LifecycleSettings.from_env()
+        return evaluate(
+            settings, trained["model_dir"], data["data_dir"],
+            str(settings.run_dir(context["run_id"]) / "robustness.json"),
+            baseline_dir=baseline["model_dir"] if baseline else None,
+            max_images=context["params"]["max_eval_images"],
+        )  # fmt: skip
+
+    @task(execution_timeout=timedelta(hours=2))
+    def evaluate_production(data: dict) -> dict | None:
+        from secmlops.lifecycle import LifecycleSettings, evaluate_production
+
+        context = get_current_context()
+        with refusals_fail_the_task():
+            return evaluate_production(
+                LifecycleSettings.from_env(), data["data_dir"], context["run_id"],
+                context["params"]["max_eval_images"],
+            )  # fmt: skip
+
+    @task(execution_timeout=timedelta(minutes=10))
+    def gate_model(evaluated: dict, production: dict | None) -> dict:
+        from secmlops.lifecycle import LifecycleSettings, gate
+
+        params = get_current_context()["params"]
+        with refusals_fail_the_task():
+            return gate(
+                LifecycleSettings.from_env(), evaluated["report"], production,
+                params["policy_overrides"], params["override_reason"],
+            )  # fmt: skip
+
+    @task(execution_timeout=timedelta(minutes=20))
+    def sign_model(data: dict, trained: dict, gated: dict) -> dict:
+        from secmlops.lifecycle import LifecycleSettings, sign
+
+        with refusals_fail_the_task():
+            return sign(LifecycleSettings.from_env(), trained["model_dir"], data, gated["record"])
+
+    @task(execution_timeout=timedelta(minutes=20))
+    def push_model(signed: dict) -> dict:
+        from secmlops.lifecycle import LifecycleSettings, push
+
+        with refusals_fail_the_task():
+            return push(LifecycleSettings.from_env(), signed, get_current_context()["run_id"])
+
+    @task(execution_timeout=timedelta(minutes=10), outlets=[MODEL])
+    def promote_model(release: dict) -> dict:
+        from secmlops.lifecycle import LifecycleSettings, promote
+
+        with refusals_fail_the_task():
+            promoted = promote(LifecycleSettings.from_env(), release)
+        extra = {key: promoted[key] for key in ("name", "version", "weights_sha256")}
+        get_current_context()["outlet_events"][MODEL].extra = extra
+        return promoted
+
+    data = verify_data(pull_data())
+    trained = train_model(data)
+    evaluated = evaluate_model(data, trained, train_baseline(data))
+    gated = gate_model(evaluated, evaluate_production(data))
+    promote_model(push_model(sign_model(data, trained, gated)))
 
 
 secmlops_training()

@@ -4,6 +4,10 @@ elsewhere). Airflow is imported inside the functions, so importing this module s
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
 from secmlops.errors import DataError
 from secmlops.supplychain.keys import Keyring
 
@@ -33,3 +37,61 @@ def keyring_from_connection(conn_id: str) -> Keyring:
             f"Airflow connection {conn_id!r}: no public keys (put PEM keys in extra.public_keys)"
         )
     return Keyring.from_pem("\n".join(pems), source=f"airflow connection {conn_id}")
+
+
+# The lifecycle's assets (DESIGN.md): the data-pull DAG emits `dataset`, the training DAG emits
+# `model` and runs on `dataset` or `retraining-request`, which the monitoring DAG emits.
+DATASET_ASSET = "dataset"
+MODEL_ASSET = "model"
+RETRAINING_REQUEST_ASSET = "retraining-request"
+
+
+def lifecycle_asset(name: str) -> Any:
+    """The Airflow `Asset` of one lifecycle contract (`secmlops://<name>`)."""
+    from airflow.sdk import Asset
+
+    if name not in (DATASET_ASSET, MODEL_ASSET, RETRAINING_REQUEST_ASSET):
+        raise ValueError(f"unknown lifecycle asset {name!r}")
+    return Asset(name=name, uri=f"secmlops://{name}", group="secmlops")
+
+
+@contextmanager
+def refusals_fail_the_task() -> Iterator[None]:
+    """Turn a control's refusal into a task failure that is not retried.
+
+    A tampered dataset or a failed gate does not get better on a retry; retrying would only
+    repeat the refusal (and its audit entry). Infrastructure errors keep their retries.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from secmlops.errors import (
+        AuditError,
+        GateFailed,
+        IntegrityError,
+        PolicyError,
+        ValidationFailed,
+    )
+
+    try:
+        yield
+    except (GateFailed, IntegrityError, PolicyError, ValidationFailed, AuditError) as exc:
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+
+def audit_task_failure(context: Mapping[str, Any]) -> None:
+    """`on_failure_callback`: record a failed task in the audit log (which control, which run)."""
+    from secmlops.audit import AuditLog, default_audit_path
+
+    ti = context.get("task_instance") or context.get("ti")
+    exception = context.get("exception")
+    AuditLog(default_audit_path(), actor="airflow").append(
+        "airflow",
+        "task_failed",
+        "fail",
+        f"{getattr(ti, 'dag_id', '?')}.{getattr(ti, 'task_id', '?')}",
+        {
+            "run_id": str(context.get("run_id", "")),
+            "try_number": getattr(ti, "try_number", None),
+            "error": f"{type(exception).__name__}: {exception}" if exception else None,
+        },
+    )

@@ -41,3 +41,45 @@ def test_dags_follow_naming_and_documentation_conventions(dagbag):
             assert task.owner == "secmlops"
             verb = task.task_id.split("_")[0]
             assert verb in TASK_VERBS, f"{dag_id}.{task.task_id} should start with a verb"
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=[p.stem for p in DAG_FILES])
+def test_each_dag_file_parses_in_under_two_seconds(path):
+    """Measured in a fresh interpreter, as the dag-processor would (module import included)."""
+    probe = (
+        "import sys, time, runpy; import airflow.sdk; started = time.perf_counter(); "
+        "runpy.run_path(sys.argv[1]); print(time.perf_counter() - started)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(path)], capture_output=True, text=True, check=True
+    )
+    assert float(done.stdout.strip().splitlines()[-1]) < 2.0
+
+
+def test_every_deploy_and_promote_task_is_downstream_of_every_gate(dagbag):
+    for dag_id, dag in dagbag.dags.items():
+        gates = [t for t in dag.tasks if t.task_id.startswith("gate")]
+        releases = [
+            t for t in dag.tasks if t.task_id.split("_")[0] in {"deploy", "promote", "push"}
+        ]
+        if releases:
+            assert gates, f"{dag_id} releases a model without any gate"
+        for release in releases:
+            upstream = release.get_flat_relative_ids(upstream=True)
+            for gate in gates:
+                assert gate.task_id in upstream, (
+                    f"{dag_id}: {release.task_id} bypasses {gate.task_id}"
+                )
+
+
+def test_trigger_forms_have_typed_params_and_tasks_have_retries_and_timeouts(dagbag):
+    training = dagbag.get_dag("secmlops_training")
+    schema = {name: param.schema for name, param in training.params.items()}
+    assert schema["adversarial"]["enum"] == ["fgsm-rs", "pgd", "none"]
+    assert schema["policy_overrides"]["type"] == "array" and "override_reason" in schema
+    for dag in dagbag.dags.values():
+        for task in dag.tasks:
+            assert task.execution_timeout is not None or not task.task_id.startswith(
+                ("train", "evaluate", "pull", "check")
+            ), f"{dag.dag_id}.{task.task_id} has no timeout"
+            assert task.on_failure_callback, f"{dag.dag_id}.{task.task_id}: failures not audited"

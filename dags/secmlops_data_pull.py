@@ -1,0 +1,102 @@
+"""Pull a pinned dataset version from the DVC registry, prove it is authentic and clean, and
+announce it: pull -> verify signed manifest -> validate -> screen for poisoning -> `dataset` asset.
+
+Every task is one call into `secmlops.lifecycle`; this file only wires them (DESIGN.md). Nothing
+heavy is imported at parse time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+from secmlops.airflow_support import (
+    DATASET_ASSET,
+    audit_task_failure,
+    lifecycle_asset,
+    refusals_fail_the_task,
+)
+
+DATASET = lifecycle_asset(DATASET_ASSET)
+
+DOC = """
+### Pull, verify and announce a dataset version
+
+1. **pull_data**: the DVC revision in `data_rev` (a tag `data/<name>/v<K>`), or the newest
+   published version of `$SECMLOPS_DATASET_NAME`, materialised from the DVC remote.
+2. **verify_data**: the Ed25519-signed SHA-256 manifest, by a key both the keyring
+   (`$SECMLOPS_TRUSTED_KEYS`) and the policy trust. Any changed, missing or extra file fails.
+3. **validate_data** and **screen_data**: annotation/image validation and the poisoning screen,
+   under the policy's `data:` thresholds; reports beside the data.
+4. **emit_dataset**: the `dataset` asset event (extra: `rev`, `manifest_digest`, `signer`),
+   which schedules `secmlops_training`.
+
+A refused control fails its task without retries; every decision is in the audit log.
+"""
+
+
+@dag(
+    dag_id="secmlops_data_pull",
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["secmlops", "data"],
+    doc_md=DOC,
+    default_args={
+        "owner": "secmlops",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "on_failure_callback": audit_task_failure,
+    },
+    params={
+        "data_rev": Param(
+            "",
+            type="string",
+            pattern=r"^(|data/[A-Za-z0-9][A-Za-z0-9_.-]*/v[1-9][0-9]*)$",
+            description="Dataset tag data/<name>/v<K>; empty = the newest published version.",
+        ),
+    },
+)
+def secmlops_data_pull():
+    @task(execution_timeout=timedelta(minutes=30))
+    def pull_data() -> dict:
+        from secmlops.lifecycle import LifecycleSettings, pull_data
+
+        context = get_current_context()
+        settings = LifecycleSettings.from_env()
+        return pull_data(settings, context["params"]["data_rev"] or None, context["run_id"])
+
+    @task(execution_timeout=timedelta(minutes=10))
+    def verify_data(pulled: dict) -> dict:
+        from secmlops.lifecycle import LifecycleSettings, verify_data
+
+        with refusals_fail_the_task():
+            return {**pulled, **verify_data(LifecycleSettings.from_env(), pulled["data_dir"])}
+
+    @task(execution_timeout=timedelta(minutes=10))
+    def validate_data(verified: dict) -> dict:
+        from secmlops.lifecycle import LifecycleSettings, validate_data
+
+        with refusals_fail_the_task():
+            return validate_data(LifecycleSettings.from_env(), verified["data_dir"])
+
+    @task(execution_timeout=timedelta(minutes=30))
+    def screen_data(verified: dict) -> dict:
+        from secmlops.lifecycle import LifecycleSettings, screen_data
+
+        with refusals_fail_the_task():
+            return screen_data(LifecycleSettings.from_env(), verified["data_dir"])
+
+    @task(outlets=[DATASET])
+    def emit_dataset(verified: dict, validated: dict, screened: dict) -> dict:
+        extra = {key: verified[key] for key in ("rev", "manifest_digest", "signer")}
+        get_current_context()["outlet_events"][DATASET].extra = extra
+        return {**extra, "validation": validated["report"], "screening": screened["report"]}
+
+    verified = verify_data(pull_data())
+    emit_dataset(verified, validate_data(verified), screen_data(verified))
+
+
+secmlops_data_pull()

@@ -1,0 +1,105 @@
+"""An embedded workspace for the whole lifecycle on one machine: keys, a signed synthetic dataset
+published to a local DVC data registry, a policy that trusts the data key, and the environment
+the DAGs read (`secmlops.lifecycle.LifecycleSettings`).
+
+This is what `make demo` and the end-to-end tests start from. A production deployment makes the
+same things by other means: keys from a KMS or an Airflow Connection, real data published by its
+owners, the S3 registries (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from secmlops.fsutil import atomic_write_bytes
+
+ENV_FILE = "secmlops.env"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """What `create_workspace` made; `env` is what the DAGs' workers need."""
+
+    root: Path
+    data_rev: str
+    env: dict[str, str]
+
+
+def create_workspace(
+    root: Path,
+    *,
+    images: int = 1000,
+    seed: int = 0,
+    width: int = 320,
+    height: int = 240,
+    policy_source: Path = Path("policy.yaml"),
+    policy_overrides: dict[str, object] | None = None,
+    reason: str = "",
+) -> Workspace:
+    """Create (or reuse) keys, publish a signed synthetic dataset, write the policy and env file.
+
+    Args:
+        root: the workspace folder (becomes `$SECMLOPS_WORKDIR`).
+        images, seed, width, height: the synthetic dataset.
+        policy_source: the policy to start from; the data-owner key is added to its trusted keys.
+        policy_overrides: more thresholds to change (dotted path -> value); audited with `reason`.
+        reason: why the overrides (required with them).
+
+    Returns:
+        The workspace, with the published data revision and the environment.
+
+    Raises:
+        PolicyError: an invalid override or a missing reason.
+        DataError: the dataset cannot be generated, signed or published.
+    """
+    from secmlops.audit import AuditLog
+    from secmlops.data.manifest import sign_dataset
+    from secmlops.data.synthetic import generate_scenes
+    from secmlops.data.versioning import publish_dataset
+    from secmlops.policy import apply_override, load_policy
+    from secmlops.supplychain.keys import generate_keypair, key_id, load_public_key
+
+    root = Path(root).resolve()
+    keys = root / "keys"
+    for name in ("data-owner", "model-signer"):
+        if not (keys / f"{name}.key").is_file():
+            generate_keypair(keys, name)
+    audit = AuditLog(root / "audit" / "audit.jsonl", actor="workspace")
+    policy = load_policy(policy_source)
+    data_key = key_id(load_public_key(keys / "data-owner.pub"))
+    changes = [("data.trusted_data_keys", [data_key], "embedded workspace: trust its data key")]
+    changes += [(path, value, reason) for path, value in (policy_overrides or {}).items()]
+    for path, value, why in changes:
+        policy, record = apply_override(policy, path, value, why)
+        audit.append("policy", "override", "override", str(root / "policy.yaml"), record)
+    header = f"# Derived from {policy_source} for the embedded workspace {root}\n"
+    text = yaml.safe_dump(policy.model_dump(mode="json"), sort_keys=False)
+    atomic_write_bytes(root / "policy.yaml", (header + text).encode())
+
+    source = generate_scenes(
+        root / "incoming" / "street", images, seed, width=width, height=height, overwrite=True
+    )
+    sign_dataset(source, keys / "data-owner.key")
+    published = publish_dataset(source, "street", root / "data-registry", str(root / "dvc-remote"))
+    env = {
+        "SECMLOPS_WORKDIR": str(root),
+        "SECMLOPS_POLICY": str(root / "policy.yaml"),
+        "SECMLOPS_AUDIT_LOG": str(root / "audit" / "audit.jsonl"),
+        "SECMLOPS_DATA_REGISTRY": str(root / "data-registry"),
+        "SECMLOPS_DVC_REMOTE": str(root / "dvc-remote"),
+        "SECMLOPS_REGISTRY": (root / "registry").as_uri(),
+        "SECMLOPS_TRUSTED_KEYS": os.pathsep.join(
+            str(keys / f"{name}.pub") for name in ("data-owner", "model-signer")
+        ),
+        "SECMLOPS_SIGNING_KEY": str(keys / "model-signer.key"),
+        "SECMLOPS_INFERENCE_LOG": str(root / "inference-log"),
+        "SECMLOPS_MONITORING_REPORTS": str(root / "runs" / "monitoring" / "reports"),
+    }
+    lines = [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
+    atomic_write_bytes(root / ENV_FILE, ("\n".join(lines) + "\n").encode())
+    return Workspace(root, published.tag, env)

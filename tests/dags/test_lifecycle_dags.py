@@ -1,0 +1,158 @@
+"""The lifecycle on Airflow, end to end with `dag.test()`: data pull -> training (a small config)
+-> monitoring with a drifted window, on a real DVC registry, real keys and the real registry.
+
+The scheduler is not running here (tests/e2e starts it for real): each DAG is run with
+`dag.test()` in the order the assets would trigger them, and the asset events they record in the
+metadata DB are checked.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO_ROOT
+
+# A small config: a gate bar this model can reach (and PGD-3 instead of PGD-10), so the test
+# checks the wiring, not the model's quality; the failing-gate test raises the bar again.
+GATED = ("fgsm_linf_2", "fgsm_linf_4", "pgd_linf_2", "pgd_linf_4", "patch", "gaussian_noise",
+         "gaussian_blur", "brightness", "jpeg")  # fmt: skip
+SMALL_POLICY = {
+    "gate.attacks.pgd_steps": 3,
+    "gate.min_clean_map50": 0.05,
+    "gate.max_defence_cost": 1.0,
+    **{f"gate.min_robust_map50.{name}": 0.0 for name in GATED},
+}
+TRAINING_CONF = {"epochs": 12, "adversarial": "fgsm-rs", "mix": 0.5, "max_eval_images": 12}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, airflow_db):
+    from secmlops.workspace import create_workspace
+
+    monkeypatch = pytest.MonkeyPatch()
+    space = create_workspace(
+        tmp_path_factory.mktemp("lifecycle"), images=200, seed=5, width=160, height=128,
+        policy_source=REPO_ROOT / "policy.yaml", policy_overrides=SMALL_POLICY,
+        reason="e2e test: a 12-epoch model on 160 scenes cannot reach the production bar",
+    )  # fmt: skip
+    for name, value in space.env.items():
+        monkeypatch.setenv(name, value)
+    yield space
+    monkeypatch.undo()
+
+
+def asset_events(name: str) -> list[dict]:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = (
+            session.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetModel.name == name).order_by(AssetEvent.id).all()
+        )  # fmt: skip
+        return [dict(row.extra or {}) for row in rows]
+
+
+def task_states(run) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+
+
+@pytest.fixture(scope="module")
+def released(dagbag, workspace):
+    """data pull -> training, as the `dataset` asset would chain them."""
+    pulled = dagbag.get_dag("secmlops_data_pull").test(run_conf={})
+    assert pulled.state == "success", task_states(pulled)
+    trained = dagbag.get_dag("secmlops_training").test(run_conf=TRAINING_CONF)
+    assert trained.state == "success", task_states(trained)
+    return {"pulled": pulled, "trained": trained}
+
+
+def test_data_pull_verifies_and_emits_the_dataset_asset(released, workspace):
+    (event,) = asset_events("dataset")[-1:]
+    assert event["rev"] == workspace.data_rev
+    assert event["manifest_digest"] and event["signer"].startswith("ed25519:")
+    from secmlops.audit import read_audit_log
+
+    actions = [e["action"] for e in read_audit_log(Path(workspace.env["SECMLOPS_AUDIT_LOG"]))]
+    assert {"verify_manifest", "validate", "screen_poisoning"} <= set(actions)
+
+
+def test_training_gates_signs_pushes_and_promotes(released, workspace):
+    from secmlops.registry import Registry
+
+    registry = Registry.open(workspace.env["SECMLOPS_REGISTRY"])
+    version, _ = registry.resolve("pedestrian-detector", "production")
+    (event,) = asset_events("model")[-1:]
+    assert event["version"] == version
+    rows = {row["version"]: row for row in registry.list("pedestrian-detector")}
+    assert rows[version]["gate_record"] is True and rows[version]["aliases"] == ["production"]
+    assert set(task_states(released["trained"]).values()) == {"success"}
+    # The release carries what serving and monitoring need, signed with it.
+    files = set(registry.show("pedestrian-detector", version)["files"])
+    assert {"reference-profile.json", "screening.json", "gate-record.json"} <= files
+
+
+def test_a_failing_gate_stops_promotion(dagbag, released, workspace):
+    from secmlops.registry import Registry
+
+    registry = Registry.open(workspace.env["SECMLOPS_REGISTRY"])
+    before, _ = registry.resolve("pedestrian-detector", "production")
+    conf = {**TRAINING_CONF, "adversarial": "none",
+            "policy_overrides": ["gate.min_clean_map50=0.99"],
+            "override_reason": "e2e test: a bar no model of this size reaches"}  # fmt: skip
+    run = dagbag.get_dag("secmlops_training").test(run_conf=conf)
+    states = task_states(run)
+    assert run.state == "failed"
+    assert states["gate_model"] == "failed"
+    for task_id in ("sign_model", "push_model", "promote_model"):
+        assert states[task_id] == "upstream_failed", states
+    after, _ = registry.resolve("pedestrian-detector", "production")
+    assert after == before
+    from secmlops.audit import read_audit_log
+
+    entries = read_audit_log(Path(workspace.env["SECMLOPS_AUDIT_LOG"]))
+    gate_entries = [e for e in entries if e["stage"] == "gate"]
+    assert gate_entries[-1]["decision"] == "fail"
+    assert any(e["action"] == "task_failed" and "gate_model" in e["subject"] for e in entries)
+
+
+def test_monitoring_a_drifted_window_emits_a_retraining_request(dagbag, released, workspace):
+    """Foggy requests served by the production model -> drift -> `retraining-request` asset."""
+    import torch
+
+    from secmlops.models import load
+    from secmlops.monitoring.reference import describe_images, load_profile, load_split_images
+    from secmlops.registry import Registry
+    from secmlops.serving.inference_log import InferenceLog
+    from secmlops.supplychain.keys import Keyring
+
+    registry = Registry.open(workspace.env["SECMLOPS_REGISTRY"])
+    folder = workspace.root / "served-model"
+    registry.pull("pedestrian-detector", "production", folder, Keyring.from_env(), overwrite=True)
+    model, (_, projection) = load(folder), load_profile(folder)
+    images = load_split_images(workspace.root / "incoming" / "street", "test", 40)
+    fog = [(image * 0.4 + 0.45).clamp(0, 1) for image in images]
+    log = InferenceLog(workspace.env["SECMLOPS_INFERENCE_LOG"])
+    with torch.no_grad():
+        rows = describe_images(model, fog, projection)
+    for i, row in enumerate(rows):
+        score = row.pop("adversarial_score")
+        embedding = [row.pop(c) for c in projection.columns]
+        log.append({"request_id": f"fog-{i}", "features": row, "embedding": embedding,
+                    "adversarial_score": score, "screening": {"flagged": False}})  # fmt: skip
+    run = dagbag.get_dag("secmlops_monitoring").test(run_conf={"window_minutes": 30})
+    assert run.state == "success", task_states(run)
+    assert task_states(run)["request_retraining"] == "success"
+    (event,) = asset_events("retraining-request")[-1:]
+    assert event["reason"] == "drift"
+    report = Path(event["evidence"]["drift"]["html_report"])
+    assert report.is_file() and report.stat().st_size > 1000
+    # The next hour, the same drift is cooling down: no second request, the suppression audited.
+    run = dagbag.get_dag("secmlops_monitoring").test(run_conf={"window_minutes": 30})
+    assert task_states(run)["request_retraining"] == "skipped"
+    assert len(asset_events("retraining-request")) == 1
+    from secmlops.audit import read_audit_log
+
+    entries = read_audit_log(Path(workspace.env["SECMLOPS_AUDIT_LOG"]))
+    assert entries[-1]["action"] == "suppress_retraining_request"
+    assert entries[-1]["details"]["suppressed"] == ["drift"]
