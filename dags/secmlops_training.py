@@ -30,6 +30,12 @@ MODEL = lifecycle_asset(MODEL_ASSET)
 RETRAINING_REQUEST = lifecycle_asset(RETRAINING_REQUEST_ASSET)
 # Training goes to the GPU workers' queue when the deployment has one (docs/operations.md).
 TRAINING_QUEUE = os.environ.get("SECMLOPS_TRAINING_QUEUE", "default")
+# Scheduled (asset-triggered) runs take the params' defaults; a deployment sets its training and
+# evaluation budget for them here (unset: epochs from the data size, every test image attacked).
+DEFAULT_EPOCHS = int(os.environ["SECMLOPS_TRAINING_EPOCHS"]) if os.environ.get(
+    "SECMLOPS_TRAINING_EPOCHS") else None  # fmt: skip
+DEFAULT_EVAL_IMAGES = int(os.environ["SECMLOPS_EVAL_MAX_IMAGES"]) if os.environ.get(
+    "SECMLOPS_EVAL_MAX_IMAGES") else None  # fmt: skip
 
 DOC = """
 ### Train, gate and release the pedestrian detector
@@ -74,7 +80,9 @@ DOC = """
             type="string",
             enum=["compact_centernet", "fasterrcnn_mobilenet_v3", "fcos_resnet50", "ssdlite320"],
         ),
-        "epochs": Param(None, type=["null", "integer"], minimum=1, description="Empty = auto."),
+        "epochs": Param(
+            DEFAULT_EPOCHS, type=["null", "integer"], minimum=1, description="Empty = auto."
+        ),
         "seed": Param(0, type="integer", minimum=0),
         "adversarial": Param(
             "fgsm-rs",
@@ -87,7 +95,10 @@ DOC = """
         ),
         "mix": Param(0.5, type="number", minimum=0, maximum=1, description="Adversarial share."),
         "max_eval_images": Param(
-            None, type=["null", "integer"], minimum=1, description="Cap on attacked test images."
+            DEFAULT_EVAL_IMAGES,
+            type=["null", "integer"],
+            minimum=1,
+            description="Cap on attacked test images; empty = all.",
         ),
         "policy_overrides": Param(
             [],

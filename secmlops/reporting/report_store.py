@@ -1,0 +1,103 @@
+"""Report folders on a local disk or under an `s3://bucket/prefix`: list, look up, read.
+
+Monitoring writes one folder per window either locally or to S3 (`monitor_window` uploads when
+its reports location is an `s3://` URI); the overview reads both the same way. Names are checked
+before they become paths or keys (`sources.report_file` locally, the same plain-name rule on
+S3), so a URL can name nothing but a report file under the configured root.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from secmlops.errors import DataError
+from secmlops.reporting.sources import PLAIN_NAME, REPORT_MEDIA_TYPES, report_file
+
+
+def is_s3(root: Path | str) -> bool:
+    """Whether `root` is an `s3://` URI."""
+    return str(root).startswith("s3://")
+
+
+def _split(root: str) -> tuple[str, str]:
+    bucket, _, prefix = root.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise DataError(f"{root}: expected s3://bucket/prefix")
+    prefix = prefix.strip("/")
+    return bucket, f"{prefix}/" if prefix else ""
+
+
+def _client() -> Any:
+    from secmlops.serving.inference_log import s3_client
+
+    return s3_client()
+
+
+def list_folders(root: Path | str) -> list[str]:
+    """Names of the folders directly under `root`, sorted.
+
+    Raises:
+        DataError: the root cannot be listed (no such folder, bucket or permission).
+    """
+    if not is_s3(root):
+        try:
+            return sorted(p.name for p in Path(root).iterdir() if p.is_dir())
+        except OSError as exc:
+            raise DataError(f"no folder {root} ({exc.strerror})") from None
+    bucket, prefix = _split(str(root))
+    names: list[str] = []
+    try:
+        pages = _client().get_paginator("list_objects_v2")
+        for page in pages.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+            for common in page.get("CommonPrefixes", []):
+                names.append(common["Prefix"][len(prefix) :].rstrip("/"))
+    except Exception as exc:  # botocore's many error types: all mean "cannot list"
+        raise DataError(f"cannot list {root} ({exc})") from None
+    return sorted(names)
+
+
+def has_file(root: Path | str, folder: str, name: str) -> bool:
+    """Whether `root/folder/name` is a report file (see `read_report` for the rules)."""
+    try:
+        _locate(root, folder, name)
+    except DataError:
+        return False
+    return True
+
+
+def read_report(root: Path | str, folder: str, name: str) -> bytes:
+    """The bytes of the report file `root/folder/name`.
+
+    Raises:
+        DataError: not a plain folder and file name with a report suffix, outside the root, or
+            missing (one message for all, as `report_file`).
+    """
+    where = _locate(root, folder, name)
+    if isinstance(where, Path):
+        try:
+            return where.read_bytes()
+        except OSError:
+            raise DataError(f"no report {folder}/{name}") from None
+    bucket, key = where
+    try:
+        return _client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    except Exception:  # NoSuchKey, access denied, network: the report cannot be had
+        raise DataError(f"no report {folder}/{name}") from None
+
+
+def _locate(root: Path | str, folder: str, name: str) -> Path | tuple[str, str]:
+    """The checked local path, or the (bucket, key) that exists on S3."""
+    if not is_s3(root):
+        return report_file(Path(root), folder, name)
+    refused = DataError(f"no report {folder}/{name}")
+    plain = all(PLAIN_NAME.match(part) and ".." not in part for part in (folder, name))
+    if not plain or Path(name).suffix.lower() not in REPORT_MEDIA_TYPES:
+        raise refused
+    bucket, prefix = _split(str(root))
+    key = f"{prefix}{folder}/{name}"
+    try:
+        _client().head_object(Bucket=bucket, Key=key)
+    except Exception:
+        raise refused from None
+    return bucket, key

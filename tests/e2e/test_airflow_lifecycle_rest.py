@@ -1,0 +1,72 @@
+"""Real Airflow (api-server, scheduler, dag-processor; LocalExecutor, SQLite) on 127.0.0.1:
+trigger `secmlops_data_pull` through REST API v2 with a JWT, and see the `dataset` asset
+schedule `secmlops_training`, whose run succeeds and promotes a model.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+
+import httpx
+
+from ..conftest import REPO_ROOT
+from ..dags.test_lifecycle_dags import SMALL_POLICY
+
+DAGS = ("secmlops_data_pull", "secmlops_training")
+
+
+def test_rest_trigger_of_data_pull_schedules_training_which_promotes(start_airflow, tmp_path):
+    from secmlops.registry import Registry
+    from secmlops.workspace import create_workspace
+
+    space = create_workspace(
+        tmp_path / "workspace", images=200, seed=5, width=160, height=128,
+        policy_source=REPO_ROOT / "policy.yaml", policy_overrides=SMALL_POLICY,
+        reason="e2e test: a small model on 160 scenes cannot reach the production bar",
+    )  # fmt: skip
+    # The budget of scheduled runs (they take the params' defaults): a small model.
+    budget = {"SECMLOPS_TRAINING_EPOCHS": "12", "SECMLOPS_EVAL_MAX_IMAGES": "12"}
+    server = start_airflow(extra_env={**space.env, **budget})
+    with server.client() as api:
+        assert api.get("/api/v2/dags/secmlops_data_pull").status_code == 200
+        for dag_id in DAGS:
+            server.wait_until(lambda d=dag_id: api.get(f"/api/v2/dags/{d}").status_code == 200)
+            response = api.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False})
+            assert response.status_code == 200, response.text
+        # No token: 401; a forged one: 403. Only the JWT from /auth/token triggers runs.
+        trigger = f"{server.base_url}/api/v2/dags/secmlops_data_pull/dagRuns"
+        assert httpx.post(trigger, json={"logical_date": None}).status_code == 401
+        forged = {"Authorization": "Bearer not-a-token"}
+        assert httpx.post(trigger, json={"logical_date": None}, headers=forged).status_code == 403
+        response = api.post(
+            "/api/v2/dags/secmlops_data_pull/dagRuns",
+            json={"logical_date": None, "conf": {"data_rev": space.data_rev}},
+        )
+        assert response.status_code == 200, response.text
+        run_id = urllib.parse.quote(response.json()["dag_run_id"], safe="")
+
+        def run_state(dag_id: str, run: str) -> str | None:
+            state = api.get(f"/api/v2/dags/{dag_id}/dagRuns/{run}").json()["state"]
+            assert state != "failed", f"{dag_id} run failed\n{server.log_tails()}"
+            return state if state == "success" else None
+
+        server.wait_until(lambda: run_state("secmlops_data_pull", run_id), timeout_s=300)
+
+        def asset_triggered_run() -> str | None:
+            runs = api.get("/api/v2/dags/secmlops_training/dagRuns").json()["dag_runs"]
+            triggered = [r for r in runs if r["run_type"] == "asset_triggered"]
+            return triggered[0]["dag_run_id"] if triggered else None
+
+        training = urllib.parse.quote(server.wait_until(asset_triggered_run, 120), safe="")
+        server.wait_until(
+            lambda: run_state("secmlops_training", training), timeout_s=900, every_s=5
+        )
+        tasks = api.get(f"/api/v2/dags/secmlops_training/dagRuns/{training}/taskInstances").json()
+        states = {t["task_id"]: t["state"] for t in tasks["task_instances"]}
+        assert set(states.values()) == {"success"}, states
+        events = api.get("/api/v2/assets/events", params={"order_by": "-timestamp"}).json()
+        model_events = [e for e in events["asset_events"] if e["name"] == "model"]
+        assert model_events, events
+    registry = Registry.open(space.env["SECMLOPS_REGISTRY"])
+    version, _ = registry.resolve("pedestrian-detector", "production")
+    assert model_events[0]["extra"]["version"] == version
