@@ -9,7 +9,7 @@ PETS ?= ../shared/data/pets09-s2l1
 export DO_NOT_TRACK := 1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo test lint format constraints pets repro clean
+.PHONY: install demo demo-cli test lint format constraints pets repro clean
 
 # pip (not uv/poetry) so the torch wheels already on disk are used; constraints.txt pins every
 # package from a real, `pip check`-clean resolve.
@@ -41,26 +41,30 @@ define robustness_gate
 	$(SECMLOPS) gate --report $(4)/robustness-defended.json --policy $(5) --key $(4)/keys/model-signer.key --record $(4)/gate-defended.json
 endef
 
-## The main job on embedded defaults: the secure lifecycle, stage by stage, on synthetic data.
-## data: generate -> sign -> verify -> validate -> screen -> publish (DVC); then train without and
-## with adversarial augmentation -> robustness suite -> gate (the first fails, the second passes);
-## every control's decision lands in the hash-chained audit log, checked at the end.
+## The main job on embedded defaults: the secure lifecycle, run by a real Airflow (scheduler,
+## dag-processor, api-server; LocalExecutor, SQLite) on synthetic data: data pull (DVC, signed
+## manifest, validation, poisoning screen) -> training with adversarial augmentation and its
+## undefended baseline -> attack suite -> gate -> sign -> registry -> promote -> serving ->
+## monitoring of a drifted window -> retraining request. Then the audit chain is verified.
 SECMLOPS := $(abspath $(BIN))/secmlops
 demo: install
-	$(SECMLOPS) data generate --out $(DEMO)/data --images 1000 --seed 0 --overwrite
-	test -f $(DEMO)/keys/data-owner.key || $(SECMLOPS) keys generate --name data-owner --out $(DEMO)/keys
-	$(SECMLOPS) data sign $(DEMO)/data --key $(DEMO)/keys/data-owner.key
-	$(SECMLOPS) policy override policy.yaml --out $(DEMO)/policy.yaml \
-	  --set "data.trusted_data_keys=[$$($(SECMLOPS) keys id $(DEMO)/keys/data-owner.pub)]" \
+	$(SECMLOPS) demo --workdir $(DEMO) --images 1000
+	SECMLOPS_AUDIT_LOG=$(DEMO)/audit/audit.jsonl $(SECMLOPS) audit verify
+
+## The same stages without a scheduler, on the CLI: an undefended model must fail the gate, the
+## defended one pass (both decisions signed and audited).
+demo-cli: install
+	$(SECMLOPS) data generate --out $(DEMO)-cli/data --images 1000 --seed 0 --overwrite
+	test -f $(DEMO)-cli/keys/data-owner.key || $(SECMLOPS) keys generate --name data-owner --out $(DEMO)-cli/keys
+	$(SECMLOPS) data sign $(DEMO)-cli/data --key $(DEMO)-cli/keys/data-owner.key
+	$(SECMLOPS) policy override policy.yaml --out $(DEMO)-cli/policy.yaml \
+	  --set "data.trusted_data_keys=[$$($(SECMLOPS) keys id $(DEMO)-cli/keys/data-owner.pub)]" \
 	  --reason "embedded demo: trust the data-owner key generated for this workspace"
-	$(SECMLOPS) data verify $(DEMO)/data --trusted-keys $(DEMO)/keys/data-owner.pub --policy $(DEMO)/policy.yaml
-	$(SECMLOPS) data validate $(DEMO)/data --policy $(DEMO)/policy.yaml --report $(DEMO)/validation.json
-	$(SECMLOPS) data screen $(DEMO)/data --policy $(DEMO)/policy.yaml --report $(DEMO)/screening.json
-	$(SECMLOPS) data publish $(DEMO)/data --name street
-	$(call robustness_gate,$(DEMO)/data,$(DEMO)/data,test,$(DEMO),$(DEMO)/policy.yaml)
+	$(SECMLOPS) data verify $(DEMO)-cli/data --trusted-keys $(DEMO)-cli/keys/data-owner.pub --policy $(DEMO)-cli/policy.yaml
+	$(SECMLOPS) data validate $(DEMO)-cli/data --policy $(DEMO)-cli/policy.yaml --report $(DEMO)-cli/validation.json
+	$(SECMLOPS) data screen $(DEMO)-cli/data --policy $(DEMO)-cli/policy.yaml --report $(DEMO)-cli/screening.json
+	$(call robustness_gate,$(DEMO)-cli/data,$(DEMO)-cli/data,test,$(DEMO)-cli,$(DEMO)-cli/policy.yaml)
 	$(SECMLOPS) audit verify
-	@echo "models: $(DEMO)/model (undefended), $(DEMO)/model-defended  robustness: $(DEMO)/robustness-*.json"
-	@echo "gate records: $(DEMO)/gate-*.json  data reports: $(DEMO)/*.json  audit: runs/audit/audit.jsonl"
 
 ## Lint, format check, then every test.
 test: install

@@ -8,6 +8,7 @@ modules of this package and register themselves on the one `app`.
 from __future__ import annotations
 
 from secmlops.cli import (
+    demo,  # noqa: F401  (registers demo)
     gate,  # noqa: F401  (registers gate)
     model,  # noqa: F401  (registers train, evaluate, predict)
     model_import,  # noqa: F401  (registers the model group and model import)

@@ -1,0 +1,228 @@
+"""A real, local Airflow for `make demo` and the end-to-end tests: `airflow db migrate`, then
+api-server, scheduler and dag-processor as separate processes on 127.0.0.1, as a deployment runs
+them (LocalExecutor, SQLite: the embedded defaults; docker/ has the production topology).
+
+`start_airflow(extra_env)` starts one (about 30-60 s on 2 cores) and returns an `AirflowServer`;
+every server a module started is stopped (whole process groups: the LocalExecutor's workers too)
+when the module ends. SQLite in a fresh AIRFLOW_HOME, LocalExecutor with parallelism 2, this
+repo's dags/ and plugins/, SimpleAuthManager with one user `admin` whose password is known, a
+fixed JWT secret shared by the processes. The server's environment is this process's without any
+AIRFLOW_* or SECMLOPS_* variable (tests set those on purpose, through `extra_env`).
+If a server does not come up, or a test of the module failed, the tails of its logs are printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+AIRFLOW = Path(sys.executable).with_name("airflow")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class AirflowError(RuntimeError):
+    """Airflow did not start, a process died, or a wait timed out (the logs' tails attached)."""
+
+
+COMPONENTS = ("api-server", "scheduler", "dag-processor")
+ADMIN = "admin"
+START_TIMEOUT_S = 180.0
+STOP_TIMEOUT_S = 20.0
+
+
+@dataclass
+class AirflowServer:
+    """A running Airflow: its URL, credentials, environment, processes and logs."""
+
+    base_url: str
+    home: Path
+    env: dict[str, str]
+    username: str
+    password: str
+    logs: dict[str, Path]
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def token(self) -> str:
+        """A fresh JWT from `POST /auth/token` (SimpleAuthManager), for `Authorization: Bearer`."""
+        response = httpx.post(
+            f"{self.base_url}/auth/token",
+            json={"username": self.username, "password": self.password},
+            timeout=30,
+        )
+        response.raise_for_status()
+        return response.json()["access_token"]
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        """An HTTP client on `base_url` that sends a bearer token (a fresh one by default)."""
+        headers = {"Authorization": f"Bearer {token or self.token()}"}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=60)
+
+    def health(self) -> dict[str, Any]:
+        """`GET /api/v2/monitor/health` (no auth needed)."""
+        response = httpx.get(f"{self.base_url}/api/v2/monitor/health", timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def wait_until(
+        self, condition: Callable[[], Any], timeout_s: float = 120.0, every_s: float = 1.0
+    ) -> Any:
+        """Poll `condition()` until it returns something truthy; fail with the logs' tails."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.check_running()
+            with contextlib.suppress(httpx.HTTPError):
+                if result := condition():
+                    return result
+            if time.monotonic() > deadline:
+                raise AirflowError(f"condition not met in {timeout_s:.0f} s\n{self.log_tails()}")
+            time.sleep(every_s)
+
+    def check_running(self) -> None:
+        """Fail (with the logs' tails) if one of the processes has exited."""
+        dead = {name: p.returncode for name, p in self.processes.items() if p.poll() is not None}
+        if dead:
+            raise AirflowError(f"Airflow processes exited: {dead}\n{self.log_tails()}")
+
+    def log_tails(self, lines: int = 40) -> str:
+        """The last `lines` lines of every log, for failure messages."""
+        parts = []
+        for name, path in self.logs.items():
+            text = path.read_text(errors="replace").splitlines() if path.exists() else []
+            parts.append(f"----- {name} ({path}), last {lines} lines -----")
+            parts.extend(text[-lines:])
+        return "\n".join(parts)
+
+    def stop(self) -> None:
+        """Stop every process group: SIGTERM, then SIGKILL after `STOP_TIMEOUT_S`."""
+        for process in self.processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for process in self.processes.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            # The group may outlive its leader (executor workers): kill what is left.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=5)
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def airflow_env(
+    home: Path, port: int, password_file: Path, extra: Mapping[str, str]
+) -> dict[str, str]:
+    """The server's environment (see the module docstring)."""
+    base_url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "SECMLOPS_"))}
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "2",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__CORE__AUTH_MANAGER": (
+                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+            ),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(password_file),
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(48),
+            "AIRFLOW__API__SECRET_KEY": secrets.token_hex(32),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API__BASE_URL": base_url,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base_url}/execution/",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+            "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
+            "DO_NOT_TRACK": "1",
+            "DVC_NO_ANALYTICS": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def launch(
+    home: Path,
+    extra_env: Mapping[str, str],
+    components: Sequence[str] = COMPONENTS,
+) -> AirflowServer:
+    """Migrate the DB and start `components`; returns once the API answers and is healthy.
+
+    Raises:
+        AirflowError: a step failed or the server did not come up in time (with logs).
+    """
+    port = free_port()
+    password = secrets.token_urlsafe(16)
+    password_file = home / "simple_auth_manager_passwords.json.generated"
+    password_file.write_text(json.dumps({ADMIN: password}))
+    env = airflow_env(home, port, password_file, extra_env)
+    logs_dir = home / "process-logs"
+    logs_dir.mkdir()
+    server = AirflowServer(
+        base_url=f"http://127.0.0.1:{port}",
+        home=home,
+        env=env,
+        username=ADMIN,
+        password=password,
+        logs={name: logs_dir / f"{name}.log" for name in ("db-migrate", *components)},
+    )
+    migrate = subprocess.run(
+        [str(AIRFLOW), "db", "migrate"],
+        env=env,
+        stdout=server.logs["db-migrate"].open("wb"),
+        stderr=subprocess.STDOUT,
+        timeout=300,
+        check=False,
+    )
+    if migrate.returncode != 0:
+        raise AirflowError(
+            f"airflow db migrate failed ({migrate.returncode})\n{server.log_tails()}"
+        )
+    for name in components:
+        command = [str(AIRFLOW), name]
+        if name == "api-server":
+            command += ["--host", "127.0.0.1", "--port", str(port)]
+        server.processes[name] = subprocess.Popen(
+            command,
+            env=env,
+            cwd=home,
+            stdout=server.logs[name].open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so teardown reaches its children
+        )
+    try:
+        server.wait_until(lambda: _healthy(server, components), timeout_s=START_TIMEOUT_S)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _healthy(server: AirflowServer, components: Sequence[str]) -> bool:
+    health = server.health()
+    wanted = ["metadatabase"] + [c.replace("-", "_") for c in components if c != "api-server"]
+    return all(health.get(part, {}).get("status") == "healthy" for part in wanted)

@@ -1,0 +1,166 @@
+"""`make demo`: the whole secure lifecycle, run by a real Airflow on the embedded defaults.
+
+1. A workspace (`secmlops.workspace`): keys, a signed synthetic dataset published to a local DVC
+   registry, the policy, the environment.
+2. Airflow (`secmlops.airflow_local`: scheduler, dag-processor, api-server; LocalExecutor,
+   SQLite). `secmlops_data_pull` is triggered through REST API v2 with a JWT; its `dataset` asset
+   schedules `secmlops_training` (adversarial training, attack suite, gate, sign, push, promote).
+3. `secmlops serve` serves the promoted model; foggy camera images are sent to it, so its
+   inference log drifts; `secmlops_monitoring` is triggered and emits a `retraining-request`.
+   The training DAG is paused first, so the requested retraining waits in the queue instead of
+   keeping the demo running for another training (unpause it in the UI to let it run).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+DAGS = ("secmlops_data_pull", "secmlops_training", "secmlops_monitoring")
+
+
+def run_demo(
+    workdir: Path, images: int = 1000, seed: int = 0, say: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Run the lifecycle on Airflow; returns where everything is.
+
+    Raises:
+        AirflowError: Airflow did not start, or a run failed or timed out (with its logs).
+    """
+
+    from secmlops.airflow_local import AirflowError, launch
+    from secmlops.workspace import create_workspace
+
+    say(f"workspace {workdir}: keys, {images} signed synthetic scenes, DVC data registry")
+    space = create_workspace(Path(workdir), images=images, seed=seed)
+    home = space.root / "airflow"
+    if home.exists():
+        import shutil
+
+        shutil.rmtree(home)  # a fresh metadata DB: old runs would confuse the waits below
+    home.mkdir(parents=True)
+    say(f"starting Airflow in {home} (scheduler, dag-processor, api-server; LocalExecutor)")
+    server = launch(home, {**space.env, "OMP_NUM_THREADS": "1"})
+    try:
+        with server.client() as api:
+            for dag_id in DAGS:
+                server.wait_until(lambda d=dag_id: api.get(f"/api/v2/dags/{d}").status_code == 200)
+                api.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+            pull = _trigger(api, "secmlops_data_pull", {"data_rev": space.data_rev})
+            say(f"triggered secmlops_data_pull ({pull}) through the REST API")
+            _wait_success(server, api, "secmlops_data_pull", pull, 1800)
+            training = server.wait_until(lambda: _asset_triggered(api, "secmlops_training"), 300)
+            say(f"the dataset asset scheduled secmlops_training ({training}); training...")
+            _wait_success(server, api, "secmlops_training", training, 4 * 3600)
+            # The requested retraining should queue, not start: pause before monitoring fires.
+            api.patch("/api/v2/dags/secmlops_training", json={"is_paused": True})
+            served = _serve_foggy_traffic(space.env, space.root)
+            say(f"served {served} foggy camera frames through secmlops serve (drift)")
+            monitoring = _trigger(api, "secmlops_monitoring", {"window_minutes": 60})
+            _wait_success(server, api, "secmlops_monitoring", monitoring, 1800)
+            states = _task_states(api, "secmlops_monitoring", monitoring)
+            if states.get("request_retraining") != "success":
+                raise AirflowError(f"monitoring requested no retraining: {states}")
+            say("secmlops_monitoring emitted a retraining-request (training is paused: queued)")
+    finally:
+        server.stop()
+    return {
+        "airflow_home": str(home),
+        "registry": space.env["SECMLOPS_REGISTRY"],
+        "audit_log": space.env["SECMLOPS_AUDIT_LOG"],
+        "runs": str(space.root / "runs"),
+        "drift_reports": space.env["SECMLOPS_MONITORING_REPORTS"],
+        "env_file": str(space.root / "secmlops.env"),
+    }
+
+
+def _trigger(api: Any, dag_id: str, conf: dict[str, Any]) -> str:
+    response = api.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
+    response.raise_for_status()
+    return response.json()["dag_run_id"]
+
+
+def _run(api: Any, dag_id: str, run_id: str) -> dict[str, Any]:
+    response = api.get(f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}")
+    response.raise_for_status()
+    return response.json()
+
+
+def _task_states(api: Any, dag_id: str, run_id: str) -> dict[str, str]:
+    quoted = urllib.parse.quote(run_id, safe="")
+    response = api.get(f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances")
+    response.raise_for_status()
+    return {t["task_id"]: t["state"] for t in response.json()["task_instances"]}
+
+
+def _wait_success(server: Any, api: Any, dag_id: str, run_id: str, timeout_s: float) -> None:
+    from secmlops.airflow_local import AirflowError
+
+    def finished() -> bool:
+        state = _run(api, dag_id, run_id)["state"]
+        if state == "failed":
+            raise AirflowError(f"{dag_id} run {run_id} failed: {_task_states(api, dag_id, run_id)}")
+        return state == "success"
+
+    server.wait_until(finished, timeout_s=timeout_s, every_s=5)
+
+
+def _asset_triggered(api: Any, dag_id: str) -> str | None:
+    runs = api.get(f"/api/v2/dags/{dag_id}/dagRuns").json()["dag_runs"]
+    triggered = [r["dag_run_id"] for r in runs if r["run_type"] == "asset_triggered"]
+    return triggered[0] if triggered else None
+
+
+def _serve_foggy_traffic(env: dict[str, str], root: Path, frames: int = 60) -> int:
+    """Start `secmlops serve` on the production model and send it foggy test frames."""
+    import httpx
+    from PIL import Image
+
+    from secmlops.airflow_local import free_port
+    from secmlops.monitoring.reference import load_split_images
+
+    token = secrets.token_urlsafe(24)
+    port = free_port()
+    secmlops = Path(sys.executable).with_name("secmlops")
+    log = (root / "serve.log").open("wb")
+    process = subprocess.Popen(
+        [str(secmlops), "serve", "--model-name", "pedestrian-detector", "--port", str(port),
+         "--inference-log", env["SECMLOPS_INFERENCE_LOG"]],
+        env={**os.environ, **env, "SECMLOPS_SERVING_TOKEN": token},
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"secmlops serve did not start; see {root / 'serve.log'}")
+            time.sleep(1)
+        images = load_split_images(root / "incoming" / "street", "test", frames)
+        for image in images:
+            foggy = (image * 0.4 + 0.45).clamp(0, 1).mul(255).byte().permute(1, 2, 0).numpy()
+            buffer = io.BytesIO()
+            Image.fromarray(foggy).save(buffer, "JPEG", quality=92)
+            response = httpx.post(
+                f"{url}/v1/detect", files={"image": ("frame.jpg", buffer.getvalue(), "image/jpeg")},
+                headers={"Authorization": f"Bearer {token}"}, timeout=60,
+            )  # fmt: skip
+            response.raise_for_status()
+        return len(images)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
