@@ -9,7 +9,7 @@ PETS ?= ../shared/data/pets09-s2l1
 export DO_NOT_TRACK := 1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo demo-cli test lint format constraints pets repro clean
+.PHONY: install services demo demo-cli test lint format constraints pets repro clean
 
 # pip (not uv/poetry) so the torch wheels already on disk are used; constraints.txt pins every
 # package from a real, `pip check`-clean resolve.
@@ -66,8 +66,15 @@ demo-cli: install
 	$(call robustness_gate,$(DEMO)-cli/data,$(DEMO)-cli/data,test,$(DEMO)-cli,$(DEMO)-cli/policy.yaml)
 	$(SECMLOPS) audit verify
 
+## The production-topology tests use this machine's PostgreSQL (127.0.0.1:5432) and Redis
+## (127.0.0.1:6379); start them with Debian's own commands when they are not running.
+services:
+	pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster $$(pg_lsclusters -h | awk 'NR==1 {print $$1, $$2}') start
+	redis-cli -h 127.0.0.1 -p 6379 ping > /dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 --port 6379
+	pg_isready -h 127.0.0.1 -p 5432 -t 30 && redis-cli -h 127.0.0.1 -p 6379 ping
+
 ## Lint, format check, then every test.
-test: install
+test: install services
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest

@@ -7,6 +7,7 @@ heavy is imported at parse time.
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
@@ -19,6 +20,9 @@ from secmlops.airflow_support import (
 )
 
 DATASET = lifecycle_asset(DATASET_ASSET)
+
+# A deployment may change the cadence; "none" leaves only manual and REST-triggered runs.
+SCHEDULE = os.environ.get("SECMLOPS_DATA_PULL_SCHEDULE", "@daily")
 
 DOC = """
 ### Pull, verify and announce a dataset version
@@ -38,7 +42,7 @@ A refused control fails its task without retries; every decision is in the audit
 
 @dag(
     dag_id="secmlops_data_pull",
-    schedule="@daily",
+    schedule=None if SCHEDULE == "none" else SCHEDULE,
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

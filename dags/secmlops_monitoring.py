@@ -6,6 +6,7 @@ Every task is one call into `secmlops.lifecycle`; this file only wires them (DES
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
@@ -17,6 +18,9 @@ from secmlops.airflow_support import (
 )
 
 RETRAINING_REQUEST = lifecycle_asset(RETRAINING_REQUEST_ASSET)
+
+# A deployment may change the cadence; "none" leaves only manual and REST-triggered runs.
+SCHEDULE = os.environ.get("SECMLOPS_MONITORING_SCHEDULE", "@hourly")
 
 DOC = """
 ### Drift and attack monitoring
@@ -35,7 +39,7 @@ A window with too few requests to judge fails the run: it is never read as "no d
 
 @dag(
     dag_id="secmlops_monitoring",
-    schedule="@hourly",
+    schedule=None if SCHEDULE == "none" else SCHEDULE,
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

@@ -38,6 +38,8 @@ class AirflowError(RuntimeError):
 
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
+# The queues a local Celery worker serves: CPU tasks and, on a machine with a GPU, training.
+CELERY_QUEUES = "default,gpu"
 ADMIN = "admin"
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 20.0
@@ -54,6 +56,35 @@ class AirflowServer:
     password: str
     logs: dict[str, Path]
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def command(self, name: str) -> list[str]:
+        """The command line of component `name` (`celery-worker` listens on CELERY_QUEUES)."""
+        if name == "api-server":
+            port = self.base_url.rsplit(":", 1)[1]
+            return [str(AIRFLOW), name, "--host", "127.0.0.1", "--port", port]
+        if name == "celery-worker":
+            return [str(AIRFLOW), "celery", "worker", "--queues", CELERY_QUEUES,
+                    "--concurrency", "1", "--without-gossip", "--without-mingle"]  # fmt: skip
+        return [str(AIRFLOW), name]
+
+    def start_process(self, name: str) -> None:
+        """Start (or restart, after `kill`) one component in its own process group."""
+        self.logs.setdefault(name, self.home / "process-logs" / f"{name}.log")
+        self.processes[name] = subprocess.Popen(
+            self.command(name),
+            env=self.env,
+            cwd=self.home,
+            stdout=self.logs[name].open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so stop() reaches its children
+        )
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one component and everything it started (a crashed machine, not a shutdown)."""
+        process = self.processes.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
 
     def token(self) -> str:
         """A fresh JWT from `POST /auth/token` (SimpleAuthManager), for `Authorization: Bearer`."""
@@ -203,17 +234,7 @@ def launch(
             f"airflow db migrate failed ({migrate.returncode})\n{server.log_tails()}"
         )
     for name in components:
-        command = [str(AIRFLOW), name]
-        if name == "api-server":
-            command += ["--host", "127.0.0.1", "--port", str(port)]
-        server.processes[name] = subprocess.Popen(
-            command,
-            env=env,
-            cwd=home,
-            stdout=server.logs[name].open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, so teardown reaches its children
-        )
+        server.start_process(name)
     try:
         server.wait_until(lambda: _healthy(server, components), timeout_s=START_TIMEOUT_S)
     except BaseException:
@@ -224,5 +245,8 @@ def launch(
 
 def _healthy(server: AirflowServer, components: Sequence[str]) -> bool:
     health = server.health()
-    wanted = ["metadatabase"] + [c.replace("-", "_") for c in components if c != "api-server"]
+    # The health endpoint reports the scheduler, dag-processor and triggerer; a Celery worker
+    # shows as the tasks it runs.
+    reported = ("scheduler", "dag-processor", "triggerer")
+    wanted = ["metadatabase"] + [c.replace("-", "_") for c in components if c in reported]
     return all(health.get(part, {}).get("status") == "healthy" for part in wanted)

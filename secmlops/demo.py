@@ -48,7 +48,10 @@ def run_demo(
         shutil.rmtree(home)  # a fresh metadata DB: old runs would confuse the waits below
     home.mkdir(parents=True)
     say(f"starting Airflow in {home} (scheduler, dag-processor, api-server; LocalExecutor)")
-    server = launch(home, {**space.env, "OMP_NUM_THREADS": "1"})
+    # Manual cadence: the REST triggers below drive the runs (an unpaused @daily DAG would also
+    # start a run of its own for the last interval).
+    manual = {"SECMLOPS_DATA_PULL_SCHEDULE": "none", "SECMLOPS_MONITORING_SCHEDULE": "none"}
+    server = launch(home, {**space.env, **manual, "OMP_NUM_THREADS": "1"})
     try:
         with server.client() as api:
             for dag_id in DAGS:

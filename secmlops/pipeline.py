@@ -67,7 +67,8 @@ def train_model(
     fraction such as "4/255"; `mix` is the share of each batch replaced by adversarial examples.
 
     Returns:
-        {"model_dir", "epochs", "best_epoch", "val": metrics, "seconds", "device"}
+        {"model_dir", "epochs", "best_epoch", "val": metrics, "seconds", "device",
+         "resumed_from_epoch" (0: not resumed)}
     """
     from secmlops.training.trainer import CHECKPOINT_DIR, TrainConfig, adversarial_config, train
 
@@ -87,6 +88,7 @@ def train_model(
         "val": result.val_metrics,
         "seconds": round(result.seconds, 1),
         "device": result.device,
+        "resumed_from_epoch": result.resumed_from_epoch,
     }
 
 

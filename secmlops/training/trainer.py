@@ -139,6 +139,8 @@ class TrainResult:
     history: list[dict[str, float]]
     seconds: float
     device: str
+    # The epoch a resumed run continued after (0: trained from the start).
+    resumed_from_epoch: int = 0
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -244,6 +246,7 @@ def train(
     state = {"epoch": 0, "best_epoch": 0, "best_map50": -1.0, "history": []}
     if resume:
         state = _load_checkpoint(checkpoint_dir, model, optimizer, config, scaler)
+    resumed_from_epoch = int(state["epoch"])
 
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
         epoch_started = time.perf_counter()
@@ -338,6 +341,7 @@ def train(
         history=state["history"],
         seconds=seconds,
         device=str(device),
+        resumed_from_epoch=resumed_from_epoch,
     )
 
 

@@ -26,7 +26,8 @@ def test_rest_trigger_of_data_pull_schedules_training_which_promotes(start_airfl
     )  # fmt: skip
     # The budget of scheduled runs (they take the params' defaults): a small model.
     budget = {"SECMLOPS_TRAINING_EPOCHS": "12", "SECMLOPS_EVAL_MAX_IMAGES": "12"}
-    server = start_airflow(extra_env={**space.env, **budget})
+    manual = {"SECMLOPS_DATA_PULL_SCHEDULE": "none"}  # only the REST trigger starts a data pull
+    server = start_airflow(extra_env={**space.env, **budget, **manual})
     with server.client() as api:
         assert api.get("/api/v2/dags/secmlops_data_pull").status_code == 200
         for dag_id in DAGS:
@@ -55,6 +56,7 @@ def test_rest_trigger_of_data_pull_schedules_training_which_promotes(start_airfl
         def asset_triggered_run() -> str | None:
             runs = api.get("/api/v2/dags/secmlops_training/dagRuns").json()["dag_runs"]
             triggered = [r for r in runs if r["run_type"] == "asset_triggered"]
+            assert len(triggered) <= 1, runs  # one data pull, one dataset event, one run
             return triggered[0]["dag_run_id"] if triggered else None
 
         training = urllib.parse.quote(server.wait_until(asset_triggered_run, 120), safe="")
