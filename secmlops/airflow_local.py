@@ -150,6 +150,24 @@ class AirflowServer:
                 os.killpg(process.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=5)
+        # Task processes may leave the group (the task supervisor starts its own session);
+        # they all run in this server's home: kill whatever is still there.
+        for pid in _processes_in(self.home):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _processes_in(folder: Path) -> list[int]:
+    """PIDs of this user's processes whose working directory is `folder` or below (Linux)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if (
+                Path(os.readlink(entry / "cwd")).is_relative_to(folder)
+                and int(entry.name) != os.getpid()
+            ):
+                found.append(int(entry.name))
+    return found
 
 
 def free_port() -> int:

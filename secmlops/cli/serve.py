@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -21,7 +20,10 @@ def serve_command(
         str | None,
         typer.Option(help="Registry URI (default: $SECMLOPS_REGISTRY or runs/registry)."),
     ] = None,
-    model_name: Annotated[str, typer.Option(help="Model name in the registry.")] = "pds",
+    model_name: Annotated[
+        str | None,
+        typer.Option(help="Model name in the registry (default: $SECMLOPS_MODEL_NAME)."),
+    ] = None,
     alias: Annotated[str, typer.Option(help="Alias to serve and follow.")] = "production",
     trusted_keys: TrustedKeysOption = None,
     connection: Annotated[
@@ -30,7 +32,8 @@ def serve_command(
     inference_log: Annotated[
         str | None,
         typer.Option(
-            help="Folder or s3://bucket/prefix for request records (default: runs/inference)."
+            help="Folder or s3://bucket/prefix for request records "
+            "(default: $SECMLOPS_INFERENCE_LOG, else <workdir>/inference-log)."
         ),
     ] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
@@ -50,8 +53,7 @@ def serve_command(
     """
     import uvicorn
 
-    from secmlops.pipeline import default_workdir
-    from secmlops.registry import default_registry_uri
+    from secmlops.lifecycle import LifecycleSettings
     from secmlops.serving.app import ServingConfig, create_app
     from secmlops.serving.inference_log import InferenceLog
     from secmlops.serving.model_source import ModelSource
@@ -68,11 +70,13 @@ def serve_command(
             keyring = keyring_from_connection(connection)
         else:
             keyring = _keyring(trusted_keys)
+        # The same defaults as the lifecycle DAGs, so monitoring reads what serving writes.
+        settings = LifecycleSettings.from_env()
         source = ModelSource(
-            registry or default_registry_uri(), model_name, alias, keyring, _audit(audit_log),
-            device=str(pick_device(device)),
+            registry or settings.model_registry, model_name or settings.model_name, alias,
+            keyring, _audit(audit_log), device=str(pick_device(device)),
         )  # fmt: skip
-        log = InferenceLog(inference_log or str(Path(default_workdir()) / "inference"))
+        log = InferenceLog(inference_log or settings.inference_log)
         config = ServingConfig(
             token=token, max_bytes=max_bytes, max_pixels=max_pixels,
             reload_interval_s=reload_interval,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -196,6 +197,9 @@ def load_verified(model_dir: Path, keyring: Keyring, device: str = "cpu") -> Any
     return model
 
 
+GIT_COMMIT_ENV = "SECMLOPS_GIT_COMMIT"
+
+
 def _git_commit() -> dict[str, Any]:
     """The code version: git commit of the project checkout, and whether it had local edits."""
     try:
@@ -208,7 +212,9 @@ def _git_commit() -> dict[str, Any]:
             capture_output=True, text=True, check=True, timeout=10,
         ).stdout  # fmt: skip
     except (OSError, subprocess.SubprocessError):
-        return {"git_commit": None, "dirty": None}
+        # An installed image has no checkout: the image build records the commit it was built
+        # from (docker/Dockerfile, build arg GIT_COMMIT).
+        return {"git_commit": os.environ.get(GIT_COMMIT_ENV) or None, "dirty": None}
     return {"git_commit": commit, "dirty": bool(status.strip())}
 
 

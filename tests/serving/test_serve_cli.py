@@ -31,7 +31,7 @@ def test_serve_starts_verifies_and_authenticates(tmp_path, pki, releases):
     env = {**os.environ, "SECMLOPS_SERVING_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
     command = [
         str(Path(sys.executable).with_name("secmlops")), "serve",
-        "--registry", str(tmp_path / "registry"), "--port", str(port),
+        "--registry", str(tmp_path / "registry"), "--port", str(port), "--model-name", "pds",
         "--trusted-keys", str(pki["release"]["public"]),
         "--inference-log", str(tmp_path / "inference"),
         "--audit-log", str(tmp_path / "audit.jsonl"),
