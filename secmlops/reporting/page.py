@@ -266,7 +266,16 @@ def _drift(drift: DriftOverview, base_path: str) -> str:
     ]
     if rows:
         parts.append(_table(["feature", "K-S p-value", "threshold", "drift"], rows, "drift-table"))
-    others = [name for name in drift.failed_checks if not name.startswith("Value Drift")]
+    if drift.embedding is not None:
+        embedding = drift.embedding
+        parts.append(
+            f"<p id='embedding-drift'>backbone embedding: {embedding['share']:.0%} of its PCA "
+            f"components drifted (drift above {embedding['threshold']:.0%}) "
+            f"{_badge('fail' if embedding['drifted'] else 'pass')}</p>"
+        )
+    others = [
+        name for name in drift.failed_checks if not name.startswith(("Value Drift", "Drift in emb"))
+    ]
     if others:
         parts.append("<p>other failed checks: " + escape("; ".join(others)) + "</p>")
     parts.append("</section>")

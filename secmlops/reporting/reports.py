@@ -56,6 +56,9 @@ class DriftOverview:
     checks_total: int
     failed_checks: tuple[str, ...]
     message: str | None = None
+    # Evidently's EmbeddingsDrift on the backbone embedding: {"share", "threshold", "drifted"}
+    # (share of PCA components whose K-S test drifted); None when the model logs no embedding.
+    embedding: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict for the JSON API."""
@@ -116,6 +119,7 @@ def latest_drift_report(reports_root: Path | str) -> DriftOverview:
     try:
         report = json.loads(report_store.read_report(reports_root, window, DRIFT_JSON))
         columns = _drift_columns(report)
+        embedding = _embedding_drift(report)
         tests = [t for t in report.get("tests", []) if isinstance(t, dict)]
     except DataError:
         return replace(found, message=f"{window}: no {DRIFT_JSON} beside the HTML report")
@@ -129,7 +133,20 @@ def latest_drift_report(reports_root: Path | str) -> DriftOverview:
         checks_failed=len(failed),
         checks_total=len(tests),
         failed_checks=failed,
+        embedding=embedding,
     )
+
+
+def _embedding_drift(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The `EmbeddingsDrift` metric's share of drifted components and its threshold."""
+    for metric in report.get("metrics", []):
+        config = metric.get("config", {})
+        if str(config.get("type", "")).endswith(":EmbeddingsDrift"):
+            share = float(metric["value"])
+            threshold = float((config.get("drift_method") or {}).get("threshold", math.nan))
+            # Evidently's ratio method: drift when the share is strictly above the threshold.
+            return {"share": share, "threshold": threshold, "drifted": share > threshold}
+    return None
 
 
 def _drift_columns(report: dict[str, Any]) -> tuple[DriftColumn, ...]:

@@ -289,3 +289,28 @@ def test_seeded_registry_is_where_the_defaults_look(seeded_env):
     sources = sources_from_env()
     assert sources.registry_uri == Path(seeded_env.registry).as_uri()
     assert sources.audit_log == seeded_env.audit_log
+
+
+def test_drift_overview_reports_the_backbone_embedding_drift(tmp_path):
+    """A real Evidently report whose window moved in the embedding only: the view says so."""
+    import numpy as np
+    import pandas as pd
+
+    from secmlops.monitoring.drift import MonitoringThresholds, check_drift
+    from secmlops.monitoring.reference import FEATURE_COLUMNS
+    from secmlops.reporting.reports import latest_drift_report
+
+    rng = np.random.default_rng(0)
+    columns = [*FEATURE_COLUMNS, *(f"emb_{i}" for i in range(8))]
+    reference = pd.DataFrame(rng.normal(size=(100, len(columns))), columns=columns)
+    window = pd.DataFrame(rng.normal(size=(60, len(columns))), columns=columns)
+    thresholds = MonitoringThresholds(0.3, 0.01, 20, 0.1, 0.001, None)
+    check_drift(reference, window, tmp_path / "20260101T000000Z", thresholds)
+    quiet = latest_drift_report(tmp_path).embedding
+    assert quiet is not None and not quiet["drifted"] and quiet["threshold"] == 0.3
+    window[[c for c in columns if c.startswith("emb_")]] += 1.0
+    check_drift(reference, window, tmp_path / "20260101T010000Z", thresholds)
+    moved = latest_drift_report(tmp_path)
+    assert moved.window == "20260101T010000Z"
+    assert moved.embedding == {"share": 1.0, "threshold": 0.3, "drifted": True}
+    assert not any(c.drifted for c in moved.columns)  # the pixel features did not move
