@@ -39,6 +39,37 @@ def keyring_from_connection(conn_id: str) -> Keyring:
     return Keyring.from_pem("\n".join(pems), source=f"airflow connection {conn_id}")
 
 
+def s3_env_from_connection(conn_id: str) -> dict[str, str]:
+    """S3 credentials and endpoint from an Airflow Connection, as the environment boto3 and DVC
+    read (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`,
+    `SECMLOPS_S3_ENDPOINT_URL`).
+
+    The connection (type `aws`): login = access key id, password = secret access key, extra
+    `{"endpoint_url": "http://minio:9000", "region_name": "us-east-1"}` (both optional).
+
+    Raises:
+        DataError: the connection does not exist or has no access key pair.
+    """
+    from airflow.sdk import Connection
+
+    try:
+        connection = Connection.get(conn_id)
+    except Exception as exc:  # Airflow raises its own, version-dependent "not found" errors
+        raise DataError(f"Airflow connection {conn_id!r}: cannot read it ({exc})") from None
+    if not connection.login or not connection.password:
+        raise DataError(
+            f"Airflow connection {conn_id!r}: no access key pair (login = access key id, "
+            "password = secret access key)"
+        )
+    extra = connection.extra_dejson or {}
+    env = {"AWS_ACCESS_KEY_ID": connection.login, "AWS_SECRET_ACCESS_KEY": connection.password}
+    if extra.get("region_name"):
+        env["AWS_DEFAULT_REGION"] = str(extra["region_name"])
+    if extra.get("endpoint_url"):
+        env["SECMLOPS_S3_ENDPOINT_URL"] = str(extra["endpoint_url"])
+    return env
+
+
 # The lifecycle's assets (DESIGN.md): the data-pull DAG emits `dataset`, the training DAG emits
 # `model` and runs on `dataset` or `retraining-request`, which the monitoring DAG emits.
 DATASET_ASSET = "dataset"

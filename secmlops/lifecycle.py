@@ -23,6 +23,7 @@ DATASET_NAME_ENV = "SECMLOPS_DATASET_NAME"
 INFERENCE_LOG_ENV = "SECMLOPS_INFERENCE_LOG"
 MONITORING_REPORTS_ENV = "SECMLOPS_MONITORING_REPORTS"
 PRODUCTION_ALIAS = "production"
+S3_CONNECTION_ENV = "SECMLOPS_S3_CONNECTION"
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,15 @@ class LifecycleSettings:
 
     @classmethod
     def from_env(cls) -> LifecycleSettings:
-        """Read the settings from the environment (nothing is created)."""
+        """Read the settings from the environment (nothing is created).
+
+        With `$SECMLOPS_S3_CONNECTION` set, the S3 credentials and endpoint of that Airflow
+        Connection are put into this process's environment first (boto3 and DVC read them there).
+        """
+        if os.environ.get(S3_CONNECTION_ENV):
+            from secmlops.airflow_support import s3_env_from_connection
+
+            os.environ.update(s3_env_from_connection(os.environ[S3_CONNECTION_ENV]))
         from secmlops.cli.security import POLICY_ENV
         from secmlops.data.versioning import default_registry
         from secmlops.pipeline import default_workdir
@@ -385,3 +394,22 @@ def monitor(settings: LifecycleSettings, window_minutes: float, run_id: str) -> 
         window=dt.timedelta(minutes=window_minutes),
     )  # fmt: skip
     return {"version": version, **json.loads(json.dumps(result))}
+
+
+# ------------------------------------------------------------------------------- trade-offs
+def tradeoff_study(settings: LifecycleSettings, data_dir: str, quick: bool) -> dict[str, Any]:
+    """The security/performance trade-off study on a verified dataset version.
+
+    Returns:
+        {"out_dir", "configurations", "pareto_front", "seconds"}
+    """
+    from secmlops.tradeoffs.study import default_out_dir, run_study
+
+    out = default_out_dir(settings.workdir)
+    result = run_study(Path(data_dir), out, quick, policy_path=settings.policy)
+    return {
+        "out_dir": str(result.out_dir),
+        "configurations": len(result.rows),
+        "pareto_front": list(result.pareto_front),
+        "seconds": round(result.seconds, 1),
+    }

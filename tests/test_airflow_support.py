@@ -33,3 +33,39 @@ def test_missing_or_empty_connection_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_EMPTY_KEYS", json.dumps({"conn_type": "generic"}))
     with pytest.raises(DataError, match="no public keys"):
         keyring_from_connection("empty_keys")
+
+
+def test_s3_credentials_from_an_aws_connection(monkeypatch):
+    from secmlops.airflow_support import s3_env_from_connection
+
+    connection = {
+        "conn_type": "aws",
+        "login": "AKIDEXAMPLE",
+        "password": "secret/example",
+        "extra": {"endpoint_url": "http://127.0.0.1:9000", "region_name": "eu-west-1"},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_SECMLOPS_S3", json.dumps(connection))
+    assert s3_env_from_connection("secmlops_s3") == {
+        "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "secret/example",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "SECMLOPS_S3_ENDPOINT_URL": "http://127.0.0.1:9000",
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_NO_KEYS", json.dumps({"conn_type": "aws"}))
+    with pytest.raises(DataError, match="no access key pair"):
+        s3_env_from_connection("no_keys")
+
+
+def test_lifecycle_settings_take_s3_credentials_from_the_named_connection(monkeypatch):
+    import os
+
+    from secmlops.lifecycle import LifecycleSettings
+
+    connection = {"conn_type": "aws", "login": "AKIDLIFECYCLE", "password": "s3cret"}
+    monkeypatch.setenv("AIRFLOW_CONN_TEAM_S3", json.dumps(connection))
+    monkeypatch.setenv("SECMLOPS_S3_CONNECTION", "team_s3")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    LifecycleSettings.from_env()
+    assert os.environ["AWS_ACCESS_KEY_ID"] == "AKIDLIFECYCLE"
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] == "s3cret"
