@@ -10,6 +10,7 @@ and nothing downstream of it runs. The same functions run without Airflow (tests
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ INFERENCE_LOG_ENV = "SECMLOPS_INFERENCE_LOG"
 MONITORING_REPORTS_ENV = "SECMLOPS_MONITORING_REPORTS"
 PRODUCTION_ALIAS = "production"
 S3_CONNECTION_ENV = "SECMLOPS_S3_CONNECTION"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,14 @@ def train(
     if not defended and params.get("adversarial", "fgsm-rs") == "none":
         return None
     name = "model" if defended else "baseline"
+
+    def report(summary: dict[str, float]) -> None:
+        # Task logs show the progress in the Airflow UI (and why a run is slow).
+        log.info(
+            "%s epoch %d: loss %.3f, val mAP@0.5 %.3f (%.1f s)", name, summary["epoch"],
+            summary["loss"], summary["val_mAP50"], summary["seconds"],
+        )  # fmt: skip
+
     return train_model(
         data_dir,
         str(settings.run_dir(run_id) / name),
@@ -193,6 +204,7 @@ def train(
         adversarial=adversarial,
         eps=params.get("eps", "4/255"),
         mix=float(params.get("mix", 0.5)),
+        on_epoch=report,
     )
 
 
@@ -397,16 +409,23 @@ def monitor(settings: LifecycleSettings, window_minutes: float, run_id: str) -> 
 
 
 # ------------------------------------------------------------------------------- trade-offs
-def tradeoff_study(settings: LifecycleSettings, data_dir: str, quick: bool) -> dict[str, Any]:
+def tradeoff_study(
+    settings: LifecycleSettings, data_dir: str, quick: bool, run_id: str
+) -> dict[str, Any]:
     """The security/performance trade-off study on a verified dataset version.
+
+    Finished trainings and evaluations are cached per run, so a retried task continues instead
+    of starting the study over.
 
     Returns:
         {"out_dir", "configurations", "pareto_front", "seconds"}
     """
+    from secmlops.pipeline import safe_name
     from secmlops.tradeoffs.study import default_out_dir, run_study
 
     out = default_out_dir(settings.workdir)
-    result = run_study(Path(data_dir), out, quick, policy_path=settings.policy)
+    cache = settings.workdir / "runs" / "tradeoffs-cache" / safe_name(run_id)
+    result = run_study(Path(data_dir), out, quick, policy_path=settings.policy, cache_dir=cache)
     return {
         "out_dir": str(result.out_dir),
         "configurations": len(result.rows),

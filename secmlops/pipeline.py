@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +60,14 @@ def train_model(
     attack_steps: int = 3,
     mix: float = 0.5,
     eps_warmup_epochs: int = 2,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
     """Train on `data_dir` into `model_dir` (resuming if a checkpoint is there).
 
     Resuming makes a retried Airflow task continue where the failed attempt stopped.
     `adversarial` is "none", "pgd" (PGD-`attack_steps`) or "fgsm-rs"; `eps` is a number or a
     fraction such as "4/255"; `mix` is the share of each batch replaced by adversarial examples.
+    `on_epoch` receives each epoch's summary (epoch, loss, val mAP50, seconds).
 
     Returns:
         {"model_dir", "epochs", "best_epoch", "val": metrics, "seconds", "device",
@@ -80,7 +83,9 @@ def train_model(
         adversarial=adversarial_config(adversarial, eps, attack_steps, mix, eps_warmup_epochs),
     )
     resume = (Path(model_dir) / CHECKPOINT_DIR / "state.json").exists()
-    result = train(Path(data_dir), Path(model_dir), config, resume=resume, overwrite=True)
+    result = train(
+        Path(data_dir), Path(model_dir), config, resume=resume, overwrite=True, on_epoch=on_epoch
+    )
     return {
         "model_dir": str(result.model_dir),
         "epochs": result.epochs,

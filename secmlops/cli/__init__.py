@@ -18,6 +18,7 @@ from secmlops.cli import (
     registry,  # noqa: F401  (registers registry push, list, show, promote, rollback, pull)
     security,  # noqa: F401  (registers keys, audit, data sign/verify/validate/screen)
     serve,  # noqa: F401  (registers serve)
+    tradeoffs,  # noqa: F401  (registers tradeoffs)
     versions,  # noqa: F401  (registers data publish, pull, versions)
 )
 from secmlops.cli.common import EXIT_USER_ERROR, app

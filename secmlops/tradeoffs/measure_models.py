@@ -1,0 +1,276 @@
+"""Cost and benefit of the model configurations: training, accuracy under attack, latency.
+
+Every model is trained by the lifecycle's own trainer and attacked with the robustness suite's
+ART attacks (`secmlops.evaluation.art_attacks`, scored by `map_under_transform`), so the study
+measures exactly what the pipeline would deploy and gate.
+
+Input preprocessing defences (ART's `JpegCompression` and `SpatialSmoothing`) run on every image
+in front of the detector, clean or attacked. Their main robust figures come from attacks computed
+against the undefended forward pass: a *non-adaptive* attacker who does not know the defence is
+there. That overstates them: an attacker who knows can differentiate through the defence
+approximately (BPDA, Athalye, Carlini, Wagner, 2018, arXiv:1802.00420). The `adaptive` figure
+is that attacker: ART's PGD with the defence inside the estimator, whose non-differentiable
+preprocessing ART passes gradients through as the identity (its `estimate_gradient`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from secmlops import models
+from secmlops.evaluation import art_attacks
+from secmlops.evaluation.robustness import map_under_transform
+from secmlops.tradeoffs.configurations import (
+    Budget,
+    EvalAttack,
+    InputPreprocessing,
+    ModelConfiguration,
+)
+from secmlops.tradeoffs.resources import Usage, measured
+from secmlops.training.batches import PreparedSplit
+from secmlops.training.trainer import TrainConfig, adversarial_config, train
+
+EVAL_BATCH = 16
+Transform = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class TrainedModel:
+    """A model trained for one configuration, and what training it cost."""
+
+    config_id: str
+    model_dir: Path
+    usage: Usage
+    epochs: int
+    best_epoch: int
+
+
+@dataclass
+class ModelMeasurement:
+    """Cost and benefit of one model configuration (mAP@0.5 throughout).
+
+    Attributes:
+        training_s: training wall time (for a preprocessing configuration, its model's).
+        pipeline_s: training plus evaluation (clean and every attack) wall time.
+        peak_mem_mb: the larger peak of training and evaluation (see `resources`).
+        clean_map: mAP on the clean evaluation images (after the preprocessing defence).
+        robust: attack name -> mAP under it (non-adaptive for preprocessing defences).
+        adaptive_map: mAP under the main attack with BPDA through the preprocessing defence;
+            the main attack's own figure when there is no defence to adapt to.
+        training_cpu_s: the process's CPU time during training (see `resources.Usage`).
+    """
+
+    config_id: str
+    training_s: float
+    pipeline_s: float
+    peak_mem_mb: float
+    clean_map: float
+    robust: dict[str, float] = field(default_factory=dict)
+    adaptive_map: float = float("nan")
+    training_cpu_s: float = float("nan")
+
+
+def train_configuration(
+    config: ModelConfiguration,
+    data_dir: Path,
+    model_dir: Path,
+    budget: Budget,
+    seed: int,
+    device: torch.device,
+) -> TrainedModel:
+    """Train the model of one configuration with the lifecycle's trainer; time and measure it.
+
+    Args:
+        config: the configuration whose `training` defence is used.
+        data_dir: the dataset (train and val splits).
+        model_dir: where the model is written (replaced if present).
+        budget: epochs, batch size, warm-up steps, eps warm-up.
+        seed: the trainer's seed.
+        device: where training runs.
+
+    Returns:
+        The model directory with the training's wall time, CPU time and peak memory.
+
+    Raises:
+        DataError, ModelError: see `secmlops.training.trainer.train`.
+    """
+    training = config.training
+    config_train = TrainConfig(
+        epochs=budget.epochs,
+        batch_size=budget.batch_size,
+        warmup_steps=budget.warmup_steps,
+        seed=seed,
+        device=str(device),
+        adversarial=adversarial_config(
+            training.method,
+            training.eps_level / 255 if training.eps_level else 0.0,
+            training.steps,
+            training.mix,
+            budget.eps_warmup_epochs,
+        ),
+    )
+    with measured(device) as usage:
+        result = train(data_dir, model_dir, config_train, overwrite=True)
+    return TrainedModel(config.id, model_dir, usage, result.epochs, result.best_epoch)
+
+
+def art_preprocessor(preprocessing: InputPreprocessing) -> Any:
+    """ART's preprocessing defence for `preprocessing`, on NCHW float images in [0, 1]."""
+    from art.defences.preprocessor import JpegCompression, SpatialSmoothing
+
+    if preprocessing.kind == "jpeg":
+        return JpegCompression(
+            clip_values=(0.0, 1.0), quality=preprocessing.quality, channels_first=True,
+            apply_fit=False, apply_predict=True,
+        )  # fmt: skip
+    return SpatialSmoothing(
+        window_size=preprocessing.window, channels_first=True, clip_values=(0.0, 1.0),
+        apply_fit=False, apply_predict=True,
+    )  # fmt: skip
+
+
+def input_defence(preprocessing: InputPreprocessing | None) -> Transform:
+    """The inference-time defence as a tensor transform (identity when there is none)."""
+    if preprocessing is None:
+        return lambda images: images
+    defence = art_preprocessor(preprocessing)
+
+    def defend(images: Tensor) -> Tensor:
+        cleaned, _ = defence(images.detach().cpu().numpy().astype(np.float32))
+        return torch.from_numpy(np.ascontiguousarray(cleaned, dtype=np.float32))
+
+    return defend
+
+
+def evaluate_configuration(
+    config: ModelConfiguration,
+    trained: TrainedModel,
+    prepared: PreparedSplit,
+    budget: Budget,
+    device: torch.device,
+) -> ModelMeasurement:
+    """Clean and robust mAP and the evaluation cost of one configuration (latency: `detector`).
+
+    Args:
+        config: the configuration (its preprocessing defence, if any, is applied here).
+        trained: the model it deploys (for preprocessing: the model of its training defence).
+        prepared: the evaluation images at the model's input size.
+        budget: the attacks.
+        device: where the model runs.
+
+    Returns:
+        The measurement; training figures are the trained model's.
+    """
+    model = models.load(trained.model_dir, device=device)
+    architecture = model.secmlops_card.architecture
+    defend = input_defence(config.preprocessing)
+    estimator = art_attacks.art_detector(model, architecture, device)
+    robust: dict[str, float] = {}
+    with measured(device) as usage:
+        clean = map_under_transform(model, prepared, EVAL_BATCH, lambda x, _: defend(x))["mAP50"]
+        with art_attacks.input_gradients_only(model):
+            for attack in budget.attacks:
+                craft = _crafter(estimator, attack, prepared)
+                robust[attack.name] = map_under_transform(
+                    model, prepared, EVAL_BATCH, lambda x, w, c=craft: defend(c(x, w))
+                )["mAP50"]
+            adaptive = robust[budget.main_attack]
+            if config.preprocessing is not None:
+                adaptive = _adaptive_map(model, architecture, device, config, prepared, budget)
+    return ModelMeasurement(
+        config_id=config.id,
+        training_s=trained.usage.seconds,
+        pipeline_s=trained.usage.seconds + usage.seconds,
+        peak_mem_mb=max(trained.usage.peak_mb, usage.peak_mb),
+        clean_map=clean,
+        robust=robust,
+        adaptive_map=adaptive,
+        training_cpu_s=trained.usage.cpu_seconds,
+    )
+
+
+def craft_attack(
+    model: nn.Module, prepared: PreparedSplit, attack: EvalAttack, device: torch.device
+) -> Tensor:
+    """Every evaluation image attacked with ART (float [N,3,H,W] in [0,1], on the CPU).
+
+    Used by the serving screen's alarm rate: the images an attacker would upload.
+
+    Args:
+        model: the detector attacked (white box), loaded by `secmlops.models.load`.
+        prepared: the evaluation images at its input size, with their boxes.
+        attack: the ART attack.
+        device: where the model runs.
+    """
+    estimator = art_attacks.art_detector(model, model.secmlops_card.architecture, device)
+    craft = _crafter(estimator, attack, prepared)
+    batches = []
+    with art_attacks.input_gradients_only(model):
+        for start in range(0, len(prepared), EVAL_BATCH):
+            window = slice(start, start + EVAL_BATCH)
+            batches.append(craft(prepared.images[window].float().div(255), window))
+    model.eval()
+    return torch.cat(batches)
+
+
+def _crafter(
+    estimator: Any, attack: EvalAttack, prepared: PreparedSplit
+) -> Callable[[Tensor, slice], Tensor]:
+    """(clean CPU batch, its index range) -> the ART attack's adversarial batch."""
+
+    def craft(images: Tensor, window: slice) -> Tensor:
+        labels = art_attacks.art_labels(prepared.boxes[window], prepared.ignore[window])
+        if attack.method == "fgsm":
+            adversarial = art_attacks.fgsm(estimator, images.numpy(), labels, eps=attack.eps)
+        else:
+            adversarial = art_attacks.pgd(
+                estimator, images.numpy(), labels, eps=attack.eps, steps=attack.steps
+            )
+        return torch.from_numpy(np.asarray(adversarial, dtype=np.float32))
+
+    return craft
+
+
+def _adaptive_map(
+    model: nn.Module,
+    architecture: str,
+    device: torch.device,
+    config: ModelConfiguration,
+    prepared: PreparedSplit,
+    budget: Budget,
+) -> float:
+    """mAP under the main attack computed *through* the preprocessing defence (BPDA)."""
+    assert config.preprocessing is not None
+    estimator = art_attacks.art_detector(model, architecture, device)
+    estimator.set_params(preprocessing_defences=[art_preprocessor(config.preprocessing)])
+    main = next(a for a in budget.attacks if a.name == budget.main_attack)
+    craft = _crafter(estimator, main, prepared)
+    defend = input_defence(config.preprocessing)
+    return map_under_transform(model, prepared, EVAL_BATCH, lambda x, w: defend(craft(x, w)))[
+        "mAP50"
+    ]
+
+
+def detector(
+    config: ModelConfiguration, trained: TrainedModel, device: torch.device
+) -> Callable[[Tensor], Any]:
+    """What serving would run for this configuration: CPU float image batch -> detections.
+
+    The preprocessing defence runs where ART runs it (numpy on the CPU), then the model on its
+    device; timed by `resources.interleaved_latency`.
+    """
+    model = models.load(trained.model_dir, device=device)
+    defend = input_defence(config.preprocessing)
+
+    def run(images: Tensor) -> Any:
+        with torch.no_grad():
+            return model(defend(images).to(device))
+
+    return run

@@ -1,0 +1,169 @@
+"""The quick study end to end on synthetic data (the CI run of issue 9), and its atomic output."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from secmlops.cli import app
+from secmlops.tradeoffs import study as study_module
+from secmlops.tradeoffs.configurations import MODEL_CONTROLS, quick_grid
+from secmlops.tradeoffs.outputs import OUTPUT_FILES
+from secmlops.tradeoffs.pareto import dominates
+from secmlops.tradeoffs.report import applicable, read_csv
+
+REPO_POLICY = Path(__file__).resolve().parents[2] / "policy.yaml"
+# Acceptance (issue 9): the quick study runs in CI in under five minutes.
+QUICK_BUDGET_S = 300
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread: two intra-op threads on two shared cores spin-wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    """100 synthetic 160x128 scenes: 80 train, 10 val, 10 test."""
+    from secmlops.data.synthetic import generate_scenes
+
+    out = tmp_path_factory.mktemp("tradeoffs-data") / "scenes"
+    return generate_scenes(out, 100, seed=3, width=160, height=128, workers=1)
+
+
+@pytest.fixture(scope="module")
+def quick_study(scenes, one_thread, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tradeoffs-runs") / "quick"
+    result = CliRunner().invoke(
+        app,
+        ["tradeoffs", "--data", str(scenes), "--quick", "--out", str(out),
+         "--policy", str(REPO_POLICY)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Pareto front" in result.output
+    return out
+
+
+@pytest.mark.slow
+def test_quick_study_writes_every_output_and_nothing_else(quick_study: Path) -> None:
+    assert sorted(p.name for p in quick_study.iterdir()) == sorted(OUTPUT_FILES)
+    assert not [p for p in quick_study.parent.iterdir() if p.name.startswith(".")]
+    meta = json.loads((quick_study / "study.json").read_text())
+    assert meta["seconds"] < QUICK_BUDGET_S, f"quick study took {meta['seconds']} s"
+    assert meta["command"].startswith("secmlops tradeoffs --data")
+    for key in ("hardware", "versions", "grid", "memory_method", "load_average", "policy"):
+        assert meta[key], key
+    assert meta["versions"]["torch"] and meta["hardware"]["cpus_usable"] >= 1
+
+
+@pytest.mark.slow
+def test_every_configuration_is_present_with_finite_applicable_figures(
+    quick_study: Path,
+) -> None:
+    levels, steps = [2, 4], 10  # the repository policy's suite
+    grid = quick_grid(levels, steps)
+    attacks = [a.name for a in grid.budget.attacks]
+    rows = read_csv(quick_study / "tradeoffs.csv")
+    assert [r["config_id"] for r in rows] == grid.ids
+    metric_columns = [c for c in rows[0] if c not in ("config_id", "control", "params", "threat")]
+    for row in rows:
+        wanted = set(applicable(row["control"], attacks, grid.budget.main_attack))
+        for column in metric_columns:
+            if column == "pareto":
+                continue
+            if column in wanted:
+                assert math.isfinite(float(row[column])), (row["config_id"], column, row[column])
+            else:
+                assert row[column] == "", (row["config_id"], column, row[column])
+        if row["control"] not in MODEL_CONTROLS:
+            assert 0 <= float(row["detection_rate"]) <= 1
+            assert 0 <= float(row["false_alarm_rate"]) <= 1
+    by_id = {r["config_id"]: r for r in rows}
+    # The controls catch what they exist for (real tampering, real attacks), and the
+    # off switches catch nothing.
+    assert float(by_id["data-verify-on"]["detection_rate"]) == 1.0
+    assert float(by_id["load-verified"]["detection_rate"]) == 1.0
+    assert float(by_id["load-plain"]["detection_rate"]) < 1.0
+    assert float(by_id["poison-screen-on"]["detection_rate"]) >= 0.5
+    assert float(by_id["data-verify-off"]["detection_rate"]) == 0.0
+    assert float(by_id["none"]["training_s"]) > 0 and float(by_id["none"]["clean_map"]) > 0.2
+
+
+@pytest.mark.slow
+def test_pareto_column_is_consistent_with_the_table(quick_study: Path) -> None:
+    rows = read_csv(quick_study / "tradeoffs.csv")
+    main = json.loads((quick_study / "study.json").read_text())["main_attack"]
+    models = [r for r in rows if r["control"] in MODEL_CONTROLS]
+    points = {r["config_id"]: (float(r["clean_map"]), float(r[main])) for r in models}
+    for row in models:
+        beaten = [o for o, p in points.items() if dominates(p, points[row["config_id"]])]
+        if row["pareto"] == "yes":
+            assert not beaten, f"{row['config_id']} is marked but dominated by {beaten}"
+        else:
+            assert row["pareto"] == "no" and beaten, f"{row['config_id']} is unmarked, undominated"
+    assert all(r["pareto"] == "" for r in rows if r["control"] not in MODEL_CONTROLS)
+    front = json.loads((quick_study / "study.json").read_text())["pareto_front"]
+    assert front == [r["config_id"] for r in models if r["pareto"] == "yes"]
+
+
+@pytest.mark.slow
+def test_report_is_self_contained_and_plots_are_images(quick_study: Path) -> None:
+    page = (quick_study / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2
+    assert "<img alt='robust_vs_clean_pareto' src='data:image/png" in page
+    assert all(name in page for name in quick_grid([2, 4], 10).ids)
+    for name in ("robust_vs_training_cost.png", "robust_vs_clean_pareto.png"):
+        with Image.open(quick_study / name) as image:
+            assert image.format == "PNG" and image.size == (960, 640)
+    markdown = (quick_study / "tradeoffs.md").read_text()
+    assert "non-adaptive attacker" in markdown and "| none | none |" in markdown
+
+
+def test_a_failed_study_leaves_no_output_behind(tmp_path: Path, scenes: Path, monkeypatch) -> None:
+    """Staged output: a failure after some files were written leaves neither the study folder
+    nor its staging folder."""
+    from secmlops.tradeoffs import outputs
+
+    def write_then_fail(folder: Path, *args: object) -> None:
+        (folder / "tradeoffs.csv").write_text("config_id\n")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(study_module._Study, "warm_up", lambda self, scratch: None)
+    monkeypatch.setattr(study_module._Study, "measure_models", lambda self: [])
+    monkeypatch.setattr(study_module._Study, "measure_controls", lambda self, s, p: [])
+    monkeypatch.setattr(outputs, "write_outputs", write_then_fail)
+    out = tmp_path / "runs" / "study"
+    with pytest.raises(RuntimeError, match="disk full"):
+        study_module.run_study(scenes, out, quick=True, policy_path=REPO_POLICY)
+    assert not out.exists()
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_cli_refuses_an_existing_study_folder(tmp_path: Path, scenes: Path) -> None:
+    out = tmp_path / "existing"
+    out.mkdir()
+    (out / "tradeoffs.csv").write_text("keep me\n")
+    result = CliRunner().invoke(
+        app, ["tradeoffs", "--data", str(scenes), "--quick", "--out", str(out),
+              "--policy", str(REPO_POLICY)],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "already exists" in result.output
+    assert (out / "tradeoffs.csv").read_text() == "keep me\n"
+
+
+def test_missing_data_is_a_one_line_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["tradeoffs", "--data", str(tmp_path / "nowhere"), "--quick",
+              "--out", str(tmp_path / "out"), "--policy", str(REPO_POLICY)],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "error:" in result.output
+    assert not (tmp_path / "out").exists()
