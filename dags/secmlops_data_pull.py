@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import dag, get_current_context, task
 
 from secmlops.airflow_support import (
     DATASET_ASSET,
-    audit_task_failure,
+    data_rev_param,
     lifecycle_asset,
+    lifecycle_default_args,
+    pull_and_verify_data,
     refusals_fail_the_task,
 )
 
@@ -48,37 +50,12 @@ A refused control fails its task without retries; every decision is in the audit
     max_active_runs=1,
     tags=["secmlops", "data"],
     doc_md=DOC,
-    default_args={
-        "owner": "secmlops",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=1),
-        "on_failure_callback": audit_task_failure,
-    },
+    default_args=lifecycle_default_args(retries=2, retry_delay=timedelta(minutes=1)),
     params={
-        "data_rev": Param(
-            "",
-            type="string",
-            pattern=r"^(|data/[A-Za-z0-9][A-Za-z0-9_.-]*/v[1-9][0-9]*)$",
-            description="Dataset tag data/<name>/v<K>; empty = the newest published version.",
-        ),
+        "data_rev": data_rev_param("Dataset tag data/<name>/v<K>; empty = the newest published."),
     },
 )
 def secmlops_data_pull():
-    @task(execution_timeout=timedelta(minutes=30))
-    def pull_data() -> dict:
-        from secmlops.lifecycle import LifecycleSettings, pull_data
-
-        context = get_current_context()
-        settings = LifecycleSettings.from_env()
-        return pull_data(settings, context["params"]["data_rev"] or None, context["run_id"])
-
-    @task(execution_timeout=timedelta(minutes=10))
-    def verify_data(pulled: dict) -> dict:
-        from secmlops.lifecycle import LifecycleSettings, verify_data
-
-        with refusals_fail_the_task():
-            return {**pulled, **verify_data(LifecycleSettings.from_env(), pulled["data_dir"])}
-
     @task(execution_timeout=timedelta(minutes=10))
     def validate_data(verified: dict) -> dict:
         from secmlops.lifecycle import LifecycleSettings, validate_data
@@ -99,7 +76,7 @@ def secmlops_data_pull():
         get_current_context()["outlet_events"][DATASET].extra = extra
         return {**extra, "validation": validated["report"], "screening": screened["report"]}
 
-    verified = verify_data(pull_data())
+    verified = pull_and_verify_data()
     emit_dataset(verified, validate_data(verified), screen_data(verified))
 
 

@@ -13,8 +13,8 @@ from airflow.sdk import Param, dag, get_current_context, task
 
 from secmlops.airflow_support import (
     RETRAINING_REQUEST_ASSET,
-    audit_task_failure,
     lifecycle_asset,
+    lifecycle_default_args,
 )
 
 RETRAINING_REQUEST = lifecycle_asset(RETRAINING_REQUEST_ASSET)
@@ -45,12 +45,7 @@ A window with too few requests to judge fails the run: it is never read as "no d
     max_active_runs=1,
     tags=["secmlops", "monitoring"],
     doc_md=DOC,
-    default_args={
-        "owner": "secmlops",
-        "retries": 1,
-        "retry_delay": timedelta(minutes=2),
-        "on_failure_callback": audit_task_failure,
-    },
+    default_args=lifecycle_default_args(retries=1, retry_delay=timedelta(minutes=2)),
     params={
         "window_minutes": Param(
             60, type="number", exclusiveMinimum=0, description="Judge the last N minutes."

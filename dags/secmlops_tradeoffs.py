@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from secmlops.airflow_support import audit_task_failure, refusals_fail_the_task
+from secmlops.airflow_support import data_rev_param, lifecycle_default_args, pull_and_verify_data
 
 DOC = """
 ### The trade-off study
@@ -34,38 +34,13 @@ DOC = """
     max_active_runs=1,
     tags=["secmlops", "tradeoffs"],
     doc_md=DOC,
-    default_args={
-        "owner": "secmlops",
-        "retries": 1,
-        "retry_delay": timedelta(minutes=1),
-        "on_failure_callback": audit_task_failure,
-    },
+    default_args=lifecycle_default_args(retries=1, retry_delay=timedelta(minutes=1)),
     params={
-        "data_rev": Param(
-            "",
-            type="string",
-            pattern=r"^(|data/[A-Za-z0-9][A-Za-z0-9_.-]*/v[1-9][0-9]*)$",
-            description="Dataset tag data/<name>/v<K>; empty = the newest published version.",
-        ),
+        "data_rev": data_rev_param("Dataset tag data/<name>/v<K>; empty = the newest published."),
         "quick": Param(False, type="boolean", description="The small grid (minutes, not hours)."),
     },
 )
 def secmlops_tradeoffs():
-    @task(execution_timeout=timedelta(minutes=30))
-    def pull_data() -> dict:
-        from secmlops.lifecycle import LifecycleSettings, pull_data
-
-        context = get_current_context()
-        settings = LifecycleSettings.from_env()
-        return pull_data(settings, context["params"]["data_rev"] or None, context["run_id"])
-
-    @task(execution_timeout=timedelta(minutes=10))
-    def verify_data(pulled: dict) -> dict:
-        from secmlops.lifecycle import LifecycleSettings, verify_data
-
-        with refusals_fail_the_task():
-            return {**pulled, **verify_data(LifecycleSettings.from_env(), pulled["data_dir"])}
-
     @task(execution_timeout=timedelta(hours=24))
     def run_study(data: dict) -> dict:
         from secmlops.lifecycle import LifecycleSettings, tradeoff_study
@@ -75,7 +50,7 @@ def secmlops_tradeoffs():
         settings = LifecycleSettings.from_env()
         return tradeoff_study(settings, data["data_dir"], quick, context["run_id"])
 
-    run_study(verify_data(pull_data()))
+    run_study(pull_and_verify_data())
 
 
 secmlops_tradeoffs()

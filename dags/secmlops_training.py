@@ -20,8 +20,10 @@ from secmlops.airflow_support import (
     DATASET_ASSET,
     MODEL_ASSET,
     RETRAINING_REQUEST_ASSET,
-    audit_task_failure,
+    data_rev_param,
     lifecycle_asset,
+    lifecycle_default_args,
+    pull_and_verify_data,
     refusals_fail_the_task,
 )
 
@@ -62,19 +64,9 @@ DOC = """
     max_active_runs=1,
     tags=["secmlops", "training"],
     doc_md=DOC,
-    default_args={
-        "owner": "secmlops",
-        "retries": 1,
-        "retry_delay": timedelta(seconds=30),
-        "on_failure_callback": audit_task_failure,
-    },
+    default_args=lifecycle_default_args(retries=1, retry_delay=timedelta(seconds=30)),
     params={
-        "data_rev": Param(
-            "",
-            type="string",
-            pattern=r"^(|data/[A-Za-z0-9][A-Za-z0-9_.-]*/v[1-9][0-9]*)$",
-            description="Dataset tag; empty = the triggering event's, else the newest.",
-        ),
+        "data_rev": data_rev_param("Dataset tag; empty = the triggering event's, else the newest."),
         "architecture": Param(
             "compact_centernet",
             type="string",
@@ -112,23 +104,6 @@ DOC = """
     },
 )
 def secmlops_training():
-    @task(execution_timeout=timedelta(minutes=30))
-    def pull_data() -> dict:
-        from secmlops.lifecycle import LifecycleSettings, pull_data
-
-        context = get_current_context()
-        rev = context["params"]["data_rev"] or None
-        for event in (context.get("triggering_asset_events") or {}).get(DATASET, []):
-            rev = rev or event.extra.get("rev")
-        return pull_data(LifecycleSettings.from_env(), rev, context["run_id"])
-
-    @task(execution_timeout=timedelta(minutes=10))
-    def verify_data(pulled: dict) -> dict:
-        from secmlops.lifecycle import LifecycleSettings, verify_data
-
-        with refusals_fail_the_task():
-            return {**pulled, **verify_data(LifecycleSettings.from_env(), pulled["data_dir"])}
-
     @task(execution_timeout=timedelta(hours=6), queue=TRAINING_QUEUE)
     def train_model(data: dict) -> dict:
         from secmlops.lifecycle import LifecycleSettings, train
@@ -207,7 +182,7 @@ def secmlops_training():
         get_current_context()["outlet_events"][MODEL].extra = extra
         return promoted
 
-    data = verify_data(pull_data())
+    data = pull_and_verify_data(DATASET)
     trained = train_model(data)
     evaluated = evaluate_model(data, trained, train_baseline(data))
     gated = gate_model(evaluated, evaluate_production(data))

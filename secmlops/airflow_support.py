@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 from secmlops.errors import DataError
@@ -126,3 +127,55 @@ def audit_task_failure(context: Mapping[str, Any]) -> None:
             "error": f"{type(exception).__name__}: {exception}" if exception else None,
         },
     )
+
+
+# ------------------------------------------------------------------ wiring shared by the DAGs
+DATA_REV_PATTERN = r"^(|data/[A-Za-z0-9][A-Za-z0-9_.-]*/v[1-9][0-9]*)$"
+
+
+def data_rev_param(description: str) -> Any:
+    """The `data_rev` trigger-form field: a dataset tag `data/<name>/v<K>`, or empty."""
+    from airflow.sdk import Param
+
+    return Param("", type="string", pattern=DATA_REV_PATTERN, description=description)
+
+
+def lifecycle_default_args(retries: int, retry_delay: timedelta) -> dict[str, Any]:
+    """The DAGs' `default_args`: owner, retries, and every failure written to the audit log."""
+    return {
+        "owner": "secmlops",
+        "retries": retries,
+        "retry_delay": retry_delay,
+        "on_failure_callback": audit_task_failure,
+    }
+
+
+def pull_and_verify_data(dataset_asset: Any = None) -> Any:
+    """Add `pull_data -> verify_data` to the DAG being defined; returns verify_data's output
+    ({"rev", "data_dir", "manifest_digest", "signer", ...}).
+
+    The revision is the run's `data_rev` param, else (when `dataset_asset` is given) the one
+    the triggering `dataset` event names, else the newest published version. Verification runs
+    on the worker that will use the data: workers may differ from the one that pulled before.
+    """
+    from airflow.sdk import get_current_context, task
+
+    @task(execution_timeout=timedelta(minutes=30))
+    def pull_data() -> dict[str, Any]:
+        from secmlops.lifecycle import LifecycleSettings, pull_data
+
+        context = get_current_context()
+        rev = context["params"]["data_rev"] or None
+        if dataset_asset is not None:
+            for event in (context.get("triggering_asset_events") or {}).get(dataset_asset, []):
+                rev = rev or event.extra.get("rev")
+        return pull_data(LifecycleSettings.from_env(), rev, context["run_id"])
+
+    @task(execution_timeout=timedelta(minutes=10))
+    def verify_data(pulled: dict[str, Any]) -> dict[str, Any]:
+        from secmlops.lifecycle import LifecycleSettings, verify_data
+
+        with refusals_fail_the_task():
+            return {**pulled, **verify_data(LifecycleSettings.from_env(), pulled["data_dir"])}
+
+    return verify_data(pull_data())

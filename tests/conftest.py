@@ -18,6 +18,18 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module: on two cores shared with other jobs, two intra-op
+    threads made training ~10x slower (they spin-wait on each other)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_scenes(tmp_path_factory) -> Path:
     """48 small synthetic scenes (160x128), generated once per test session."""

@@ -37,16 +37,6 @@ EPOCHS = 30
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """Torch on one thread for this module: on two cores shared with other jobs, two intra-op
-    threads made training ~10x slower (they spin-wait on each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def scenes(tmp_path_factory) -> Path:
     from secmlops.data.synthetic import generate_scenes
 

@@ -5,7 +5,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -19,15 +18,6 @@ from secmlops.tradeoffs.report import applicable, read_csv
 REPO_POLICY = Path(__file__).resolve().parents[2] / "policy.yaml"
 # Acceptance (issue 9): the quick study runs in CI in under five minutes.
 QUICK_BUDGET_S = 300
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Torch on one thread: two intra-op threads on two shared cores spin-wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
