@@ -22,6 +22,7 @@ SMALL_POLICY = {
     "gate.max_defence_cost": 1.0,
     **{f"gate.min_robust_map50.{name}": 0.0 for name in GATED},
 }
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 TRAINING_CONF = {"epochs": 12, "adversarial": "fgsm-rs", "mix": 0.5, "max_eval_images": 12}
 
 

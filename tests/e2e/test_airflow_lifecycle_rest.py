@@ -8,11 +8,14 @@ from __future__ import annotations
 import urllib.parse
 
 import httpx
+import pytest
 
 from ..conftest import REPO_ROOT
 from ..dags.test_lifecycle_dags import SMALL_POLICY
 
 DAGS = ("secmlops_data_pull", "secmlops_training")
+# Training end to end on a shared 2-core machine: above the suite's 15-minute default when loaded.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 def test_rest_trigger_of_data_pull_schedules_training_which_promotes(start_airflow, tmp_path):

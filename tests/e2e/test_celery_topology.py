@@ -27,6 +27,8 @@ PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres
 REDIS = ("127.0.0.1", 6379)
 MODEL = "pedestrian-detector"
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "celery-worker")
+# Training end to end on a shared 2-core machine: above the suite's 15-minute default when loaded.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 @pytest.fixture(scope="module")
