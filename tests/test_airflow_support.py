@@ -1,6 +1,7 @@
 """Trusted keys from an Airflow Connection (the secrets backend here: AIRFLOW_CONN_<ID>)."""
 
 import json
+import os
 
 import pytest
 
@@ -10,7 +11,10 @@ from secmlops.supplychain.keys import generate_keypair
 
 @pytest.fixture(autouse=True)
 def airflow_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
+    # Airflow reads its home once per process: keep the one tests/dags set up when it is there
+    # (switching it here would leave later DAG tests on an empty metadata DB).
+    if "AIRFLOW_HOME" not in os.environ:
+        monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
     monkeypatch.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 
