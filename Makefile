@@ -9,7 +9,7 @@ PETS ?= ../shared/data/pets09-s2l1
 export DO_NOT_TRACK := 1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install services demo demo-cli test lint format constraints pets repro clean
+.PHONY: install services demo demo-cli tradeoffs-pets test lint format constraints pets repro clean
 
 # pip (not uv/poetry) so the torch wheels already on disk are used; constraints.txt pins every
 # package from a real, `pip check`-clean resolve.
@@ -72,6 +72,18 @@ services:
 	pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster $$(pg_lsclusters -h | awk 'NR==1 {print $$1, $$2}') start
 	redis-cli -h 127.0.0.1 -p 6379 ping > /dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 --port 6379
 	pg_isready -h 127.0.0.1 -p 5432 -t 30 && redis-cli -h 127.0.0.1 -p 6379 ping
+
+## The trade-off study on the real PETS footage (hours on 2 cores; an interrupted run continues
+## from its cache), then its table, plots and metadata are copied into docs/results/.
+TRADEOFFS_PETS ?= runs/tradeoffs/pets-full
+tradeoffs-pets: install
+	test -f runs/pets/train/annotations.json || $(SECMLOPS) data import-mot --video $(PETS)/vtest.avi --gt $(PETS)/gt.txt --frames 1:600 --out runs/pets/train --overwrite
+	test -f runs/pets/test/annotations.json || $(SECMLOPS) data import-mot --video $(PETS)/vtest.avi --gt $(PETS)/gt.txt --frames 601:795 --out runs/pets/test --overwrite
+	test -f $(TRADEOFFS_PETS)/tradeoffs.csv || OMP_NUM_THREADS=1 $(SECMLOPS) tradeoffs --data runs/pets/train \
+	  --eval-data runs/pets/test --eval-split all --out $(TRADEOFFS_PETS) --cache runs/tradeoffs-cache/pets-full
+	mkdir -p docs/results/tradeoffs-pets
+	cp $(TRADEOFFS_PETS)/tradeoffs.csv $(TRADEOFFS_PETS)/tradeoffs.md $(TRADEOFFS_PETS)/study.json \
+	  $(TRADEOFFS_PETS)/robust_vs_training_cost.png $(TRADEOFFS_PETS)/robust_vs_clean_pareto.png docs/results/tradeoffs-pets/
 
 ## Lint, format check, then every test.
 test: install services
