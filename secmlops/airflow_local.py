@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,3 +269,59 @@ def _healthy(server: AirflowServer, components: Sequence[str]) -> bool:
     reported = ("scheduler", "dag-processor", "triggerer")
     wanted = ["metadatabase"] + [c.replace("-", "_") for c in components if c in reported]
     return all(health.get(part, {}).get("status") == "healthy" for part in wanted)
+
+
+# ---------------------------------------------------------------- REST API v2: DAG runs
+def trigger_run(api: httpx.Client, dag_id: str, conf: Mapping[str, Any]) -> str:
+    """Trigger a run of `dag_id` with `conf`; returns its run id."""
+    response = api.post(
+        f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": dict(conf)}
+    )
+    response.raise_for_status()
+    return response.json()["dag_run_id"]
+
+
+def _run_path(dag_id: str, run_id: str) -> str:
+    return f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+
+
+def run_state(api: httpx.Client, dag_id: str, run_id: str) -> str:
+    """The run's state (queued, running, success, failed)."""
+    response = api.get(_run_path(dag_id, run_id))
+    response.raise_for_status()
+    return response.json()["state"]
+
+
+def task_instances(api: httpx.Client, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
+    """The run's task instances by task id (state, try_number, hostname, queue, ...)."""
+    response = api.get(f"{_run_path(dag_id, run_id)}/taskInstances")
+    response.raise_for_status()
+    return {t["task_id"]: t for t in response.json()["task_instances"]}
+
+
+def asset_triggered_runs(api: httpx.Client, dag_id: str) -> list[str]:
+    """Run ids of the runs of `dag_id` that an asset event scheduled."""
+    response = api.get(f"/api/v2/dags/{dag_id}/dagRuns")
+    response.raise_for_status()
+    return [
+        r["dag_run_id"] for r in response.json()["dag_runs"] if r["run_type"] == "asset_triggered"
+    ]
+
+
+def wait_for_success(
+    server: AirflowServer, api: httpx.Client, dag_id: str, run_id: str, timeout_s: float
+) -> None:
+    """Wait until the run succeeds.
+
+    Raises:
+        AirflowError: the run failed (with its task states and the logs' tails), or timed out.
+    """
+
+    def finished() -> bool:
+        state = run_state(api, dag_id, run_id)
+        if state == "failed":
+            states = {k: t["state"] for k, t in task_instances(api, dag_id, run_id).items()}
+            raise AirflowError(f"{dag_id} run {run_id} failed: {states}\n{server.log_tails()}")
+        return state == "success"
+
+    server.wait_until(finished, timeout_s=timeout_s, every_s=3)

@@ -19,7 +19,6 @@ import secrets
 import subprocess
 import sys
 import time
-import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,14 @@ def run_demo(
         AirflowError: Airflow did not start, or a run failed or timed out (with its logs).
     """
 
-    from secmlops.airflow_local import AirflowError, launch
+    from secmlops.airflow_local import (
+        AirflowError,
+        asset_triggered_runs,
+        launch,
+        task_instances,
+        trigger_run,
+        wait_for_success,
+    )
     from secmlops.workspace import create_workspace
 
     say(f"workspace {workdir}: keys, {images} signed synthetic scenes, DVC data registry")
@@ -57,19 +63,22 @@ def run_demo(
             for dag_id in DAGS:
                 server.wait_until(lambda d=dag_id: api.get(f"/api/v2/dags/{d}").status_code == 200)
                 api.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
-            pull = _trigger(api, "secmlops_data_pull", {"data_rev": space.data_rev})
+            pull = trigger_run(api, "secmlops_data_pull", {"data_rev": space.data_rev})
             say(f"triggered secmlops_data_pull ({pull}) through the REST API")
-            _wait_success(server, api, "secmlops_data_pull", pull, 1800)
-            training = server.wait_until(lambda: _asset_triggered(api, "secmlops_training"), 300)
+            wait_for_success(server, api, "secmlops_data_pull", pull, 1800)
+            training = server.wait_until(
+                lambda: next(iter(asset_triggered_runs(api, "secmlops_training")), None), 300
+            )
             say(f"the dataset asset scheduled secmlops_training ({training}); training...")
-            _wait_success(server, api, "secmlops_training", training, 4 * 3600)
+            wait_for_success(server, api, "secmlops_training", training, 4 * 3600)
             # The requested retraining should queue, not start: pause before monitoring fires.
             api.patch("/api/v2/dags/secmlops_training", json={"is_paused": True})
             served = _serve_foggy_traffic(space.env, space.root)
             say(f"served {served} foggy camera frames through secmlops serve (drift)")
-            monitoring = _trigger(api, "secmlops_monitoring", {"window_minutes": 60})
-            _wait_success(server, api, "secmlops_monitoring", monitoring, 1800)
-            states = _task_states(api, "secmlops_monitoring", monitoring)
+            monitoring = trigger_run(api, "secmlops_monitoring", {"window_minutes": 60})
+            wait_for_success(server, api, "secmlops_monitoring", monitoring, 1800)
+            tasks = task_instances(api, "secmlops_monitoring", monitoring)
+            states = {task_id: t["state"] for task_id, t in tasks.items()}
             if states.get("request_retraining") != "success":
                 raise AirflowError(f"monitoring requested no retraining: {states}")
             say("secmlops_monitoring emitted a retraining-request (training is paused: queued)")
@@ -83,43 +92,6 @@ def run_demo(
         "drift_reports": space.env["SECMLOPS_MONITORING_REPORTS"],
         "env_file": str(space.root / "secmlops.env"),
     }
-
-
-def _trigger(api: Any, dag_id: str, conf: dict[str, Any]) -> str:
-    response = api.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
-    response.raise_for_status()
-    return response.json()["dag_run_id"]
-
-
-def _run(api: Any, dag_id: str, run_id: str) -> dict[str, Any]:
-    response = api.get(f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}")
-    response.raise_for_status()
-    return response.json()
-
-
-def _task_states(api: Any, dag_id: str, run_id: str) -> dict[str, str]:
-    quoted = urllib.parse.quote(run_id, safe="")
-    response = api.get(f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances")
-    response.raise_for_status()
-    return {t["task_id"]: t["state"] for t in response.json()["task_instances"]}
-
-
-def _wait_success(server: Any, api: Any, dag_id: str, run_id: str, timeout_s: float) -> None:
-    from secmlops.airflow_local import AirflowError
-
-    def finished() -> bool:
-        state = _run(api, dag_id, run_id)["state"]
-        if state == "failed":
-            raise AirflowError(f"{dag_id} run {run_id} failed: {_task_states(api, dag_id, run_id)}")
-        return state == "success"
-
-    server.wait_until(finished, timeout_s=timeout_s, every_s=5)
-
-
-def _asset_triggered(api: Any, dag_id: str) -> str | None:
-    runs = api.get(f"/api/v2/dags/{dag_id}/dagRuns").json()["dag_runs"]
-    triggered = [r["dag_run_id"] for r in runs if r["run_type"] == "asset_triggered"]
-    return triggered[0] if triggered else None
 
 
 def _serve_foggy_traffic(env: dict[str, str], root: Path, frames: int = 60) -> int:

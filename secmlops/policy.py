@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -268,6 +268,25 @@ def parse_override_value(text: str) -> Any:
         return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as exc:
         raise PolicyError(f"override value {text!r}: {_yaml_error(exc)}") from None
+
+
+def parse_overrides(assignments: Sequence[str], reason: str) -> list[tuple[str, Any, str]]:
+    """`KEY.PATH=VALUE` assignments (command line, DAG params) -> (path, value, reason) triples
+    for `apply_override` and the gate.
+
+    Raises:
+        PolicyError: an assignment without `=` or a key, a value that does not parse, or
+            assignments without a written reason.
+    """
+    if assignments and not (reason or "").strip():
+        raise PolicyError("an override needs a written reason")
+    overrides = []
+    for assignment in assignments:
+        path, sep, text = assignment.partition("=")
+        if not sep or not path.strip():
+            raise PolicyError(f"an override must look like KEY.PATH=VALUE, got {assignment!r}")
+        overrides.append((path.strip(), parse_override_value(text), reason.strip()))
+    return overrides
 
 
 def apply_override(

@@ -61,17 +61,12 @@ def gate_command(
     """Pass or fail a model on its robustness evidence; sign the decision and audit it."""
     from secmlops.audit import AuditLog, default_audit_path
     from secmlops.evaluation.gate import RECORD_NAME, SIGNING_KEY_ENV, run_gate
-    from secmlops.policy import parse_override_value
+    from secmlops.policy import parse_overrides
 
     try:
         if reason is not None and not override:
             raise PolicyError("--reason given without any --override")
-        overrides = []
-        for assignment in override or []:
-            path, sep, text = assignment.partition("=")
-            if not sep:
-                raise PolicyError(f"--override must look like KEY.PATH=VALUE, got {assignment!r}")
-            overrides.append((path.strip(), parse_override_value(text), reason or ""))
+        overrides = parse_overrides(override or [], reason or "")
         if production is not None and production_report is not None:
             raise PolicyError("give --production or --production-report, not both")
         policy_path = policy or Path(os.environ.get(POLICY_ENV, "policy.yaml"))

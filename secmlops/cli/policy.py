@@ -44,16 +44,13 @@ def policy_override(
     """Write a copy of the policy with some thresholds changed; each change is audited."""
     from secmlops.audit import AuditLog, default_audit_path
     from secmlops.fsutil import atomic_write_bytes
-    from secmlops.policy import apply_override, load_policy, parse_override_value, policy_digest
+    from secmlops.policy import apply_override, load_policy, parse_overrides, policy_digest
 
     try:
         policy = load_policy(path)
         records = []
-        for assignment in set_:
-            key, sep, text = assignment.partition("=")
-            if not sep:
-                raise SecMLOpsError(f"--set must look like KEY.PATH=VALUE, got {assignment!r}")
-            policy, record = apply_override(policy, key.strip(), parse_override_value(text), reason)
+        for key, value, why in parse_overrides(set_, reason):
+            policy, record = apply_override(policy, key, value, why)
             records.append(record)
     except SecMLOpsError as exc:
         fail(exc)

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from secmlops.errors import DataError, PolicyError
+from secmlops.errors import DataError
 from secmlops.lifecycle.settings import (
     PRODUCTION_ALIAS,
     LifecycleSettings,
@@ -104,25 +104,6 @@ def evaluate_production(
                                            max_images=max_images)}  # fmt: skip
 
 
-def parse_overrides(assignments: list[str], reason: str) -> list[tuple[str, Any, str]]:
-    """`["gate.min_clean_mAP50=0.5", ...]` -> run_gate's (path, value, reason) overrides.
-
-    Raises:
-        PolicyError: a malformed assignment, or overrides without a reason.
-    """
-    from secmlops.policy import parse_override_value
-
-    if assignments and not reason.strip():
-        raise PolicyError("policy overrides need a reason (it is audited)")
-    overrides = []
-    for assignment in assignments:
-        path, sep, text = assignment.partition("=")
-        if not sep or not path.strip():
-            raise PolicyError(f"override must look like KEY.PATH=VALUE, got {assignment!r}")
-        overrides.append((path.strip(), parse_override_value(text), reason))
-    return overrides
-
-
 def gate(
     settings: LifecycleSettings, report: str, production: dict[str, Any] | None,
     overrides: list[str], reason: str,
@@ -134,6 +115,7 @@ def gate(
         {"record", "passed", "checks"}
     """
     from secmlops.evaluation.gate import SIGNING_KEY_ENV, run_gate
+    from secmlops.policy import parse_overrides
 
     record = Path(report).with_name("gate-record.json")
     key = os.environ.get(SIGNING_KEY_ENV)

@@ -79,9 +79,9 @@ class LifecycleSettings:
 
 def audit_log() -> Any:
     """The audit log at `$SECMLOPS_AUDIT_LOG` (or the workdir's default)."""
-    from secmlops.audit import AuditLog, default_audit_path
+    from secmlops.audit import AuditLog
 
-    return AuditLog(default_audit_path())
+    return AuditLog()
 
 
 def trusted_keyring() -> Any:

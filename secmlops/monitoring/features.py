@@ -60,3 +60,13 @@ def detection_features(detections: dict[str, Tensor], image_area: float) -> dict
         "score_max": float(scores.max()) if len(scores) else 0.0,
         "box_area_mean": float(areas.mean()) if len(areas) else 0.0,
     }
+
+
+def request_features(image: Tensor, detections: dict[str, Tensor]) -> dict[str, float]:
+    """What serving logs for one request, and the reference profile holds for one image: the
+    input features of a [1,3,H,W] image and the statistics of its detections (CPU tensors)."""
+    height, width = image.shape[-2:]
+    return {
+        **image_features(image.cpu())[0],
+        **detection_features(detections, float(width * height)),
+    }

@@ -32,8 +32,7 @@ from secmlops.monitoring.embedding import (
 from secmlops.monitoring.features import (
     DETECTION_FEATURES,
     IMAGE_FEATURES,
-    detection_features,
-    image_features,
+    request_features,
 )
 
 REFERENCE_FILE = "reference-profile.json"
@@ -81,15 +80,8 @@ def _describe(model: nn.Module, images: list[Tensor]) -> tuple[list[dict[str, fl
         with capture_embeddings(model) as captured:
             detections, scores = detect_and_score(model, batch)
         embeddings.append(captured[0][0])
-        height, width = image.shape[-2:]
         found = {k: v.cpu() for k, v in detections[0].items()}
-        rows.append(
-            {
-                **image_features(batch.cpu())[0],
-                **detection_features(found, float(width * height)),
-                SCORE_COLUMN: float(scores[0]),
-            }
-        )
+        rows.append({**request_features(batch, found), SCORE_COLUMN: float(scores[0])})
     return rows, torch.stack(embeddings).numpy() if embeddings else np.empty((0, 0))
 
 

@@ -21,7 +21,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -31,7 +31,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from PIL import Image, UnidentifiedImageError
 
 from secmlops.monitoring.embedding import capture_embeddings
-from secmlops.monitoring.features import detection_features, image_features
+from secmlops.monitoring.features import request_features
 from secmlops.serving.inference_log import InferenceLog
 from secmlops.serving.model_source import ModelSource
 
@@ -157,8 +157,10 @@ def _serve(
     device = next(loaded.model.parameters()).device
     batch = image.unsqueeze(0).to(device)
     screening: dict[str, bool] = {}
-    # The backbone embedding comes from the same forward pass, through a hook (monitoring).
-    with capture_embeddings(loaded.model) as embeddings:
+    # The backbone embedding comes from the same forward pass, through a hook (monitoring); a
+    # release without a projection in its reference profile logs none, so nothing is hooked.
+    capture = capture_embeddings(loaded.model) if loaded.projection is not None else nullcontext([])
+    with capture as embeddings:
         if config.detect is None and loaded.screener is not None:
             # The calibrated cascade: score in units of the alarm threshold (> 1: alarm).
             result = loaded.screener(batch)
@@ -192,10 +194,7 @@ def _serve(
             "width": width,
             "height": height,
             "bytes": len(data),
-            "features": {
-                **image_features(batch.cpu())[0],
-                **detection_features(detections, float(width * height)),
-            },
+            "features": request_features(batch, detections),
             **embedding,
             "detections": people,
             "adversarial_score": score,

@@ -5,10 +5,15 @@ schedule `secmlops_training`, whose run succeeds and promotes a model.
 
 from __future__ import annotations
 
-import urllib.parse
-
 import httpx
 import pytest
+
+from secmlops.airflow_local import (
+    asset_triggered_runs,
+    task_instances,
+    trigger_run,
+    wait_for_success,
+)
 
 from ..conftest import REPO_ROOT
 from ..dags.test_lifecycle_dags import SMALL_POLICY
@@ -42,32 +47,18 @@ def test_rest_trigger_of_data_pull_schedules_training_which_promotes(start_airfl
         assert httpx.post(trigger, json={"logical_date": None}).status_code == 401
         forged = {"Authorization": "Bearer not-a-token"}
         assert httpx.post(trigger, json={"logical_date": None}, headers=forged).status_code == 403
-        response = api.post(
-            "/api/v2/dags/secmlops_data_pull/dagRuns",
-            json={"logical_date": None, "conf": {"data_rev": space.data_rev}},
-        )
-        assert response.status_code == 200, response.text
-        run_id = urllib.parse.quote(response.json()["dag_run_id"], safe="")
-
-        def run_state(dag_id: str, run: str) -> str | None:
-            state = api.get(f"/api/v2/dags/{dag_id}/dagRuns/{run}").json()["state"]
-            assert state != "failed", f"{dag_id} run failed\n{server.log_tails()}"
-            return state if state == "success" else None
-
-        server.wait_until(lambda: run_state("secmlops_data_pull", run_id), timeout_s=300)
+        run_id = trigger_run(api, "secmlops_data_pull", {"data_rev": space.data_rev})
+        wait_for_success(server, api, "secmlops_data_pull", run_id, timeout_s=300)
 
         def asset_triggered_run() -> str | None:
-            runs = api.get("/api/v2/dags/secmlops_training/dagRuns").json()["dag_runs"]
-            triggered = [r for r in runs if r["run_type"] == "asset_triggered"]
-            assert len(triggered) <= 1, runs  # one data pull, one dataset event, one run
-            return triggered[0]["dag_run_id"] if triggered else None
+            triggered = asset_triggered_runs(api, "secmlops_training")
+            assert len(triggered) <= 1, triggered  # one data pull, one dataset event, one run
+            return triggered[0] if triggered else None
 
-        training = urllib.parse.quote(server.wait_until(asset_triggered_run, 120), safe="")
-        server.wait_until(
-            lambda: run_state("secmlops_training", training), timeout_s=900, every_s=5
-        )
-        tasks = api.get(f"/api/v2/dags/secmlops_training/dagRuns/{training}/taskInstances").json()
-        states = {t["task_id"]: t["state"] for t in tasks["task_instances"]}
+        training = server.wait_until(asset_triggered_run, 120)
+        wait_for_success(server, api, "secmlops_training", training, timeout_s=900)
+        tasks = task_instances(api, "secmlops_training", training)
+        states = {task_id: t["state"] for task_id, t in tasks.items()}
         assert set(states.values()) == {"success"}, states
         events = api.get("/api/v2/assets/events", params={"order_by": "-timestamp"}).json()
         model_events = [e for e in events["asset_events"] if e["name"] == "model"]

@@ -20,12 +20,15 @@ from pathlib import Path
 
 import pytest
 
+from secmlops.airflow_local import task_instances, trigger_run, wait_for_success
+
 from ..conftest import REPO_ROOT
 from ..dags.test_lifecycle_dags import SMALL_POLICY
 
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
 REDIS = ("127.0.0.1", 6379)
 MODEL = "pedestrian-detector"
+DAG = "secmlops_training"
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "celery-worker")
 # Training end to end on a shared 2-core machine: above the suite's 15-minute default when loaded.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
@@ -86,29 +89,11 @@ def celery_airflow(start_airflow, postgres_url, redis_url, tmp_path_factory):
 
 
 def trigger(api, conf: dict) -> str:
-    response = api.post(
-        "/api/v2/dags/secmlops_training/dagRuns", json={"logical_date": None, "conf": conf}
-    )
-    assert response.status_code == 200, response.text
-    return response.json()["dag_run_id"]
+    return trigger_run(api, DAG, conf)
 
 
-def run_url(run_id: str) -> str:
-    return f"/api/v2/dags/secmlops_training/dagRuns/{urllib.parse.quote(run_id, safe='')}"
-
-
-def wait_for_success(server, api, run_id: str, timeout_s: float) -> None:
-    def done() -> bool:
-        state = api.get(run_url(run_id)).json()["state"]
-        assert state != "failed", f"run failed: {task_instances(api, run_id)}"
-        return state == "success"
-
-    server.wait_until(done, timeout_s=timeout_s, every_s=3)
-
-
-def task_instances(api, run_id: str) -> dict[str, dict]:
-    body = api.get(f"{run_url(run_id)}/taskInstances").json()
-    return {t["task_id"]: t for t in body["task_instances"]}
+def tasks_of(api, run_id: str) -> dict[str, dict]:
+    return task_instances(api, DAG, run_id)
 
 
 def test_training_runs_on_a_celery_worker_backed_by_postgres_and_redis(celery_airflow):
@@ -119,8 +104,8 @@ def test_training_runs_on_a_celery_worker_backed_by_postgres_and_redis(celery_ai
         health = api.get("/api/v2/monitor/health").json()
         assert health["metadatabase"]["status"] == "healthy"
         run_id = trigger(api, {"epochs": 12, "max_eval_images": 12})
-        wait_for_success(server, api, run_id, timeout_s=900)
-        tasks = task_instances(api, run_id)
+        wait_for_success(server, api, DAG, run_id, timeout_s=900)
+        tasks = tasks_of(api, run_id)
     assert {t["state"] for t in tasks.values()} == {"success"}
     # Each task ran through Celery (the executor records the worker's hostname).
     assert all(t["hostname"] for t in tasks.values()), tasks
@@ -143,7 +128,7 @@ def test_killed_worker_mid_training_retries_resumes_and_releases_once(celery_air
         state = space.root / "runs" / safe_name(run_id) / "model" / "checkpoints" / "state.json"
 
         def mid_training() -> bool:
-            running = task_instances(api, run_id).get("train_model", {}).get("state") == "running"
+            running = tasks_of(api, run_id).get("train_model", {}).get("state") == "running"
             return running and state.is_file() and json.loads(state.read_text())["epoch"] >= 2
 
         server.wait_until(mid_training, timeout_s=600, every_s=1)
@@ -151,10 +136,11 @@ def test_killed_worker_mid_training_retries_resumes_and_releases_once(celery_air
         server.kill("celery-worker")
         time.sleep(2)
         server.start_process("celery-worker")
-        wait_for_success(server, api, run_id, timeout_s=1200)
-        train = task_instances(api, run_id)["train_model"]
+        wait_for_success(server, api, DAG, run_id, timeout_s=1200)
+        train = tasks_of(api, run_id)["train_model"]
         xcom = api.get(
-            f"{run_url(run_id)}/taskInstances/train_model/xcomEntries/return_value"
+            f"/api/v2/dags/{DAG}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+            "/taskInstances/train_model/xcomEntries/return_value"
         ).json()
     assert train["try_number"] == 2, train
     trained = xcom["value"] if isinstance(xcom["value"], dict) else json.loads(xcom["value"])
