@@ -45,6 +45,15 @@ def tradeoffs_command(
             "settings continues an interrupted study instead of starting over."
         ),
     ] = None,
+    train_only: Annotated[
+        str | None,
+        typer.Option(
+            help="Only train these model configurations (comma-separated ids, e.g. "
+            "pgd3-eps2,pgd3-eps4) into --cache and stop. Run it beside the study with the same "
+            "options so two cores or GPUs train at once; the study waits for a model being "
+            "trained and reuses it."
+        ),
+    ] = None,
 ) -> None:
     """Measure each control's cost and benefit; write a CSV, a Markdown table, plots and an
     HTML report.
@@ -55,8 +64,24 @@ def tradeoffs_command(
     signature verification at load, serving screening) get their cost and detection rates.
     """
     from secmlops.tradeoffs.outputs import CSV_FILE, HTML_FILE
-    from secmlops.tradeoffs.study import default_out_dir, run_study
+    from secmlops.tradeoffs.study import default_out_dir, run_study, train_into_cache
 
+    say = lambda line: err_console.print(f"[dim]tradeoffs:[/dim] {line}")  # noqa: E731
+    if train_only is not None:
+        ids = [part.strip() for part in train_only.split(",") if part.strip()]
+        if cache is None or not ids:
+            fail(ValueError("--train-only needs --cache (where the study looks) and ids"))
+        try:
+            trained = train_into_cache(
+                data, cache, ids, quick,
+                eval_data=eval_data, eval_split=eval_split, policy_path=policy, seed=seed,
+                device=device, progress=say,
+            )  # fmt: skip
+        except SecMLOpsError as exc:
+            fail(exc)
+        for model in trained:
+            console.print(f"{model.config_id}: {model.usage.seconds:.0f} s, in {model.model_dir}")
+        return
     target = out or default_out_dir()
     # The command as it would be retyped: what was given, plus the folder actually written.
     command = ["secmlops", "tradeoffs", "--data", str(data), *(["--quick"] if quick else [])]
@@ -74,7 +99,7 @@ def tradeoffs_command(
             data, target, quick,
             eval_data=eval_data, eval_split=eval_split, policy_path=policy, seed=seed,
             device=device, command=shlex.join(command), overwrite=overwrite, cache_dir=cache,
-            progress=lambda line: err_console.print(f"[dim]tradeoffs:[/dim] {line}"),
+            progress=say,
         )  # fmt: skip
     except (SecMLOpsError, FileExistsError) as exc:
         fail(exc)

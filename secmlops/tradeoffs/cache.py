@@ -7,14 +7,22 @@ and measures only what is missing. An unfinished training is started again, neve
 every training time in the table is one uninterrupted run. The lifecycle controls and the
 latency phase always run again (minutes), so their figures come from one process.
 
+Several processes may share a cache (`secmlops tradeoffs --train-only` trains some models while
+the study runs, one core or GPU each): a training holds its unit's lock, and a process that
+reaches a unit being trained elsewhere waits for it and reuses the result instead of training
+it twice.
+
 The cache is bound to the study's settings (grid, data, evaluation split, seed, device, policy):
 a cache made under other settings is refused rather than mixed in.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -77,6 +85,22 @@ class StudyCache:
             config_id, self.model_dir(config_id), Usage(**data["usage"]),
             data["epochs"], data["best_epoch"],
         )  # fmt: skip
+
+    @contextmanager
+    def training_lock(self, config_id: str) -> Iterator[None]:
+        """Hold the exclusive right to train `config_id`, waiting while another process does."""
+        if self.root is None:
+            yield
+            return
+        self.models_root.mkdir(parents=True, exist_ok=True)
+        # flock, not a marker file: the kernel drops it when its holder dies, so a killed
+        # training never leaves a unit locked.
+        with (self.models_root / f"{config_id}.lock").open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def keep_trained(self, trained: TrainedModel) -> None:
         """Record a finished training (written last: its presence means the model is complete)."""

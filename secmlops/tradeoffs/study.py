@@ -139,19 +139,12 @@ def run_study(
     """
     started, started_at = time.perf_counter(), _now()
     say = progress or (lambda _: None)
-    policy_file = Path(policy_path or os.environ.get(POLICY_ENV, "policy.yaml"))
-    policy = load_policy(policy_file)
-    suite = policy.gate.attacks
-    grid = grid or (quick_grid if quick else full_grid)(
-        list(suite.linf_eps_levels), suite.pgd_steps, seed
+    setup = _StudySetup.load(
+        data_dir, quick, eval_data, eval_split, policy_path, seed, device, grid
     )
-    torch_device = pick_device(device)
-    dataset = load_dataset(data_dir)
-    eval_root = Path(eval_data or data_dir)
-    evaluation = load_dataset(eval_root)
-    records = select_split(evaluation, eval_split)[: grid.budget.eval_images]
-    if not records:
-        raise DataError(f"{eval_root}: split {eval_split!r} has no images to evaluate on")
+    policy_file, policy, grid = setup.policy_file, setup.policy, setup.grid
+    torch_device, dataset, evaluation = setup.device, setup.dataset, setup.evaluation
+    eval_root, records = setup.eval_root, setup.records
     load_start = os.getloadavg()
     out_dir = Path(out_dir)
     with (
@@ -159,12 +152,7 @@ def run_study(
         tempfile.TemporaryDirectory(prefix="secmlops-tradeoffs-") as tmp,
     ):
         scratch = Path(tmp)
-        settings = {
-            "grid": grid.to_json(), "data": str(Path(data_dir).resolve()),
-            "evaluation": [str(eval_root.resolve()), eval_split], "device": str(torch_device),
-            "policy": policy_digest(policy),
-        }  # fmt: skip
-        cache = StudyCache(Path(cache_dir) if cache_dir else None, scratch, settings)
+        cache = StudyCache(Path(cache_dir) if cache_dir else None, scratch, setup.settings())
         study = _Study(grid, dataset, Path(data_dir), evaluation, records, torch_device, say, cache)
         study.warm_up(scratch)
         rows = study.measure_models() + study.measure_controls(scratch, policy)
@@ -199,6 +187,112 @@ def run_study(
         }
         reporting.write_outputs(staging, rows, grid, meta)
     return StudyResult(out_dir, rows, front, grid.budget.main_attack, seconds)
+
+
+def train_into_cache(
+    data_dir: Path,
+    cache_dir: Path,
+    config_ids: list[str],
+    quick: bool = False,
+    *,
+    eval_data: Path | None = None,
+    eval_split: str = "test",
+    policy_path: Path | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    grid: StudyGrid | None = None,
+    progress: Progress | None = None,
+) -> list[TrainedModel]:
+    """Train some of a study's models into its cache and stop: another process (or machine
+    sharing the folder) can run the study meanwhile and reuse them, so two cores or two GPUs
+    train at once. Every argument but `config_ids` must be what the study itself is given, or
+    the cache's settings check refuses the folder.
+
+    Args:
+        config_ids: ids of model configurations whose models to train, in this order
+            (a preprocessing configuration trains the model it runs on).
+
+    Returns:
+        The trained (or already cached) models.
+
+    Raises:
+        DataError: an unknown configuration id, or see `run_study`.
+    """
+    say = progress or (lambda _: None)
+    setup = _StudySetup.load(
+        data_dir, quick, eval_data, eval_split, policy_path, seed, device, grid
+    )
+    by_id = {config.id: config for config in setup.grid.models}
+    unknown = [config_id for config_id in config_ids if config_id not in by_id]
+    if unknown:
+        raise DataError(
+            f"unknown configuration {', '.join(unknown)}; the {setup.grid.name} grid has "
+            f"{', '.join(by_id)}"
+        )
+    with tempfile.TemporaryDirectory(prefix="secmlops-tradeoffs-") as tmp:
+        scratch = Path(tmp)
+        cache = StudyCache(Path(cache_dir), scratch, setup.settings())
+        study = _Study(
+            setup.grid, setup.dataset, Path(data_dir), setup.evaluation, setup.records,
+            setup.device, say, cache,
+        )  # fmt: skip
+        # The same warm-up as the study, so the first training's peak memory compares.
+        study.warm_up(scratch)
+        return [study.train_model(by_id[config_id]) for config_id in config_ids]
+
+
+@dataclass(frozen=True)
+class _StudySetup:
+    """What a study's figures depend on, loaded and checked once."""
+
+    policy_file: Path
+    policy: Policy
+    grid: StudyGrid
+    device: torch.device
+    data_dir: Path
+    dataset: DetectionDataset
+    eval_root: Path
+    eval_split: str
+    evaluation: DetectionDataset
+    records: list[Any]
+
+    @classmethod
+    def load(
+        cls,
+        data_dir: Path,
+        quick: bool,
+        eval_data: Path | None,
+        eval_split: str,
+        policy_path: Path | None,
+        seed: int,
+        device: str,
+        grid: StudyGrid | None,
+    ) -> _StudySetup:
+        policy_file = Path(policy_path or os.environ.get(POLICY_ENV, "policy.yaml"))
+        policy = load_policy(policy_file)
+        suite = policy.gate.attacks
+        grid = grid or (quick_grid if quick else full_grid)(
+            list(suite.linf_eps_levels), suite.pgd_steps, seed
+        )
+        torch_device = pick_device(device)
+        dataset = load_dataset(data_dir)
+        eval_root = Path(eval_data or data_dir)
+        evaluation = load_dataset(eval_root)
+        records = select_split(evaluation, eval_split)[: grid.budget.eval_images]
+        if not records:
+            raise DataError(f"{eval_root}: split {eval_split!r} has no images to evaluate on")
+        return cls(
+            policy_file, policy, grid, torch_device, Path(data_dir), dataset, eval_root,
+            eval_split, evaluation, records,
+        )  # fmt: skip
+
+    def settings(self) -> dict[str, Any]:
+        """The cache key: a cache made under other settings is refused."""
+        return {
+            "grid": self.grid.to_json(), "data": str(self.data_dir.resolve()),
+            "evaluation": [str(self.eval_root.resolve()), self.eval_split],
+            "device": str(self.device), "policy": policy_digest(self.policy),
+        }  # fmt: skip
 
 
 class _Study:
@@ -249,7 +343,7 @@ class _Study:
         """Train (or reuse) every model and evaluate every model configuration, in grid order."""
         rows = []
         for config in self.grid.models:
-            trained = self._train(config)
+            trained = self.train_model(config)
             self.say(f"evaluate {config.id} ({config.params()})")
             torch.manual_seed(self.grid.seed)
             measurement = self.cache.measurement(config.id)
@@ -285,17 +379,22 @@ class _Study:
         height, width = models.read_card(model_dir).input_size
         return int(height), int(width)
 
-    def _train(self, config: ModelConfiguration) -> TrainedModel:
+    def train_model(self, config: ModelConfiguration) -> TrainedModel:
+        """The model `config` runs: from this study, from the cache, or trained now."""
         if config.training not in self.trained:
             model_id = self.grid.trained_model_id(config.training)
             trained = self.cache.trained(model_id)
             if trained is None:
-                self.say(f"train {model_id} ({config.training.params()})")
-                trained = train_configuration(
-                    config, self.data_dir, self.cache.model_dir(model_id), self.budget,
-                    self.grid.seed, self.device,
-                )  # fmt: skip
-                self.cache.keep_trained(trained)
+                with self.cache.training_lock(model_id):
+                    # Another process sharing the cache may have trained it while we waited.
+                    trained = self.cache.trained(model_id)
+                    if trained is None:
+                        self.say(f"train {model_id} ({config.training.params()})")
+                        trained = train_configuration(
+                            config, self.data_dir, self.cache.model_dir(model_id), self.budget,
+                            self.grid.seed, self.device,
+                        )  # fmt: skip
+                        self.cache.keep_trained(trained)
             self.trained[config.training] = trained
         return self.trained[config.training]
 

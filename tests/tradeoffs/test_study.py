@@ -157,3 +157,37 @@ def test_missing_data_is_a_one_line_error(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.exit_code == 2 and "error:" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_train_only_fills_the_cache_the_study_reuses(
+    tmp_path: Path, scenes: Path, one_thread, monkeypatch
+) -> None:
+    """`--train-only` trains into the cache and stops; a second run (as the study would)
+    reuses the model instead of training it again."""
+    monkeypatch.setattr(study_module._Study, "warm_up", lambda self, scratch: None)
+    cache = tmp_path / "cache"
+    args = ["tradeoffs", "--data", str(scenes), "--quick", "--policy", str(REPO_POLICY),
+            "--cache", str(cache), "--train-only", "none"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (cache / "models" / "none" / "training-usage.json").is_file()
+    assert not (tmp_path / "runs").exists()  # no study folder: it only trained
+
+    def must_not_train(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a cached model was trained again")
+
+    monkeypatch.setattr(study_module, "train_configuration", must_not_train)
+    again = study_module.train_into_cache(scenes, cache, ["none"], quick=True,
+                                          policy_path=REPO_POLICY)  # fmt: skip
+    assert [model.config_id for model in again] == ["none"]
+
+
+def test_train_only_names_unknown_ids_and_needs_a_cache(tmp_path: Path, scenes: Path) -> None:
+    base = ["tradeoffs", "--data", str(scenes), "--quick", "--policy", str(REPO_POLICY)]
+    no_cache = CliRunner().invoke(app, [*base, "--train-only", "none"])
+    assert no_cache.exit_code == 2 and "needs --cache" in no_cache.output
+    unknown = CliRunner().invoke(
+        app, [*base, "--cache", str(tmp_path / "cache"), "--train-only", "none,pgd9-eps99"]
+    )
+    assert unknown.exit_code == 2 and "unknown configuration pgd9-eps99" in unknown.output
+    assert "fgsm-rs-eps4" in unknown.output  # says which ids exist
