@@ -50,6 +50,8 @@ Detections = list[dict[str, Tensor]]
 ScoreMethod = Literal["uncertainty", "squeeze"]
 METHODS: tuple[str, ...] = ("uncertainty", "squeeze")
 DEFAULT_EPS = 4 / 255
+# Share of clean images a calibrated screener may flag; calibrating it needs 1/rate images.
+DEFAULT_FALSE_ALARM_RATE = 0.05
 # Input pixels per cell of a map rendered from detections (CompactCenterNet's output stride).
 MAP_STRIDE = 4
 # Probabilities are clipped this far from 0 and 1 so the entropy of a confident cell is finite.
@@ -280,7 +282,7 @@ class Screener:
         model: nn.Module,
         clean_images: Tensor,
         *,
-        false_alarm_rate: float = 0.05,
+        false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
         escalation_rate: float = 0.3,
         eps: float = DEFAULT_EPS,
         batch_size: int = 16,

@@ -187,7 +187,8 @@ class Budget:
         poison_fraction: share of the train split ART's BadDet poisons (each of ODA and OGA).
         poison_trigger_side: trigger side in pixels (None: BadDet's ~4% of the short side; the
             screen needs ~8 px, which small synthetic images do not reach at 4%).
-        calibration_images: clean images the serving screener is calibrated on.
+        calibration_images: at most this many clean images calibrate the serving screener
+            (from the val split; see `_Study._calibration_images`).
         repeats: timed repetitions of manifest verification and model loading.
     """
 

@@ -10,6 +10,7 @@ signed and tampered copies, poisoned datasets) lives in a temporary folder that 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import shutil
 import tempfile
@@ -28,6 +29,7 @@ from secmlops.errors import DataError
 from secmlops.evaluation.inference import select_split
 from secmlops.fsutil import staged_directory
 from secmlops.policy import Policy, load_policy, policy_digest
+from secmlops.serving.screening import DEFAULT_FALSE_ALARM_RATE
 from secmlops.tradeoffs import measure_controls as controls
 from secmlops.tradeoffs import outputs as reporting
 from secmlops.tradeoffs.cache import StudyCache
@@ -486,12 +488,21 @@ class _Study:
         return attacked.mul(255).round_().clamp_(0, 255).div_(255)
 
     def _calibration_images(self, input_size: tuple[int, int]) -> Tensor:
-        """Clean images of the training data's camera, val split first, never the judged ones."""
-        count = self.budget.calibration_images
-        records = [*self.dataset.splits.get("val", []), *self.dataset.splits.get("train", [])]
+        """Clean images the screener is calibrated on (`calibration_ids`)."""
         by_id = {im.id: im for im in self.dataset.images}
-        chosen = [by_id[i] for i in records[:count]]
+        ids = calibration_ids(self.dataset.splits, self.budget.calibration_images)
+        chosen = [by_id[i] for i in ids]
         return prepare_split(self.dataset, chosen, tuple(input_size)).images.float().div(255)
+
+
+def calibration_ids(splits: dict[str, list[int]], limit: int) -> list[int]:
+    """Image ids to calibrate the serving screener on: the val split (at most `limit`), as
+    `secmlops model calibrate-screening` does, never the judged images. Training images fill
+    up only to the screener's minimum when val is smaller: the model is more confident on
+    images it learnt, which would set the thresholds too low for new frames."""
+    val = list(splits.get("val", []))
+    short = math.ceil(1 / DEFAULT_FALSE_ALARM_RATE) - len(val)
+    return (val + list(splits.get("train", []))[: max(short, 0)])[:limit]
 
 
 def _bare(model: torch.nn.Module, device: torch.device) -> Callable[[Tensor], Any]:
