@@ -104,22 +104,50 @@ def scatter_png(
             corners.append(px(staircase[-1].x, staircase[-1].y))
         if len(corners) > 1:
             draw.line(corners, fill=FRONT_COLOUR, width=2)
-    placed: list[tuple[float, float]] = []
+    markers = []
     for p in sorted(points, key=lambda p: p.marked):
         x, y = px(p.x, p.y)
         radius = 7 if p.marked else 6
-        box = [x - radius, y - radius, x + radius, y + radius]
+        box = (x - radius, y - radius, x + radius, y + radius)
+        markers.append(box)
         if p.marked:
             draw.ellipse(box, fill=colours[p.group], outline="black", width=2)
         else:
             draw.ellipse(box, fill="white", outline=colours[p.group], width=3)
-        # Labels of coinciding points are stacked instead of drawn over each other.
-        shift = sum(1 for q in placed if abs(q[0] - x) < 40 and abs(q[1] - y) < 12)
-        draw.text((x + 10, y - 8 + 13 * shift), p.label, font=small, fill="#333333")
-        placed.append((x, y))
+    taken = list(markers)
+    for p in points:
+        x, y = px(p.x, p.y)
+        spot = _label_spot(draw, p.label, small, (x, y), taken)
+        draw.text(spot, p.label, font=small, fill="#333333")
+        taken.append(draw.textbbox(spot, p.label, font=small))
     _legend(draw, colours, small, front, (right + 20, top))
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format="PNG", optimize=True)
+
+
+def _label_spot(
+    draw: ImageDraw.ImageDraw,
+    text: str,
+    font: ImageFont.FreeTypeFont,
+    at: tuple[float, float],
+    taken: list[tuple[float, float, float, float]],
+) -> tuple[float, float]:
+    """Where to write a point's label: right of it, else left, else further down or up,
+    whichever first overlaps no marker and no label already written."""
+    x, y = at
+    width = draw.textlength(text, font=font)
+    candidates = [(x + 10, y - 8), (x - 10 - width, y - 8)]
+    for step in range(1, 6):
+        candidates += [(x + 10, y - 8 + 13 * step), (x + 10, y - 8 - 13 * step)]
+    for spot in candidates:
+        box = draw.textbbox(spot, text, font=font)
+        if not any(_overlap(box, other) for other in taken):
+            return spot
+    return candidates[0]
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _legend(
