@@ -188,7 +188,7 @@ class Budget:
         poison_trigger_side: trigger side in pixels (None: BadDet's ~4% of the short side; the
             screen needs ~8 px, which small synthetic images do not reach at 4%).
         calibration_images: at most this many clean images calibrate the serving screener
-            (from the val split; see `_Study._calibration_images`).
+            (from the val split; see `secmlops.tradeoffs.study.calibration_ids`).
         repeats: timed repetitions of manifest verification and model loading.
     """
 

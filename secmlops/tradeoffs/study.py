@@ -1,10 +1,12 @@
 """The security/performance trade-off study: every control's cost and benefit, one table.
 
 `run_study` trains and attacks every model configuration and exercises every lifecycle control
-on the same data, in one process on one machine, so the figures compare. Its outputs are staged
-in a temporary sibling of `out_dir` and renamed into place only when all of them are written:
-a reader (the Airflow plugin) sees a complete study or none. Scratch material (trained models,
-signed and tampered copies, poisoned datasets) lives in a temporary folder that is always removed.
+on the same data, in one process on one machine, so the figures compare; `train_into_cache` lets
+further processes (one core or GPU each) train some of its models into a shared cache meanwhile.
+Its outputs are staged in a temporary sibling of `out_dir` and renamed into place only when all
+of them are written: a reader (the Airflow plugin) sees a complete study or none. Scratch material
+(trained models, signed and tampered copies, poisoned datasets) lives in a temporary folder that
+is always removed.
 """
 
 from __future__ import annotations
