@@ -322,6 +322,10 @@ class _Study:
         # Row id -> (what serving runs for one image, the input size it gets): timed together.
         self._requests: dict[str, tuple[Callable[[Tensor], Any], tuple[int, int]]] = {}
         self.cache = cache
+        # Attacked uploads per model, and calibration images per input size: several screening
+        # configurations screen the same model, and a PGD pass over the split takes minutes.
+        self._attacked: dict[str, Tensor] = {}
+        self._calibration: dict[tuple[int, int], Tensor] = {}
 
     def warm_up(self, scratch: Path) -> None:
         """One epoch of PGD-1 training and an attacked, JPEG-defended evaluation of two images,
@@ -485,16 +489,21 @@ class _Study:
         return measurement
 
     def _uploads(self, model: torch.nn.Module, trained: TrainedModel, attack: Any) -> Tensor:
-        attacked = craft_attack(model, self.prepared(trained.model_dir), attack, self.device)
-        # An upload is an 8-bit image: the perturbation must survive the rounding.
-        return attacked.mul(255).round_().clamp_(0, 255).div_(255)
+        if trained.config_id not in self._attacked:
+            attacked = craft_attack(model, self.prepared(trained.model_dir), attack, self.device)
+            # An upload is an 8-bit image: the perturbation must survive the rounding.
+            self._attacked[trained.config_id] = attacked.mul(255).round_().clamp_(0, 255).div_(255)
+        return self._attacked[trained.config_id]
 
     def _calibration_images(self, input_size: tuple[int, int]) -> Tensor:
         """Clean images the screener is calibrated on (`calibration_ids`)."""
-        by_id = {im.id: im for im in self.dataset.images}
-        ids = calibration_ids(self.dataset.splits, self.budget.calibration_images)
-        chosen = [by_id[i] for i in ids]
-        return prepare_split(self.dataset, chosen, tuple(input_size)).images.float().div(255)
+        if input_size not in self._calibration:
+            by_id = {im.id: im for im in self.dataset.images}
+            ids = calibration_ids(self.dataset.splits, self.budget.calibration_images)
+            chosen = [by_id[i] for i in ids]
+            prepared = prepare_split(self.dataset, chosen, tuple(input_size))
+            self._calibration[input_size] = prepared.images.float().div(255)
+        return self._calibration[input_size]
 
 
 def calibration_ids(splits: dict[str, list[int]], limit: int) -> list[int]:
