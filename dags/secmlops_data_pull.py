@@ -17,6 +17,7 @@ from secmlops.airflow_support import (
     data_rev_param,
     lifecycle_asset,
     lifecycle_default_args,
+    lifecycle_settings,
     pull_and_verify_data,
     refusals_fail_the_task,
 )
@@ -58,17 +59,17 @@ A refused control fails its task without retries; every decision is in the audit
 def secmlops_data_pull():
     @task(execution_timeout=timedelta(minutes=10))
     def validate_data(verified: dict) -> dict:
-        from secmlops.lifecycle import LifecycleSettings, validate_data
+        from secmlops.lifecycle import validate_data
 
         with refusals_fail_the_task():
-            return validate_data(LifecycleSettings.from_env(), verified["data_dir"])
+            return validate_data(lifecycle_settings(), verified["data_dir"])
 
     @task(execution_timeout=timedelta(minutes=30))
     def screen_data(verified: dict) -> dict:
-        from secmlops.lifecycle import LifecycleSettings, screen_data
+        from secmlops.lifecycle import screen_data
 
         with refusals_fail_the_task():
-            return screen_data(LifecycleSettings.from_env(), verified["data_dir"])
+            return screen_data(lifecycle_settings(), verified["data_dir"])
 
     @task(outlets=[DATASET])
     def emit_dataset(verified: dict, validated: dict, screened: dict) -> dict:

@@ -15,6 +15,7 @@ from secmlops.airflow_support import (
     RETRAINING_REQUEST_ASSET,
     lifecycle_asset,
     lifecycle_default_args,
+    lifecycle_settings,
 )
 
 RETRAINING_REQUEST = lifecycle_asset(RETRAINING_REQUEST_ASSET)
@@ -55,11 +56,11 @@ A window with too few requests to judge fails the run: it is never read as "no d
 def secmlops_monitoring():
     @task(execution_timeout=timedelta(minutes=20))
     def check_window() -> dict:
-        from secmlops.lifecycle import LifecycleSettings, monitor
+        from secmlops.lifecycle import monitor
 
         context = get_current_context()
         minutes = float(context["params"]["window_minutes"])
-        return monitor(LifecycleSettings.from_env(), minutes, context["run_id"])
+        return monitor(lifecycle_settings(), minutes, context["run_id"])
 
     @task(outlets=[RETRAINING_REQUEST])
     def request_retraining(result: dict) -> dict:

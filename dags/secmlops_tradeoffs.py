@@ -10,7 +10,13 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from secmlops.airflow_support import data_rev_param, lifecycle_default_args, pull_and_verify_data
+from secmlops.airflow_support import (
+    TRAINING_QUEUE,
+    data_rev_param,
+    lifecycle_default_args,
+    lifecycle_settings,
+    pull_and_verify_data,
+)
 
 DOC = """
 ### The trade-off study
@@ -41,13 +47,14 @@ DOC = """
     },
 )
 def secmlops_tradeoffs():
-    @task(execution_timeout=timedelta(hours=24))
+    # The study trains every grid model: it goes where training goes (GPU workers, if any).
+    @task(execution_timeout=timedelta(hours=24), queue=TRAINING_QUEUE)
     def run_study(data: dict) -> dict:
-        from secmlops.lifecycle import LifecycleSettings, tradeoff_study
+        from secmlops.lifecycle import tradeoff_study
 
         context = get_current_context()
         quick = bool(context["params"]["quick"])
-        settings = LifecycleSettings.from_env()
+        settings = lifecycle_settings()
         return tradeoff_study(settings, data["data_dir"], quick, context["run_id"])
 
     run_study(pull_and_verify_data())

@@ -20,9 +20,11 @@ from secmlops.airflow_support import (
     DATASET_ASSET,
     MODEL_ASSET,
     RETRAINING_REQUEST_ASSET,
+    TRAINING_QUEUE,
     data_rev_param,
     lifecycle_asset,
     lifecycle_default_args,
+    lifecycle_settings,
     pull_and_verify_data,
     refusals_fail_the_task,
 )
@@ -30,8 +32,6 @@ from secmlops.airflow_support import (
 DATASET = lifecycle_asset(DATASET_ASSET)
 MODEL = lifecycle_asset(MODEL_ASSET)
 RETRAINING_REQUEST = lifecycle_asset(RETRAINING_REQUEST_ASSET)
-# Training goes to the GPU workers' queue when the deployment has one (docs/operations.md).
-TRAINING_QUEUE = os.environ.get("SECMLOPS_TRAINING_QUEUE", "default")
 # Scheduled (asset-triggered) runs take the params' defaults; a deployment sets its training and
 # evaluation budget for them here (unset: epochs from the data size, every test image attacked).
 DEFAULT_EPOCHS = int(os.environ["SECMLOPS_TRAINING_EPOCHS"]) if os.environ.get(
@@ -106,29 +106,29 @@ DOC = """
 def secmlops_training():
     @task(execution_timeout=timedelta(hours=6), queue=TRAINING_QUEUE)
     def train_model(data: dict) -> dict:
-        from secmlops.lifecycle import LifecycleSettings, train
+        from secmlops.lifecycle import train
 
         context = get_current_context()
-        settings = LifecycleSettings.from_env()
+        settings = lifecycle_settings()
         return train(
             settings, data["data_dir"], context["run_id"], context["params"], defended=True
         )
 
     @task(execution_timeout=timedelta(hours=6), queue=TRAINING_QUEUE)
     def train_baseline(data: dict) -> dict | None:
-        from secmlops.lifecycle import LifecycleSettings, train
+        from secmlops.lifecycle import train
 
         context = get_current_context()
-        settings = LifecycleSettings.from_env()
+        settings = lifecycle_settings()
         params = context["params"]
         return train(settings, data["data_dir"], context["run_id"], params, defended=False)
 
     @task(execution_timeout=timedelta(hours=2))
     def evaluate_model(data: dict, trained: dict, baseline: dict | None) -> dict:
-        from secmlops.lifecycle import LifecycleSettings, evaluate
+        from secmlops.lifecycle import evaluate
 
         context = get_current_context()
-        settings = LifecycleSettings.from_env()
+        settings = lifecycle_settings()
         return evaluate(
             settings, trained["model_dir"], data["data_dir"],
             str(settings.run_dir(context["run_id"]) / "robustness.json"),
@@ -138,46 +138,46 @@ def secmlops_training():
 
     @task(execution_timeout=timedelta(hours=2))
     def evaluate_production(data: dict) -> dict | None:
-        from secmlops.lifecycle import LifecycleSettings, evaluate_production
+        from secmlops.lifecycle import evaluate_production
 
         context = get_current_context()
         with refusals_fail_the_task():
             return evaluate_production(
-                LifecycleSettings.from_env(), data["data_dir"], context["run_id"],
+                lifecycle_settings(), data["data_dir"], context["run_id"],
                 context["params"]["max_eval_images"],
             )  # fmt: skip
 
     @task(execution_timeout=timedelta(minutes=10))
     def gate_model(evaluated: dict, production: dict | None) -> dict:
-        from secmlops.lifecycle import LifecycleSettings, gate
+        from secmlops.lifecycle import gate
 
         params = get_current_context()["params"]
         with refusals_fail_the_task():
             return gate(
-                LifecycleSettings.from_env(), evaluated["report"], production,
+                lifecycle_settings(), evaluated["report"], production,
                 params["policy_overrides"], params["override_reason"],
             )  # fmt: skip
 
     @task(execution_timeout=timedelta(minutes=20))
     def sign_model(data: dict, trained: dict, gated: dict) -> dict:
-        from secmlops.lifecycle import LifecycleSettings, sign
+        from secmlops.lifecycle import sign
 
         with refusals_fail_the_task():
-            return sign(LifecycleSettings.from_env(), trained["model_dir"], data, gated["record"])
+            return sign(lifecycle_settings(), trained["model_dir"], data, gated["record"])
 
     @task(execution_timeout=timedelta(minutes=20))
     def push_model(signed: dict) -> dict:
-        from secmlops.lifecycle import LifecycleSettings, push
+        from secmlops.lifecycle import push
 
         with refusals_fail_the_task():
-            return push(LifecycleSettings.from_env(), signed, get_current_context()["run_id"])
+            return push(lifecycle_settings(), signed, get_current_context()["run_id"])
 
     @task(execution_timeout=timedelta(minutes=10), outlets=[MODEL])
     def promote_model(release: dict) -> dict:
-        from secmlops.lifecycle import LifecycleSettings, promote
+        from secmlops.lifecycle import promote
 
         with refusals_fail_the_task():
-            promoted = promote(LifecycleSettings.from_env(), release)
+            promoted = promote(lifecycle_settings(), release)
         extra = {key: promoted[key] for key in ("name", "version", "weights_sha256")}
         get_current_context()["outlet_events"][MODEL].extra = extra
         return promoted

@@ -4,13 +4,22 @@ elsewhere). Airflow is imported inside the functions, so importing this module s
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from secmlops.errors import DataError
 from secmlops.supplychain.keys import Keyring
+
+if TYPE_CHECKING:
+    from secmlops.lifecycle import LifecycleSettings
+
+# The Airflow Connection holding the S3 credentials and endpoint of the stores (optional).
+S3_CONNECTION_ENV = "SECMLOPS_S3_CONNECTION"
+# Training goes to the GPU workers' queue when the deployment has one (docs/operations.md).
+TRAINING_QUEUE = os.environ.get("SECMLOPS_TRAINING_QUEUE", "default")
 
 
 def keyring_from_connection(conn_id: str) -> Keyring:
@@ -73,6 +82,21 @@ def s3_env_from_connection(conn_id: str) -> dict[str, str]:
 
 # The lifecycle's assets (DESIGN.md): the data-pull DAG emits `dataset`, the training DAG emits
 # `model` and runs on `dataset` or `retraining-request`, which the monitoring DAG emits.
+def lifecycle_settings() -> LifecycleSettings:
+    """`LifecycleSettings.from_env()` for a task: with `$SECMLOPS_S3_CONNECTION` set, the S3
+    credentials and endpoint of that Connection are first put into the task's environment,
+    where boto3 and DVC read them.
+
+    Raises:
+        DataError: the named connection is missing or has no access key pair.
+    """
+    from secmlops.lifecycle import LifecycleSettings
+
+    if os.environ.get(S3_CONNECTION_ENV):
+        os.environ.update(s3_env_from_connection(os.environ[S3_CONNECTION_ENV]))
+    return LifecycleSettings.from_env()
+
+
 DATASET_ASSET = "dataset"
 MODEL_ASSET = "model"
 RETRAINING_REQUEST_ASSET = "retraining-request"
@@ -162,20 +186,20 @@ def pull_and_verify_data(dataset_asset: Any = None) -> Any:
 
     @task(execution_timeout=timedelta(minutes=30))
     def pull_data() -> dict[str, Any]:
-        from secmlops.lifecycle import LifecycleSettings, pull_data
+        from secmlops.lifecycle import pull_data
 
         context = get_current_context()
         rev = context["params"]["data_rev"] or None
         if dataset_asset is not None:
             for event in (context.get("triggering_asset_events") or {}).get(dataset_asset, []):
                 rev = rev or event.extra.get("rev")
-        return pull_data(LifecycleSettings.from_env(), rev, context["run_id"])
+        return pull_data(lifecycle_settings(), rev, context["run_id"])
 
     @task(execution_timeout=timedelta(minutes=10))
     def verify_data(pulled: dict[str, Any]) -> dict[str, Any]:
-        from secmlops.lifecycle import LifecycleSettings, verify_data
+        from secmlops.lifecycle import verify_data
 
         with refusals_fail_the_task():
-            return {**pulled, **verify_data(LifecycleSettings.from_env(), pulled["data_dir"])}
+            return {**pulled, **verify_data(lifecycle_settings(), pulled["data_dir"])}
 
     return verify_data(pull_data())

@@ -63,13 +63,17 @@ def test_s3_credentials_from_an_aws_connection(monkeypatch):
 def test_lifecycle_settings_take_s3_credentials_from_the_named_connection(monkeypatch):
     import os
 
+    from secmlops.airflow_support import lifecycle_settings
     from secmlops.lifecycle import LifecycleSettings
 
     connection = {"conn_type": "aws", "login": "AKIDLIFECYCLE", "password": "s3cret"}
     monkeypatch.setenv("AIRFLOW_CONN_TEAM_S3", json.dumps(connection))
     monkeypatch.setenv("SECMLOPS_S3_CONNECTION", "team_s3")
-    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
-    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
-    LifecycleSettings.from_env()
+    # setenv, not delenv: monkeypatch then restores (or removes) them after the test.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "before")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "before")
+    LifecycleSettings.from_env()  # outside Airflow tasks: the environment is left alone
+    assert os.environ["AWS_ACCESS_KEY_ID"] == "before"
+    lifecycle_settings()
     assert os.environ["AWS_ACCESS_KEY_ID"] == "AKIDLIFECYCLE"
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == "s3cret"

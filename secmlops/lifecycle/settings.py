@@ -12,7 +12,6 @@ DATASET_NAME_ENV = "SECMLOPS_DATASET_NAME"
 INFERENCE_LOG_ENV = "SECMLOPS_INFERENCE_LOG"
 MONITORING_REPORTS_ENV = "SECMLOPS_MONITORING_REPORTS"
 PRODUCTION_ALIAS = "production"
-S3_CONNECTION_ENV = "SECMLOPS_S3_CONNECTION"
 
 
 @dataclass(frozen=True)
@@ -42,15 +41,9 @@ class LifecycleSettings:
 
     @classmethod
     def from_env(cls) -> LifecycleSettings:
-        """Read the settings from the environment (nothing is created).
-
-        With `$SECMLOPS_S3_CONNECTION` set, the S3 credentials and endpoint of that Airflow
-        Connection are put into this process's environment first (boto3 and DVC read them there).
-        """
-        if os.environ.get(S3_CONNECTION_ENV):
-            from secmlops.airflow_support import s3_env_from_connection
-
-            os.environ.update(s3_env_from_connection(os.environ[S3_CONNECTION_ENV]))
+        """Read the settings from the environment (nothing is created or changed; inside
+        Airflow tasks, `secmlops.airflow_support.lifecycle_settings` also applies the S3
+        connection named by `$SECMLOPS_S3_CONNECTION`)."""
         from secmlops.cli.security import POLICY_ENV
         from secmlops.data.versioning import default_registry
         from secmlops.pipeline import default_workdir

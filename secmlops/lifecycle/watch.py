@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,8 @@ def tradeoff_study(
     """The security/performance trade-off study on a verified dataset version.
 
     Finished trainings and evaluations are cached per run, so a retried task continues instead
-    of starting the study over.
+    of starting the study over; the cache (every trained model) is removed once the study is
+    written.
 
     Returns:
         {"out_dir", "configurations", "pareto_front", "seconds"}
@@ -58,6 +60,7 @@ def tradeoff_study(
     out = default_out_dir(settings.workdir)
     cache = settings.workdir / "runs" / "tradeoffs-cache" / safe_name(run_id)
     result = run_study(Path(data_dir), out, quick, policy_path=settings.policy, cache_dir=cache)
+    shutil.rmtree(cache, ignore_errors=True)
     return {
         "out_dir": str(result.out_dir),
         "configurations": len(result.rows),

@@ -127,7 +127,7 @@ def sign_model(
             "model": {"architecture": card.architecture, "weights_sha256": card.weights_sha256},
             "data": {"manifest_digest": data_manifest_digest, "signer": data_signer},
             "dvc_revision": dvc_revision,
-            "code": _git_commit(),
+            "code": code_version(),
             "training": training,
             "gate_record_sha256": subjects.get(GATE_RECORD_FILE),
             "environment": {
@@ -200,7 +200,7 @@ def load_verified(model_dir: Path, keyring: Keyring, device: str = "cpu") -> Any
 GIT_COMMIT_ENV = "SECMLOPS_GIT_COMMIT"
 
 
-def _git_commit() -> dict[str, Any]:
+def code_version() -> dict[str, Any]:
     """The code version: git commit of the project checkout, and whether it had local edits."""
     try:
         commit = subprocess.run(

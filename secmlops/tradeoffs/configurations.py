@@ -207,6 +207,11 @@ class Budget:
     repeats: int
 
     def __post_init__(self) -> None:
+        counts = {"tamper_count": self.tamper_count, "repeats": self.repeats,
+                  "latency_images": self.latency_images}  # fmt: skip
+        for name, value in counts.items():
+            if value < 1:
+                raise PolicyError(f"study budget: {name} must be at least 1, got {value}")
         if self.main_attack not in {a.name for a in self.attacks}:
             raise PolicyError(f"main attack {self.main_attack} is not among the study's attacks")
 

@@ -35,7 +35,7 @@ from torch import Tensor
 from secmlops import models
 from secmlops.attacks.backdoor import ATTACKS, poison_dataset
 from secmlops.data.dataset import load_dataset
-from secmlops.data.manifest import MANIFEST_NAME, sign_dataset, verify_dataset
+from secmlops.data.manifest import MANIFEST_NAME, manifest_bytes, sign_dataset, verify_dataset
 from secmlops.data.poisoning import screen_dataset
 from secmlops.errors import SecMLOpsError
 from secmlops.serving.screening import Screener
@@ -139,7 +139,7 @@ def _tamper_data(
             for entry in entries["files"]:
                 if entry["path"] == relative:
                     entry["sha256"] = hashlib.sha256(bytes(edited)).hexdigest()
-            (root / MANIFEST_NAME).write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+            (root / MANIFEST_NAME).write_bytes(manifest_bytes(entries))
     elif kind == "append":
         target.write_bytes(original + b"\x00" * 16)
     elif kind == "delete":

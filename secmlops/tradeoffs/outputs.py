@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import platform
 import re
-import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,8 @@ import torch
 
 from secmlops.data.dataset import DetectionDataset
 from secmlops.fsutil import atomic_write_json
+from secmlops.reporting.reports import TRADEOFFS_CSV, TRADEOFFS_HTML, TRADEOFFS_MARKDOWN
+from secmlops.supplychain.provenance import code_version
 from secmlops.tradeoffs.configurations import (
     MODEL_CONTROLS,
     ControlConfiguration,
@@ -38,12 +39,11 @@ from secmlops.tradeoffs.report import (
 )
 
 SCHEMA = "secmlops.tradeoffs/v1"
-CSV_FILE, MARKDOWN_FILE, HTML_FILE, STUDY_FILE = (
-    "tradeoffs.csv", "tradeoffs.md", "report.html", "study.json",
-)  # fmt: skip
+# The files the Airflow view reads are named once, in the view's (torch-free) module.
+CSV_FILE, MARKDOWN_FILE, HTML_FILE = TRADEOFFS_CSV, TRADEOFFS_MARKDOWN, TRADEOFFS_HTML
+STUDY_FILE = "study.json"
 COST_PLOT, PARETO_PLOT = "robust_vs_training_cost.png", "robust_vs_clean_pareto.png"
 OUTPUT_FILES = (CSV_FILE, MARKDOWN_FILE, HTML_FILE, COST_PLOT, PARETO_PLOT, STUDY_FILE)
-REPO_ROOT = Path(__file__).resolve().parents[2]
 __all__ = ["OUTPUT_FILES", "SCHEMA", "adaptive_column", "mark_pareto", "write_outputs"]
 
 
@@ -201,7 +201,7 @@ def versions() -> dict[str, str]:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             found[package] = "not installed"
-    found["git_commit"] = _git_commit()
+    found["git_commit"] = _code_label()
     return found
 
 
@@ -240,16 +240,9 @@ def _memory_gb() -> float | None:
     return round(int(match[1]) / 2**20, 1) if match else None
 
 
-def _git_commit() -> str:
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, check=True, timeout=10,
-        ).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, check=True, timeout=10,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
+def _code_label() -> str:
+    """The code version, short: `<commit>[ (with local edits)]`, or unknown."""
+    code = code_version()
+    if not code["git_commit"]:
         return "unknown"
-    return f"{commit}{' (with local edits)' if dirty else ''}"
+    return f"{code['git_commit'][:7]}{' (with local edits)' if code['dirty'] else ''}"

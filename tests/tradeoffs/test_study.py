@@ -191,3 +191,14 @@ def test_train_only_names_unknown_ids_and_needs_a_cache(tmp_path: Path, scenes: 
     )
     assert unknown.exit_code == 2 and "unknown configuration pgd9-eps99" in unknown.output
     assert "fgsm-rs-eps4" in unknown.output  # says which ids exist
+
+
+def test_a_budget_that_would_divide_by_zero_is_refused() -> None:
+    from dataclasses import replace
+
+    from secmlops.errors import PolicyError
+
+    budget = quick_grid([2, 4], 10).budget
+    for field in ("tamper_count", "repeats", "latency_images"):
+        with pytest.raises(PolicyError, match=f"{field} must be at least 1"):
+            replace(budget, **{field: 0})
