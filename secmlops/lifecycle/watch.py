@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from secmlops.lifecycle.settings import (
     audit_log,
     trusted_keyring,
 )
+
+log = logging.getLogger(__name__)
 
 
 def monitor(settings: LifecycleSettings, window_minutes: float, run_id: str) -> dict[str, Any]:
@@ -59,7 +62,9 @@ def tradeoff_study(
 
     out = default_out_dir(settings.workdir)
     cache = settings.workdir / "runs" / "tradeoffs-cache" / safe_name(run_id)
-    result = run_study(Path(data_dir), out, quick, policy_path=settings.policy, cache_dir=cache)
+    result = run_study(
+        Path(data_dir), out, quick, policy_path=settings.policy, cache_dir=cache, progress=log.info
+    )
     shutil.rmtree(cache, ignore_errors=True)
     return {
         "out_dir": str(result.out_dir),

@@ -194,7 +194,8 @@ def _serve(
             "width": width,
             "height": height,
             "bytes": len(data),
-            "features": request_features(batch, detections),
+            # The CPU image, not the device batch: no copy back from the GPU per request.
+            "features": request_features(image.unsqueeze(0), detections),
             **embedding,
             "detections": people,
             "adversarial_score": score,

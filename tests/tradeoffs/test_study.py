@@ -202,3 +202,26 @@ def test_a_budget_that_would_divide_by_zero_is_refused() -> None:
     for field in ("tamper_count", "repeats", "latency_images"):
         with pytest.raises(PolicyError, match=f"{field} must be at least 1"):
             replace(budget, **{field: 0})
+
+
+@pytest.mark.slow
+def test_the_dag_task_writes_the_study_under_the_workdir_and_drops_its_cache(
+    tmp_path: Path, scenes: Path, one_thread
+) -> None:
+    """`secmlops_tradeoffs`'s task body: the study lands where the Airflow view looks, and the
+    per-run cache of trained models is gone once the study is written."""
+    from secmlops.lifecycle import LifecycleSettings, tradeoff_study
+
+    settings = LifecycleSettings(
+        workdir=tmp_path, policy=REPO_POLICY, data_registry=tmp_path / "data-registry",
+        model_registry=(tmp_path / "registry").as_uri(),
+    )  # fmt: skip
+    result = tradeoff_study(settings, str(scenes), True, "manual__2026-11-26T06:00:00")
+    out = Path(result["out_dir"])
+    assert out.parent == tmp_path / "runs" / "tradeoffs"
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
+    assert result["configurations"] == len(quick_grid([2, 4], 10).ids)
+    assert result["pareto_front"]
+    assert not (tmp_path / "runs" / "tradeoffs-cache").exists() or not any(
+        (tmp_path / "runs" / "tradeoffs-cache").iterdir()
+    )
