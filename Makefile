@@ -9,7 +9,7 @@ PETS ?= ../shared/data/pets09-s2l1
 export DO_NOT_TRACK := 1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install services demo demo-cli tradeoffs-pets test lint format constraints pets repro clean
+.PHONY: install services demo ui demo-cli tradeoffs-pets test lint format constraints pets repro clean
 
 # pip (not uv/poetry) so the torch wheels already on disk are used; constraints.txt pins every
 # package from a real, `pip check`-clean resolve.
@@ -22,8 +22,9 @@ $(INSTALLED): pyproject.toml constraints.txt
 
 install: $(INSTALLED)
 
-## The defence the lifecycle trains with: FGSM with random start at 4/255 on half of every batch
-## (docs/results.md: 88% of PGD-3 training's robustness at 1.5x a clean epoch instead of 2x).
+## The defence the lifecycle trains with (and `secmlops train`'s default): FGSM with random start
+## at 4/255 on half of every batch (docs/results.md: 88% of PGD-3 training's robustness at 1.5x a
+## clean epoch instead of 2x). The undefended baseline is trained with --adversarial none.
 DEFENCE ?= --adversarial fgsm-rs --eps 4/255 --mix 0.5
 
 # $(call robustness_gate,TRAIN_DATA,EVAL_DATA,SPLIT,DIR,POLICY): train an undefended and a defended
@@ -32,7 +33,7 @@ DEFENCE ?= --adversarial fgsm-rs --eps 4/255 --mix 0.5
 # are signed records in DIR and entries in the audit log.
 define robustness_gate
 	test -f $(4)/keys/model-signer.key || $(SECMLOPS) keys generate --name model-signer --out $(4)/keys
-	$(SECMLOPS) train --data $(1) --out $(4)/model --overwrite --history $(4)/training_history.json
+	$(SECMLOPS) train --data $(1) --out $(4)/model --overwrite --adversarial none --history $(4)/training_history.json
 	$(SECMLOPS) evaluate --model $(4)/model --data $(2) --split $(3) --attacks --policy $(5) --out $(4)/robustness-undefended.json
 	$(SECMLOPS) gate --report $(4)/robustness-undefended.json --policy $(5) --key $(4)/keys/model-signer.key --record $(4)/gate-undefended.json; \
 	  test $$? -eq 1 && echo "as expected: the undefended model fails the robustness gate"
@@ -50,6 +51,12 @@ SECMLOPS := $(abspath $(BIN))/secmlops
 demo: install
 	$(SECMLOPS) demo --workdir $(DEMO) --images 1000
 	SECMLOPS_AUDIT_LOG=$(DEMO)/audit/audit.jsonl $(SECMLOPS) audit verify
+
+## The demo's workspace in the Airflow UI (after `make demo`: its DAGs, runs and the SecMLOps
+## view): prints the URL, the user and the password; Ctrl-C stops every process it started.
+UI_PORT ?= 8080
+ui: install
+	$(SECMLOPS) ui --workdir $(DEMO) --port $(UI_PORT)
 
 ## The same stages without a scheduler, on the CLI: an undefended model must fail the gate, the
 ## defended one pass (both decisions signed and audited).
@@ -91,10 +98,11 @@ tradeoffs-pets: install
 	cp $(TRADEOFFS_PETS)/tradeoffs.csv $(TRADEOFFS_PETS)/tradeoffs.md $(TRADEOFFS_PETS)/study.json \
 	  $(TRADEOFFS_PETS)/robust_vs_training_cost.png $(TRADEOFFS_PETS)/robust_vs_clean_pareto.png docs/results/tradeoffs-pets/
 
-## Lint, format check, then every test.
+## Lint, format check, type check, then every test.
 test: install services
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 format: install

@@ -1,16 +1,16 @@
 """Pull a pinned dataset version from the DVC registry, prove it is authentic and clean, and
 announce it: pull -> verify signed manifest -> validate -> screen for poisoning -> `dataset` asset.
 
-Every task is one call into `secmlops.lifecycle`; this file only wires them (DESIGN.md). Nothing
-heavy is imported at parse time.
+Every task is one call into `secmlops.lifecycle`; this file only wires them. Nothing heavy is
+imported at parse time.
 """
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
+from typing import Any
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import dag, get_current_context
 
 from secmlops.airflow_support import (
     DATASET_ASSET,
@@ -18,14 +18,13 @@ from secmlops.airflow_support import (
     lifecycle_asset,
     lifecycle_default_args,
     lifecycle_settings,
+    lifecycle_task,
     pull_and_verify_data,
-    refusals_fail_the_task,
 )
+from secmlops.lifecycle.contracts import CheckReport, VerifiedData
+from secmlops.settings import Settings
 
 DATASET = lifecycle_asset(DATASET_ASSET)
-
-# A deployment may change the cadence; "none" leaves only manual and REST-triggered runs.
-SCHEDULE = os.environ.get("SECMLOPS_DATA_PULL_SCHEDULE", "@daily")
 
 DOC = """
 ### Pull, verify and announce a dataset version
@@ -40,12 +39,13 @@ DOC = """
    which schedules `secmlops_training`.
 
 A refused control fails its task without retries; every decision is in the audit log.
+The cadence is `$SECMLOPS_DATA_PULL_SCHEDULE` (default daily; `none`: manual and REST only).
 """
 
 
 @dag(
     dag_id="secmlops_data_pull",
-    schedule=None if SCHEDULE == "none" else SCHEDULE,
+    schedule=Settings.from_env().data_pull_schedule,
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -57,23 +57,24 @@ A refused control fails its task without retries; every decision is in the audit
     },
 )
 def secmlops_data_pull():
-    @task(execution_timeout=timedelta(minutes=10))
-    def validate_data(verified: dict) -> dict:
+    @lifecycle_task(execution_timeout=timedelta(minutes=10))
+    def validate_data(verified: VerifiedData) -> CheckReport:
         from secmlops.lifecycle import validate_data
 
-        with refusals_fail_the_task():
-            return validate_data(lifecycle_settings(), verified["data_dir"])
+        return validate_data(lifecycle_settings(), verified)
 
-    @task(execution_timeout=timedelta(minutes=30))
-    def screen_data(verified: dict) -> dict:
+    @lifecycle_task(execution_timeout=timedelta(minutes=30))
+    def screen_data(verified: VerifiedData) -> CheckReport:
         from secmlops.lifecycle import screen_data
 
-        with refusals_fail_the_task():
-            return screen_data(lifecycle_settings(), verified["data_dir"])
+        return screen_data(lifecycle_settings(), verified)
 
-    @task(outlets=[DATASET])
-    def emit_dataset(verified: dict, validated: dict, screened: dict) -> dict:
-        extra = {key: verified[key] for key in ("rev", "manifest_digest", "signer")}
+    @lifecycle_task(outlets=[DATASET])
+    def emit_dataset(
+        verified: VerifiedData, validated: CheckReport, screened: CheckReport
+    ) -> dict[str, Any]:
+        extra: dict[str, Any] = {"rev": verified["rev"], "signer": verified["signer"],
+                                 "manifest_digest": verified["manifest_digest"]}  # fmt: skip
         get_current_context()["outlet_events"][DATASET].extra = extra
         return {**extra, "validation": validated["report"], "screening": screened["report"]}
 

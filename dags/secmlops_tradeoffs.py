@@ -1,22 +1,24 @@
 """The security/performance trade-off study, on demand: pull + verify a dataset version, then
 measure every control's cost and benefit on it (`secmlops.tradeoffs`).
 
-Every task is one call into `secmlops.lifecycle`; this file only wires them (DESIGN.md).
+Every task is one call into `secmlops.lifecycle`; this file only wires them.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context
 
 from secmlops.airflow_support import (
-    TRAINING_QUEUE,
     data_rev_param,
     lifecycle_default_args,
     lifecycle_settings,
+    lifecycle_task,
     pull_and_verify_data,
 )
+from secmlops.lifecycle.contracts import StudySummary, VerifiedData
+from secmlops.settings import Settings
 
 DOC = """
 ### The trade-off study
@@ -28,7 +30,7 @@ DOC = """
    verification at load; serving screening) and measures cost (training time, latency p50/p95,
    peak memory, pipeline time) and benefit (clean and robust mAP, detection and alarm rates).
    `quick` runs the small CI grid. The CSV, Markdown table, plots and HTML report go to
-   `$SECMLOPS_WORKDIR/runs/tradeoffs/<time>/`; the SecMLOps view shows the latest one.
+   `$SECMLOPS_TRADEOFFS_DIR/<time>/`; the SecMLOps view shows the latest one.
 """
 
 
@@ -48,14 +50,13 @@ DOC = """
 )
 def secmlops_tradeoffs():
     # The study trains every grid model: it goes where training goes (GPU workers, if any).
-    @task(execution_timeout=timedelta(hours=24), queue=TRAINING_QUEUE)
-    def run_study(data: dict) -> dict:
+    @lifecycle_task(execution_timeout=timedelta(hours=24), queue=Settings.from_env().training_queue)
+    def run_study(data: VerifiedData) -> StudySummary:
         from secmlops.lifecycle import tradeoff_study
 
         context = get_current_context()
         quick = bool(context["params"]["quick"])
-        settings = lifecycle_settings()
-        return tradeoff_study(settings, data["data_dir"], quick, context["run_id"])
+        return tradeoff_study(lifecycle_settings(), data, quick, context["run_id"])
 
     run_study(pull_and_verify_data())
 

@@ -1,58 +1,78 @@
 """Train, attack, gate, sign and release the pedestrian detector.
 
-pull + verify data -> train the candidate (adversarial augmentation) and its undefended baseline
--> robustness suite (and the production model's, for the regression check) -> gate -> sign ->
-push -> promote -> `model` asset. Runs on the `dataset` asset (a new verified data version) or
-the `retraining-request` asset (monitoring), or by hand from the UI's trigger form.
+plan (parameters and the run's effective policy, fixed once) + pull + verify data -> train the
+candidate (adversarial augmentation) and its undefended baseline -> robustness suite (and the
+production model's, for the regression check) -> gate -> sign -> push -> promote -> `model`
+asset. Runs on the `dataset` asset (a new verified data version) or the `retraining-request`
+asset (monitoring), or by hand from the UI's trigger form.
 
-Every task is one call into `secmlops.lifecycle`; this file only wires them (DESIGN.md). Nothing
-heavy is imported at parse time (torch is imported inside the task bodies).
+Every task is one call into `secmlops.lifecycle`; this file only wires them. Nothing heavy is
+imported at parse time (torch is imported inside the task bodies).
 """
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
+from typing import Any
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context
 
 from secmlops.airflow_support import (
     DATASET_ASSET,
     MODEL_ASSET,
     RETRAINING_REQUEST_ASSET,
-    TRAINING_QUEUE,
     data_rev_param,
     lifecycle_asset,
     lifecycle_default_args,
     lifecycle_settings,
+    lifecycle_task,
     pull_and_verify_data,
-    refusals_fail_the_task,
 )
+from secmlops.lifecycle.contracts import (
+    ARCHITECTURES,
+    DEFAULT_EPS,
+    DEFENCE_METHODS,
+    EPS_PATTERN,
+    Evaluation,
+    GateResult,
+    ProductionEvaluation,
+    Promotion,
+    Release,
+    SignedModel,
+    TrainedModel,
+    TrainingPlan,
+    TrainingRequest,
+    VerifiedData,
+)
+from secmlops.settings import Settings
 
 DATASET = lifecycle_asset(DATASET_ASSET)
 MODEL = lifecycle_asset(MODEL_ASSET)
 RETRAINING_REQUEST = lifecycle_asset(RETRAINING_REQUEST_ASSET)
+DEFAULTS = TrainingRequest()
 # Scheduled (asset-triggered) runs take the params' defaults; a deployment sets its training and
-# evaluation budget for them here (unset: epochs from the data size, every test image attacked).
-DEFAULT_EPOCHS = int(os.environ["SECMLOPS_TRAINING_EPOCHS"]) if os.environ.get(
-    "SECMLOPS_TRAINING_EPOCHS") else None  # fmt: skip
-DEFAULT_EVAL_IMAGES = int(os.environ["SECMLOPS_EVAL_MAX_IMAGES"]) if os.environ.get(
-    "SECMLOPS_EVAL_MAX_IMAGES") else None  # fmt: skip
+# evaluation budget for them (unset: epochs from the data size, every test image attacked).
+DEPLOYMENT = Settings.from_env()
 
 DOC = """
 ### Train, gate and release the pedestrian detector
 
-1. **pull_data** / **verify_data**: the dataset version of the triggering `dataset` event (or
+1. **plan_run**: the run's parameters, parsed once, and its effective policy: the policy file
+   with `policy_overrides` applied (each needs `override_reason`, and is audited), written to
+   the run folder with its digest. Every later task reads that one policy.
+2. **pull_data** / **verify_data**: the dataset version of the triggering `dataset` event (or
    `data_rev`, or the newest), pulled and verified again: workers may differ from the puller.
-2. **train_model** (adversarial augmentation: `adversarial`, `eps`, `mix`) and
+3. **train_model** (adversarial augmentation: `adversarial`, `eps`, `mix`) and
    **train_baseline** (the same without the defence, for the gate's defence-cost check), seeded
-   and checkpointed; a retried task resumes. `train_model` runs on `$SECMLOPS_TRAINING_QUEUE`.
-3. **evaluate_model**: the policy's attack suite (PGD, FGSM, patch, corruptions; ART as the
+   and checkpointed; a retried task resumes. Training runs on `$SECMLOPS_TRAINING_QUEUE`.
+4. **evaluate_model**: the run policy's attack suite (PGD, FGSM, patch, corruptions; ART as the
    independent reference); **evaluate_production**: the same on the model in production.
-4. **gate_model**: the robustness gate. A failed gate fails the run with the gate's message,
-   and nothing after it runs. `policy_overrides` need an `override_reason` (audited).
-5. **sign_model** (screener calibration, provenance, signature) -> **push_model** ->
-   **promote_model** (the `production` alias, compare-and-swap) -> `model` asset.
+5. **gate_model**: the robustness gate under the run policy. A failed gate fails the run with
+   the gate's message, and nothing after it runs.
+6. **sign_model** (screener calibration, provenance naming the run policy's digest, signature)
+   -> **push_model** -> **promote_model** (the `production` alias, compare-and-swap) -> `model`.
+
+A refused control fails its task once, without retries; every decision is in the audit log.
 """
 
 
@@ -67,27 +87,35 @@ DOC = """
     default_args=lifecycle_default_args(retries=1, retry_delay=timedelta(seconds=30)),
     params={
         "data_rev": data_rev_param("Dataset tag; empty = the triggering event's, else the newest."),
-        "architecture": Param(
-            "compact_centernet",
-            type="string",
-            enum=["compact_centernet", "fasterrcnn_mobilenet_v3", "fcos_resnet50", "ssdlite320"],
-        ),
+        "architecture": Param(DEFAULTS.architecture, type="string", enum=list(ARCHITECTURES)),
         "epochs": Param(
-            DEFAULT_EPOCHS, type=["null", "integer"], minimum=1, description="Empty = auto."
+            DEPLOYMENT.training_epochs,
+            type=["null", "integer"],
+            minimum=1,
+            description="Empty = from the data size.",
         ),
-        "seed": Param(0, type="integer", minimum=0),
+        "seed": Param(DEFAULTS.seed, type="integer", minimum=0),
         "adversarial": Param(
-            "fgsm-rs",
+            DEFAULTS.adversarial,
             type="string",
-            enum=["fgsm-rs", "pgd", "none"],
+            enum=list(DEFENCE_METHODS),
             description="Adversarial augmentation (none: no defence, no baseline).",
         ),
         "eps": Param(
-            "4/255", type="string", pattern=r"^[0-9.]+(/[0-9.]+)?$", description="L-inf budget."
+            DEFAULT_EPS,
+            type="string",
+            pattern=EPS_PATTERN,
+            description="L-inf budget of the training attack: a positive number or fraction.",
         ),
-        "mix": Param(0.5, type="number", minimum=0, maximum=1, description="Adversarial share."),
+        "mix": Param(
+            DEFAULTS.mix,
+            type="number",
+            exclusiveMinimum=0,
+            maximum=1,
+            description="Share of every batch replaced by adversarial examples.",
+        ),
         "max_eval_images": Param(
-            DEFAULT_EVAL_IMAGES,
+            DEPLOYMENT.eval_max_images,
             type=["null", "integer"],
             minimum=1,
             description="Cap on attacked test images; empty = all.",
@@ -96,7 +124,8 @@ DOC = """
             [],
             type="array",
             items={"type": "string", "pattern": r"^[a-z_]+(\.[A-Za-z0-9_]+)+=.+$"},
-            description="Gate thresholds changed for this run, e.g. gate.min_clean_mAP50=0.7.",
+            description="Policy thresholds changed for this run, e.g. gate.min_clean_map50=0.7 "
+            "or gate.attacks.pgd_steps=3 (the run's whole evaluation and gate use them).",
         ),
         "override_reason": Param(
             "", type="string", description="Why (required with overrides; audited)."
@@ -104,89 +133,93 @@ DOC = """
     },
 )
 def secmlops_training():
-    @task(execution_timeout=timedelta(hours=6), queue=TRAINING_QUEUE)
-    def train_model(data: dict) -> dict:
-        from secmlops.lifecycle import train
+    @lifecycle_task(execution_timeout=timedelta(minutes=5))
+    def plan_run() -> TrainingPlan:
+        from secmlops.lifecycle import plan_training
 
         context = get_current_context()
-        settings = lifecycle_settings()
-        return train(
-            settings, data["data_dir"], context["run_id"], context["params"], defended=True
-        )
-
-    @task(execution_timeout=timedelta(hours=6), queue=TRAINING_QUEUE)
-    def train_baseline(data: dict) -> dict | None:
-        from secmlops.lifecycle import train
-
-        context = get_current_context()
-        settings = lifecycle_settings()
         params = context["params"]
-        return train(settings, data["data_dir"], context["run_id"], params, defended=False)
-
-    @task(execution_timeout=timedelta(hours=2))
-    def evaluate_model(data: dict, trained: dict, baseline: dict | None) -> dict:
-        from secmlops.lifecycle import evaluate
-
-        context = get_current_context()
-        settings = lifecycle_settings()
-        return evaluate(
-            settings, trained["model_dir"], data["data_dir"],
-            str(settings.run_dir(context["run_id"]) / "robustness.json"),
-            baseline_dir=baseline["model_dir"] if baseline else None,
-            max_images=context["params"]["max_eval_images"],
+        return plan_training(
+            lifecycle_settings(), context["run_id"], params, params["policy_overrides"],
+            params["override_reason"], params["max_eval_images"],
         )  # fmt: skip
 
-    @task(execution_timeout=timedelta(hours=2))
-    def evaluate_production(data: dict) -> dict | None:
+    @lifecycle_task(execution_timeout=timedelta(hours=6), queue=DEPLOYMENT.training_queue)
+    def train_model(plan: TrainingPlan, data: VerifiedData) -> TrainedModel:
+        from secmlops.lifecycle import CANDIDATE, TrainingRequest, train
+
+        request = TrainingRequest(**plan["request"])
+        run_id = get_current_context()["run_id"]
+        return train(lifecycle_settings(), data, run_id, request, name=CANDIDATE)
+
+    @lifecycle_task(execution_timeout=timedelta(hours=6), queue=DEPLOYMENT.training_queue)
+    def train_baseline(plan: TrainingPlan, data: VerifiedData) -> TrainedModel | None:
+        from secmlops.lifecycle import BASELINE, TrainingRequest, train
+
+        request = TrainingRequest(**plan["request"])
+        if not request.defended:
+            return None  # the candidate is undefended itself: nothing to compare
+        run_id = get_current_context()["run_id"]
+        return train(lifecycle_settings(), data, run_id, request.undefended(), name=BASELINE)
+
+    @lifecycle_task(execution_timeout=timedelta(hours=2))
+    def evaluate_model(
+        plan: TrainingPlan, data: VerifiedData, trained: TrainedModel, baseline: TrainedModel | None
+    ) -> Evaluation:
+        from secmlops.lifecycle import evaluate
+
+        out = lifecycle_settings().run_dir(get_current_context()["run_id"]) / "robustness.json"
+        return evaluate(
+            plan["policy"], trained["model_dir"], data, out, baseline=baseline,
+            max_images=plan["max_eval_images"],
+        )  # fmt: skip
+
+    @lifecycle_task(execution_timeout=timedelta(hours=2))
+    def evaluate_production(plan: TrainingPlan, data: VerifiedData) -> ProductionEvaluation | None:
         from secmlops.lifecycle import evaluate_production
 
-        context = get_current_context()
-        with refusals_fail_the_task():
-            return evaluate_production(
-                lifecycle_settings(), data["data_dir"], context["run_id"],
-                context["params"]["max_eval_images"],
-            )  # fmt: skip
+        return evaluate_production(
+            lifecycle_settings(), plan["policy"], data, get_current_context()["run_id"],
+            plan["max_eval_images"],
+        )  # fmt: skip
 
-    @task(execution_timeout=timedelta(minutes=10))
-    def gate_model(evaluated: dict, production: dict | None) -> dict:
+    @lifecycle_task(execution_timeout=timedelta(minutes=10))
+    def gate_model(
+        plan: TrainingPlan, evaluated: Evaluation, production: ProductionEvaluation | None
+    ) -> GateResult:
         from secmlops.lifecycle import gate
 
-        params = get_current_context()["params"]
-        with refusals_fail_the_task():
-            return gate(
-                lifecycle_settings(), evaluated["report"], production,
-                params["policy_overrides"], params["override_reason"],
-            )  # fmt: skip
+        return gate(lifecycle_settings(), plan["policy"], evaluated, production)
 
-    @task(execution_timeout=timedelta(minutes=20))
-    def sign_model(data: dict, trained: dict, gated: dict) -> dict:
+    @lifecycle_task(execution_timeout=timedelta(minutes=20))
+    def sign_model(
+        plan: TrainingPlan, data: VerifiedData, trained: TrainedModel, gated: GateResult
+    ) -> SignedModel:
         from secmlops.lifecycle import sign
 
-        with refusals_fail_the_task():
-            return sign(lifecycle_settings(), trained["model_dir"], data, gated["record"])
+        return sign(lifecycle_settings(), plan["policy"], trained, data, gated)
 
-    @task(execution_timeout=timedelta(minutes=20))
-    def push_model(signed: dict) -> dict:
+    @lifecycle_task(execution_timeout=timedelta(minutes=20))
+    def push_model(signed: SignedModel) -> Release:
         from secmlops.lifecycle import push
 
-        with refusals_fail_the_task():
-            return push(lifecycle_settings(), signed, get_current_context()["run_id"])
+        return push(lifecycle_settings(), signed, get_current_context()["run_id"])
 
-    @task(execution_timeout=timedelta(minutes=10), outlets=[MODEL])
-    def promote_model(release: dict) -> dict:
+    @lifecycle_task(execution_timeout=timedelta(minutes=10), outlets=[MODEL])
+    def promote_model(release: Release) -> Promotion:
         from secmlops.lifecycle import promote
 
-        with refusals_fail_the_task():
-            promoted = promote(lifecycle_settings(), release)
-        extra = {key: promoted[key] for key in ("name", "version", "weights_sha256")}
+        promoted = promote(lifecycle_settings(), release)
+        extra: dict[str, Any] = {k: promoted[k] for k in ("name", "version", "weights_sha256")}
         get_current_context()["outlet_events"][MODEL].extra = extra
         return promoted
 
+    plan = plan_run()
     data = pull_and_verify_data(DATASET)
-    trained = train_model(data)
-    evaluated = evaluate_model(data, trained, train_baseline(data))
-    gated = gate_model(evaluated, evaluate_production(data))
-    promote_model(push_model(sign_model(data, trained, gated)))
+    trained = train_model(plan, data)
+    evaluated = evaluate_model(plan, data, trained, train_baseline(plan, data))
+    gated = gate_model(plan, evaluated, evaluate_production(plan, data))
+    promote_model(push_model(sign_model(plan, data, trained, gated)))
 
 
 secmlops_training()

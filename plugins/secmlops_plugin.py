@@ -26,7 +26,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, Response
 
 from secmlops.errors import DataError
-from secmlops.reporting import sources_from_env
+from secmlops.reporting import Sources, sources_from_settings
 from secmlops.reporting.page import (
     gather_overview,
     page_json,
@@ -38,6 +38,7 @@ from secmlops.reporting.page import (
 )
 from secmlops.reporting.report_store import read_report
 from secmlops.reporting.sources import REPORT_MEDIA_TYPES
+from secmlops.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,12 @@ def require_reader(user: GetUserDep) -> None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "Forbidden")
 
 
+def current_sources() -> Sources:
+    """Where to read, from the deployment's settings (read per request: a changed deployment
+    shows without restarting the api-server)."""
+    return sources_from_settings(Settings.from_env())
+
+
 app = FastAPI(
     title="SecMLOps",
     dependencies=[Depends(require_reader)],
@@ -80,48 +87,48 @@ app = FastAPI(
 def overview_page(request: Request) -> HTMLResponse:
     """The overview page: Registry, Gate history, Drift, Trade-offs."""
     base_path = str(request.scope.get("root_path", "")).rstrip("/")
-    page = render_page(gather_overview(sources_from_env()), base_path)
+    page = render_page(gather_overview(current_sources()), base_path)
     return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_CSP})
 
 
 @app.get("/api")
 def overview_json() -> dict[str, Any]:
     """Every section at once."""
-    return page_json(gather_overview(sources_from_env()))
+    return page_json(gather_overview(current_sources()))
 
 
 @app.get("/api/registry")
 def registry_json() -> dict[str, Any]:
     """Versions, aliases, digests and signature status, verified now."""
-    registry, keys_message = read_registry(sources_from_env())
+    registry, keys_message = read_registry(current_sources())
     return {**registry.to_json(), "keys_message": keys_message}
 
 
 @app.get("/api/gates")
 def gates_json(limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict[str, Any]:
     """Gate decisions and registry changes from the verified audit log, newest first."""
-    return read_gates(sources_from_env(), limit).to_json()
+    return read_gates(current_sources(), limit).to_json()
 
 
 @app.get("/api/drift")
 def drift_json() -> dict[str, Any]:
     """The latest monitoring window's drift report."""
-    return read_drift(sources_from_env()).to_json()
+    return read_drift(current_sources()).to_json()
 
 
 @app.get("/api/tradeoffs")
 def tradeoffs_json() -> dict[str, Any]:
     """The latest trade-off study's table."""
-    return read_tradeoffs(sources_from_env()).to_json()
+    return read_tradeoffs(current_sources()).to_json()
 
 
 @app.get("/reports/{kind}/{folder}/{name}")
 def report(kind: Literal["drift", "tradeoffs"], folder: str, name: str) -> Response:
     """A file of a drift window or a trade-off study; nothing outside the configured roots."""
-    sources = sources_from_env()
+    sources = current_sources()
     root = sources.reports_root if kind == "drift" else sources.tradeoffs_root
     try:
-        content = read_report(root, folder, name)
+        content = read_report(root, folder, name, sources.s3_endpoint_url)
     except DataError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
     return Response(

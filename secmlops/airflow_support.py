@@ -1,25 +1,30 @@
-"""The one module of the library that talks to Airflow (DESIGN.md: `secmlops` never imports Airflow
-elsewhere). Airflow is imported inside the functions, so importing this module stays cheap.
+"""The one module of the library that talks to Airflow (`secmlops` never imports Airflow
+elsewhere; docs/architecture.md). Airflow is imported inside the functions, so importing this
+module stays cheap at DAG parse time.
+
+What the DAGs share lives here: `lifecycle_task` (every task: a refusal fails it without
+retries), `lifecycle_settings` (the deployment's settings inside a task, with the S3 Connection
+applied), the lifecycle's assets, and the wiring of pull + verify.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 from secmlops.errors import DataError
+from secmlops.lifecycle.contracts import PulledData, VerifiedData
+from secmlops.settings import Settings
 from secmlops.supplychain.keys import Keyring
 
-if TYPE_CHECKING:
-    from secmlops.lifecycle import LifecycleSettings
-
-# The Airflow Connection holding the S3 credentials and endpoint of the stores (optional).
-S3_CONNECTION_ENV = "SECMLOPS_S3_CONNECTION"
-# Training goes to the GPU workers' queue when the deployment has one (docs/operations.md).
-TRAINING_QUEUE = os.environ.get("SECMLOPS_TRAINING_QUEUE", "default")
+F = TypeVar("F", bound=Callable[..., Any])
+# Marks a task callable wrapped by `lifecycle_task` (the DAG integrity test checks every task).
+REFUSALS_FAIL_MARK = "secmlops_refusals_fail_the_task"
 
 
 def keyring_from_connection(conn_id: str) -> Keyring:
@@ -49,13 +54,15 @@ def keyring_from_connection(conn_id: str) -> Keyring:
     return Keyring.from_pem("\n".join(pems), source=f"airflow connection {conn_id}")
 
 
-def s3_env_from_connection(conn_id: str) -> dict[str, str]:
-    """S3 credentials and endpoint from an Airflow Connection, as the environment boto3 and DVC
-    read (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`,
-    `SECMLOPS_S3_ENDPOINT_URL`).
+def s3_env_from_connection(conn_id: str) -> tuple[dict[str, str], str | None]:
+    """S3 credentials from an Airflow Connection, as the environment boto3 and DVC read
+    (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`), and its endpoint.
 
     The connection (type `aws`): login = access key id, password = secret access key, extra
     `{"endpoint_url": "http://minio:9000", "region_name": "us-east-1"}` (both optional).
+
+    Returns:
+        (the AWS environment variables, the endpoint URL or None).
 
     Raises:
         DataError: the connection does not exist or has no access key pair.
@@ -75,28 +82,29 @@ def s3_env_from_connection(conn_id: str) -> dict[str, str]:
     env = {"AWS_ACCESS_KEY_ID": connection.login, "AWS_SECRET_ACCESS_KEY": connection.password}
     if extra.get("region_name"):
         env["AWS_DEFAULT_REGION"] = str(extra["region_name"])
-    if extra.get("endpoint_url"):
-        env["SECMLOPS_S3_ENDPOINT_URL"] = str(extra["endpoint_url"])
-    return env
+    endpoint = str(extra["endpoint_url"]) if extra.get("endpoint_url") else None
+    return env, endpoint
 
 
-# The lifecycle's assets (DESIGN.md): the data-pull DAG emits `dataset`, the training DAG emits
-# `model` and runs on `dataset` or `retraining-request`, which the monitoring DAG emits.
-def lifecycle_settings() -> LifecycleSettings:
-    """`LifecycleSettings.from_env()` for a task: with `$SECMLOPS_S3_CONNECTION` set, the S3
-    credentials and endpoint of that Connection are first put into the task's environment,
-    where boto3 and DVC read them.
+def lifecycle_settings() -> Settings:
+    """The deployment's settings for a task: with `Settings.s3_connection` set, the S3
+    credentials of that Connection are first put into the task's environment (where boto3 and
+    DVC read them) and its endpoint becomes the settings' S3 endpoint.
 
     Raises:
         DataError: the named connection is missing or has no access key pair.
     """
-    from secmlops.lifecycle import LifecycleSettings
+    settings = Settings.from_env()
+    if settings.s3_connection:
+        env, endpoint = s3_env_from_connection(settings.s3_connection)
+        os.environ.update(env)
+        if endpoint:
+            settings = dataclasses.replace(settings, s3_endpoint_url=endpoint)
+    return settings
 
-    if os.environ.get(S3_CONNECTION_ENV):
-        os.environ.update(s3_env_from_connection(os.environ[S3_CONNECTION_ENV]))
-    return LifecycleSettings.from_env()
 
-
+# The lifecycle's assets: the data-pull DAG emits `dataset`, the training DAG emits `model` and
+# runs on `dataset` or `retraining-request`, which the monitoring DAG emits.
 DATASET_ASSET = "dataset"
 MODEL_ASSET = "model"
 RETRAINING_REQUEST_ASSET = "retraining-request"
@@ -113,34 +121,50 @@ def lifecycle_asset(name: str) -> Any:
 
 @contextmanager
 def refusals_fail_the_task() -> Iterator[None]:
-    """Turn a control's refusal into a task failure that is not retried.
+    """Turn a control's refusal (any `secmlops.errors.Refusal`) into a task failure that is not
+    retried.
 
     A tampered dataset or a failed gate does not get better on a retry; retrying would only
     repeat the refusal (and its audit entry). Infrastructure errors keep their retries.
     """
     from airflow.sdk.exceptions import AirflowFailException
 
-    from secmlops.errors import (
-        AuditError,
-        GateFailed,
-        IntegrityError,
-        PolicyError,
-        ValidationFailed,
-    )
+    from secmlops.errors import Refusal
 
     try:
         yield
-    except (GateFailed, IntegrityError, PolicyError, ValidationFailed, AuditError) as exc:
+    except Refusal as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+
+def lifecycle_task(**task_kwargs: Any) -> Callable[[F], Any]:
+    """`@task(**task_kwargs)` for the lifecycle's DAGs: the body runs under
+    `refusals_fail_the_task`, so a refusal fails the task once, without retries.
+
+    Every task of `dags/` uses it (a DAG integrity test checks), so a new control's refusal
+    needs no wiring of its own. A task's payload travels as one XCom (`multiple_outputs` off).
+    """
+    from airflow.sdk import task
+
+    task_kwargs.setdefault("multiple_outputs", False)
+
+    def decorate(function: F) -> Any:
+        @functools.wraps(function)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with refusals_fail_the_task():
+                return function(*args, **kwargs)
+
+        setattr(run, REFUSALS_FAIL_MARK, True)
+        return task(**task_kwargs)(run)
+
+    return decorate
 
 
 def audit_task_failure(context: Mapping[str, Any]) -> None:
     """`on_failure_callback`: record a failed task in the audit log (which control, which run)."""
-    from secmlops.audit import AuditLog, default_audit_path
-
     ti = context.get("task_instance") or context.get("ti")
     exception = context.get("exception")
-    AuditLog(default_audit_path(), actor="airflow").append(
+    Settings.from_env().audit(actor="airflow").append(
         "airflow",
         "task_failed",
         "fail",
@@ -176,16 +200,16 @@ def lifecycle_default_args(retries: int, retry_delay: timedelta) -> dict[str, An
 
 def pull_and_verify_data(dataset_asset: Any = None) -> Any:
     """Add `pull_data -> verify_data` to the DAG being defined; returns verify_data's output
-    ({"rev", "data_dir", "manifest_digest", "signer", ...}).
+    (`VerifiedData`).
 
     The revision is the run's `data_rev` param, else (when `dataset_asset` is given) the one
     the triggering `dataset` event names, else the newest published version. Verification runs
     on the worker that will use the data: workers may differ from the one that pulled before.
     """
-    from airflow.sdk import get_current_context, task
+    from airflow.sdk import get_current_context
 
-    @task(execution_timeout=timedelta(minutes=30))
-    def pull_data() -> dict[str, Any]:
+    @lifecycle_task(execution_timeout=timedelta(minutes=30))
+    def pull_data() -> PulledData:
         from secmlops.lifecycle import pull_data
 
         context = get_current_context()
@@ -195,11 +219,10 @@ def pull_and_verify_data(dataset_asset: Any = None) -> Any:
                 rev = rev or event.extra.get("rev")
         return pull_data(lifecycle_settings(), rev, context["run_id"])
 
-    @task(execution_timeout=timedelta(minutes=10))
-    def verify_data(pulled: dict[str, Any]) -> dict[str, Any]:
+    @lifecycle_task(execution_timeout=timedelta(minutes=10))
+    def verify_data(pulled: PulledData) -> VerifiedData:
         from secmlops.lifecycle import verify_data
 
-        with refusals_fail_the_task():
-            return {**pulled, **verify_data(lifecycle_settings(), pulled["data_dir"])}
+        return verify_data(lifecycle_settings(), pulled)
 
     return verify_data(pull_data())

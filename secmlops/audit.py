@@ -41,9 +41,6 @@ from secmlops.errors import AuditError
 
 GENESIS = "0" * 64
 DECISIONS = ("pass", "fail", "override", "info")
-AUDIT_LOG_ENV = "SECMLOPS_AUDIT_LOG"
-ACTOR_ENV = "SECMLOPS_ACTOR"
-WORKDIR_ENV = "SECMLOPS_WORKDIR"
 _FIELDS = {
     "seq": int,
     "time": str,
@@ -59,19 +56,8 @@ _FIELDS = {
 _TAIL_BLOCK = 8192
 
 
-def default_audit_path() -> Path:
-    """`$SECMLOPS_AUDIT_LOG`, else `<$SECMLOPS_WORKDIR or ./runs>/audit/audit.jsonl`."""
-    explicit = os.environ.get(AUDIT_LOG_ENV)
-    if explicit:
-        return Path(explicit)
-    return Path(os.environ.get(WORKDIR_ENV) or "runs") / "audit" / "audit.jsonl"
-
-
 def default_actor() -> str:
-    """`$SECMLOPS_ACTOR` (set it to the Airflow user or service account), else user@host."""
-    actor = os.environ.get(ACTOR_ENV)
-    if actor:
-        return actor
+    """user@host: who acts when the deployment names no actor (`Settings.actor`)."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError):  # no passwd entry, as in some containers
@@ -93,8 +79,8 @@ def entry_hash(entry: dict[str, Any]) -> str:
 class AuditLog:
     """An append-only JSON-lines audit log at `path` (created on first append)."""
 
-    def __init__(self, path: Path | None = None, actor: str | None = None) -> None:
-        self.path = Path(path) if path is not None else default_audit_path()
+    def __init__(self, path: Path | str, actor: str | None = None) -> None:
+        self.path = Path(path)
         self.actor = actor
 
     def append(

@@ -2,6 +2,12 @@
 
 Every failure a user can cause (bad input, missing file, failed check) raises a subclass of
 `SecMLOpsError` whose message names the problem and the offending path or value.
+
+`Refusal` marks the errors of a control that says "no" (a failed gate, a tampered artifact, an
+invalid policy, a dataset that fails validation or the poisoning screen, a broken audit chain).
+A refusal does not get better when retried: the Airflow adapter turns every one into a task
+failure without retries (`secmlops.airflow_support.lifecycle_task`); any other error (a network
+blip, a full disk) keeps the task's retries. A new control raises a subclass of `Refusal`.
 """
 
 from typing import Any
@@ -19,19 +25,23 @@ class ModelError(SecMLOpsError):
     """A model directory or model configuration is missing, malformed or inconsistent."""
 
 
-class IntegrityError(SecMLOpsError):
+class Refusal(SecMLOpsError):
+    """A control refused its input; retrying the same input gets the same answer."""
+
+
+class IntegrityError(Refusal):
     """A signature, digest or manifest check failed: the bytes are not the ones that were signed."""
 
 
-class PolicyError(SecMLOpsError):
+class PolicyError(Refusal):
     """The policy file is missing, malformed, has unknown keys or lacks a required threshold."""
 
 
-class AuditError(SecMLOpsError):
+class AuditError(Refusal):
     """The audit log is unreadable, or its hash chain is broken (entry edited, removed, moved)."""
 
 
-class ValidationFailed(DataError):
+class ValidationFailed(DataError, Refusal):
     """Dataset validation found problems; `problems` lists each one with the file it concerns."""
 
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
@@ -39,7 +49,7 @@ class ValidationFailed(DataError):
         self.problems = problems or []
 
 
-class PoisoningSuspected(DataError):
+class PoisoningSuspected(DataError, Refusal):
     """Poisoning screening flagged images above the policy threshold; `flagged` names them."""
 
     def __init__(self, message: str, flagged: list[str] | None = None) -> None:
@@ -47,7 +57,11 @@ class PoisoningSuspected(DataError):
         self.flagged = flagged or []
 
 
-class GateFailed(SecMLOpsError):
+class InvalidRequest(ModelError, Refusal):
+    """A run's parameters (trigger form, command line) are invalid: the same ones fail again."""
+
+
+class GateFailed(Refusal):
     """The robustness gate refused a model.
 
     `failures` holds each failed check ({"name", "label", "measured", "threshold", "comparison",

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -73,3 +74,8 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def safe_name(text: str) -> str:
+    """A file-system-safe name for run ids such as `manual__2026-11-25T10:00:00+00:00`."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "run"

@@ -49,12 +49,14 @@ def test_s3_credentials_from_an_aws_connection(monkeypatch):
         "extra": {"endpoint_url": "http://127.0.0.1:9000", "region_name": "eu-west-1"},
     }
     monkeypatch.setenv("AIRFLOW_CONN_SECMLOPS_S3", json.dumps(connection))
-    assert s3_env_from_connection("secmlops_s3") == {
-        "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
-        "AWS_SECRET_ACCESS_KEY": "secret/example",
-        "AWS_DEFAULT_REGION": "eu-west-1",
-        "SECMLOPS_S3_ENDPOINT_URL": "http://127.0.0.1:9000",
-    }
+    assert s3_env_from_connection("secmlops_s3") == (
+        {
+            "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+            "AWS_SECRET_ACCESS_KEY": "secret/example",
+            "AWS_DEFAULT_REGION": "eu-west-1",
+        },
+        "http://127.0.0.1:9000",
+    )
     monkeypatch.setenv("AIRFLOW_CONN_NO_KEYS", json.dumps({"conn_type": "aws"}))
     with pytest.raises(DataError, match="no access key pair"):
         s3_env_from_connection("no_keys")
@@ -64,16 +66,17 @@ def test_lifecycle_settings_take_s3_credentials_from_the_named_connection(monkey
     import os
 
     from secmlops.airflow_support import lifecycle_settings
-    from secmlops.lifecycle import LifecycleSettings
+    from secmlops.settings import Settings
 
-    connection = {"conn_type": "aws", "login": "AKIDLIFECYCLE", "password": "s3cret"}
+    connection = {"conn_type": "aws", "login": "AKIDLIFECYCLE", "password": "s3cret",
+                  "extra": {"endpoint_url": "http://127.0.0.1:9000"}}  # fmt: skip
     monkeypatch.setenv("AIRFLOW_CONN_TEAM_S3", json.dumps(connection))
     monkeypatch.setenv("SECMLOPS_S3_CONNECTION", "team_s3")
     # setenv, not delenv: monkeypatch then restores (or removes) them after the test.
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "before")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "before")
-    LifecycleSettings.from_env()  # outside Airflow tasks: the environment is left alone
+    assert Settings.from_env().s3_endpoint_url is None  # outside Airflow tasks: nothing changes
     assert os.environ["AWS_ACCESS_KEY_ID"] == "before"
-    lifecycle_settings()
+    assert lifecycle_settings().s3_endpoint_url == "http://127.0.0.1:9000"
     assert os.environ["AWS_ACCESS_KEY_ID"] == "AKIDLIFECYCLE"
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == "s3cret"

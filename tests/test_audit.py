@@ -13,7 +13,6 @@ from secmlops.audit import (
     GENESIS,
     AuditLog,
     canonical_json,
-    default_audit_path,
     entry_hash,
     read_audit_log,
     verify_audit_log,
@@ -56,19 +55,18 @@ def test_append_builds_a_chain(tmp_path: Path) -> None:
     assert lines(path)[0] == canonical_json(first) + "\n"
 
 
-def test_actor_and_path_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SECMLOPS_ACTOR", "airflow:secmlops_data")
-    monkeypatch.delenv("SECMLOPS_AUDIT_LOG", raising=False)
-    monkeypatch.setenv("SECMLOPS_WORKDIR", str(tmp_path / "work"))
-    assert default_audit_path() == tmp_path / "work" / "audit" / "audit.jsonl"
-    entry = AuditLog().append("data", "pull", "info", "rev:abc")
+def test_actor_and_path_come_from_the_settings(tmp_path: Path) -> None:
+    from secmlops.settings import Settings
+
+    env = {"SECMLOPS_ACTOR": "airflow:secmlops_data", "SECMLOPS_WORKDIR": str(tmp_path / "work")}
+    entry = Settings.from_env(env).audit().append("data", "pull", "info", "rev:abc")
     assert entry["actor"] == "airflow:secmlops_data"
     assert verify_audit_log(tmp_path / "work" / "audit" / "audit.jsonl") == 1
-    monkeypatch.setenv("SECMLOPS_AUDIT_LOG", str(tmp_path / "x.jsonl"))
-    assert default_audit_path() == tmp_path / "x.jsonl"
-    monkeypatch.delenv("SECMLOPS_WORKDIR")
-    monkeypatch.delenv("SECMLOPS_AUDIT_LOG")
-    assert default_audit_path() == Path("runs/audit/audit.jsonl")
+    env["SECMLOPS_AUDIT_LOG"] = str(tmp_path / "x.jsonl")
+    assert Settings.from_env(env).audit(actor="airflow").append("d", "a", "info", "s")["actor"] == (
+        "airflow"
+    )
+    assert verify_audit_log(tmp_path / "x.jsonl") == 1
 
 
 def test_unknown_decision_is_refused(tmp_path: Path) -> None:

@@ -347,7 +347,7 @@ def test_workers_serve_the_default_and_gpu_queues():
         queue = environment(services[name])["SECMLOPS_TRAINING_QUEUE"]
         assert queue == "${SECMLOPS_TRAINING_QUEUE:-default}", name
     assert load_env_example()["SECMLOPS_TRAINING_QUEUE"] in workers["airflow-worker"]
-    assert "queue=TRAINING_QUEUE" in (ROOT / "dags/secmlops_training.py").read_text()
+    assert "queue=DEPLOYMENT.training_queue" in (ROOT / "dags/secmlops_training.py").read_text()
 
 
 def test_airflow_runs_the_celery_executor_on_postgres_and_redis():

@@ -350,3 +350,40 @@ def test_monitoring_section_is_strict(tmp_path):
     assert "monitoring.adversarial_score_threshold: field required" in error_of(
         write(tmp_path, content)
     )
+
+
+# Where a user reads override examples: the README, the docs, the trigger form, the CLI's help.
+DOCUMENTED = ["README.md", "Makefile", "docs/*.md", "dags/*.py", "secmlops/cli/*.py"]
+OVERRIDE_EXAMPLE = re.compile(r"\b((?:data|gate|monitoring)\.[A-Za-z0-9_.]+)=([^\s\"'`,)]+)")
+
+
+def documented_override_examples() -> list[tuple[str, str, str]]:
+    root = Path(__file__).resolve().parents[1]
+    found = {}
+    for pattern in DOCUMENTED:
+        for path in sorted(root.glob(pattern)):
+            for key, value in OVERRIDE_EXAMPLE.findall(path.read_text()):
+                if "$" not in value:  # a shell substitution, filled in when the command runs
+                    found[(key, value)] = str(path.relative_to(root))
+    return [(key, value, where) for (key, value), where in sorted(found.items())]
+
+
+def test_every_documented_override_example_applies_to_the_policy():
+    """The trigger form once suggested `gate.min_clean_mAP50=0.7`, an unknown key; every
+    example a user can copy must name a real threshold with a valid value."""
+    from secmlops.policy import parse_overrides
+
+    examples = documented_override_examples()
+    assert len(examples) >= 5 and ("gate.attacks.pgd_steps", "3") in {e[:2] for e in examples}
+    policy = load_policy(REPO_POLICY)
+    for key, value, where in examples:
+        for path, parsed, reason in parse_overrides([f"{key}={value}"], f"example in {where}"):
+            apply_override(policy, path, parsed, reason)  # raises PolicyError if it does not
+
+
+def test_a_misspelt_override_example_would_be_caught():
+    from secmlops.policy import parse_overrides
+
+    ((path, value, reason),) = parse_overrides(["gate.min_clean_mAP50=0.7"], "the old example")
+    with pytest.raises(PolicyError, match="unknown policy key"):
+        apply_override(load_policy(REPO_POLICY), path, value, reason)

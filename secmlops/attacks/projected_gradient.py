@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -104,25 +103,6 @@ class AttackConfig:
 def fgsm_rs(eps: float, norm: Norm = "inf") -> AttackConfig:
     """The FGSM-RS settings of Wong et al. (2020): one 1.25*eps step from a random start."""
     return AttackConfig(method="fgsm-rs", eps=eps, steps=1, norm=norm)
-
-
-def parse_eps(text: str | float) -> float:
-    """Read an eps given as a fraction of the pixel range ("4/255") or a number ("0.0157").
-
-    Raises:
-        ModelError: the text is neither, or the value is not positive.
-    """
-    if isinstance(text, int | float):
-        value = float(text)
-    else:
-        match = re.fullmatch(r"\s*([0-9.]+)\s*/\s*([0-9.]+)\s*", text)
-        try:
-            value = float(match[1]) / float(match[2]) if match else float(text)
-        except (ValueError, ZeroDivisionError):
-            raise ModelError(f"eps {text!r}: expected a number like 0.0157 or 4/255") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise ModelError(f"eps {text!r}: must be a positive number")
-    return value
 
 
 @contextmanager

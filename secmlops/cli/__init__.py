@@ -1,29 +1,43 @@
 """The `secmlops` command line: every lifecycle stage, runnable without a scheduler.
 
-Each command is a thin shell over one library function; errors a user can cause print one line
-(`error: ...`) and exit with status 2, with nothing half-written. Command groups live in the
-modules of this package and register themselves on the one `app`.
+Each command is a thin shell over library functions; errors a user can cause print one line
+(`error: ...`) and exit with status 2, with nothing half-written (`exits_on_user_error`). One
+module per command group; this file assembles them into the one `app`, so `secmlops --help`
+lists, and this file shows, every command in one place.
 """
 
 from __future__ import annotations
 
 from secmlops.cli import (
-    demo,  # noqa: F401  (registers demo)
-    gate,  # noqa: F401  (registers gate)
-    model,  # noqa: F401  (registers train, evaluate, predict)
-    model_import,  # noqa: F401  (registers the model group and model import)
-    model_sign,  # noqa: F401  (registers model sign, verify)
-    monitor,  # noqa: F401  (registers monitor)
-    policy,  # noqa: F401  (registers policy check, override)
-    registry,  # noqa: F401  (registers registry push, list, show, promote, rollback, pull)
-    security,  # noqa: F401  (registers keys, audit, data sign/verify/validate/screen)
-    serve,  # noqa: F401  (registers serve)
-    tradeoffs,  # noqa: F401  (registers tradeoffs)
-    versions,  # noqa: F401  (registers data publish, pull, versions)
+    audit,
+    data,
+    demo,
+    evaluation,
+    keys,
+    model,
+    monitoring,
+    policy,
+    registry,
+    serving,
+    settings,
+    tradeoffs,
+    training,
 )
 from secmlops.cli.common import EXIT_USER_ERROR, app
-from secmlops.cli.data import data_app
 
-app.add_typer(data_app, name="data")
+app.command("train")(training.train_command)
+app.command("evaluate")(evaluation.evaluate_command)
+app.command("predict")(evaluation.predict_command)
+app.command("gate")(evaluation.gate_command)
+app.command("serve")(serving.serve_command)
+app.command("monitor")(monitoring.monitor_command)
+app.command("tradeoffs")(tradeoffs.tradeoffs_command)
+app.command("demo")(demo.demo_command)
+app.command("ui")(demo.ui_command)
+for name, group in (
+    ("data", data.app), ("model", model.app), ("registry", registry.app), ("keys", keys.app),
+    ("audit", audit.app), ("policy", policy.app), ("settings", settings.app),
+):  # fmt: skip
+    app.add_typer(group, name=name)
 
 __all__ = ["EXIT_USER_ERROR", "app"]

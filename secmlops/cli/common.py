@@ -1,10 +1,11 @@
-"""Shared pieces of the command line: consoles, progress bars, one-line errors."""
+"""Shared pieces of the command line: consoles, progress bars, one-line errors, the settings."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -17,6 +18,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from secmlops.errors import SecMLOpsError
+from secmlops.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
 app = typer.Typer(
     help="SecMLOps: a secure ML lifecycle for pedestrian detection.",
     no_args_is_help=True,
@@ -26,6 +32,11 @@ console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 EXIT_USER_ERROR = 2
+
+
+def current_settings() -> Settings:
+    """The deployment's settings (`SECMLOPS_*`): every command's defaults come from them."""
+    return Settings.from_env()
 
 
 @contextmanager
@@ -40,10 +51,28 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
     )
     with Progress(*columns, console=err_console, transient=False) as progress:
         task = progress.add_task(description, total=total)
-        yield lambda n=1: progress.advance(task, n)
+
+        def advance(n: int = 1) -> None:
+            progress.advance(task, n)
+
+        yield advance
 
 
-def fail(exc: Exception) -> NoReturn:
+def fail(exc: Exception | str) -> NoReturn:
     """Print `error: <message>` on one line and exit with status 2."""
     err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_USER_ERROR)
+
+
+def exits_on_user_error(command: F) -> F:
+    """A command whose user errors (`SecMLOpsError`: bad input, a refused control) print one
+    `error:` line and exit with status 2, instead of a traceback."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except SecMLOpsError as exc:
+            fail(exc)
+
+    return run  # type: ignore[return-value]  # same signature, as functools.wraps says

@@ -1,4 +1,7 @@
-"""`secmlops data ...`: create, import and inspect dataset versions."""
+"""`secmlops data ...`: create, import, sign, check and version datasets.
+
+Every verify/validate/screen decision is appended to the audit log, pass or fail.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +12,22 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from secmlops.cli.common import console, fail, progress_bar
+from secmlops.cli.common import console, current_settings, exits_on_user_error, fail, progress_bar
+from secmlops.cli.options import (
+    AuditOption,
+    PolicyOption,
+    ReportOption,
+    TrustedKeysOption,
+    audit_log,
+    keyring,
+    load_policy_option,
+)
 from secmlops.errors import SecMLOpsError
 
-data_app = typer.Typer(
-    help="Create, import, sign, check and version datasets.", no_args_is_help=True
-)
+app = typer.Typer(help="Create, import, sign, check and version datasets.", no_args_is_help=True)
 
 
-@data_app.command("generate")
+@app.command("generate")
 def data_generate(
     out: Annotated[Path, typer.Option(help="Dataset folder to create.")],
     images: Annotated[int, typer.Option(help="Number of scenes.")] = 1000,
@@ -49,7 +59,8 @@ def data_generate(
     _print_dataset_summary(out)
 
 
-@data_app.command("import-mot")
+@app.command("import-mot")
+@exits_on_user_error
 def data_import_mot(
     video: Annotated[Path, typer.Option(help="The sequence's video file.")],
     gt: Annotated[Path, typer.Option(help="MOTChallenge gt.txt.")],
@@ -60,17 +71,14 @@ def data_import_mot(
     """Import a MOTChallenge sequence (video + gt.txt); flag 0 boxes become ignore regions."""
     from secmlops.data.import_mot import OPEN_END, import_mot, parse_frame_range
 
-    try:
-        selected = parse_frame_range(frames)
-        total = selected[1] - selected[0] + 1 if selected and selected[1] < OPEN_END else None
-        with progress_bar("importing frames", total) as advance:
-            import_mot(video, gt, out, frames=frames, overwrite=overwrite, progress=advance)
-    except SecMLOpsError as exc:
-        fail(exc)
+    selected = parse_frame_range(frames)
+    total = selected[1] - selected[0] + 1 if selected and selected[1] < OPEN_END else None
+    with progress_bar("importing frames", total) as advance:
+        import_mot(video, gt, out, frames=frames, overwrite=overwrite, progress=advance)
     _print_dataset_summary(out)
 
 
-@data_app.command("import-coco")
+@app.command("import-coco")
 def data_import_coco(
     annotations: Annotated[Path, typer.Option(help="COCO annotations JSON.")],
     images: Annotated[Path, typer.Option(help="Folder of the images it names.")],
@@ -89,7 +97,7 @@ def data_import_coco(
     )
 
 
-@data_app.command("import-yolo")
+@app.command("import-yolo")
 def data_import_yolo(
     root: Annotated[Path, typer.Argument(help="Folder with images/ and labels/.")],
     out: Annotated[Path, typer.Option(help="Dataset folder to create.")],
@@ -107,7 +115,7 @@ def data_import_yolo(
     )
 
 
-@data_app.command("import-voc")
+@app.command("import-voc")
 def data_import_voc(
     root: Annotated[Path, typer.Argument(help="Folder with Annotations/ and JPEGImages/.")],
     out: Annotated[Path, typer.Option(help="Dataset folder to create.")],
@@ -119,22 +127,18 @@ def data_import_voc(
     _run_import(lambda advance: import_voc(root, out, overwrite=overwrite, progress=advance), out)
 
 
+@exits_on_user_error
 def _run_import(run: Callable[[Callable[[int], None]], object], out: Path) -> None:
-    try:
-        with progress_bar("importing images", None) as advance:
-            run(advance)
-    except SecMLOpsError as exc:
-        fail(exc)
+    with progress_bar("importing images", None) as advance:
+        run(advance)
     _print_dataset_summary(out)
 
 
-@data_app.command("info")
+@app.command("info")
+@exits_on_user_error
 def data_info(root: Annotated[Path, typer.Argument(help="Dataset folder.")]) -> None:
     """Summarise a dataset version: images, boxes and ignore regions per split."""
-    try:
-        _print_dataset_summary(root)
-    except SecMLOpsError as exc:
-        fail(exc)
+    _print_dataset_summary(root)
 
 
 def _print_dataset_summary(root: Path) -> None:
@@ -155,3 +159,138 @@ def _print_dataset_summary(root: Path) -> None:
             str(sum(len(im.ignore) for im in members)),
         )
     console.print(table)
+
+
+@app.command("sign")
+@exits_on_user_error
+def data_sign(
+    folder: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    key: Annotated[Path, typer.Option(help="The data owner's private key (.key).")],
+    audit_log_path: AuditOption = None,
+) -> None:
+    """Write manifest.json (size and SHA-256 of every file) and its Ed25519 signature."""
+    from secmlops.data.manifest import sign_dataset
+
+    digest = sign_dataset(folder, key, passphrase=current_settings().key_passphrase)
+    audit_log(audit_log_path).append(
+        "data", "sign_manifest", "info", str(folder), {"digest": digest}
+    )
+    console.print(f"signed {folder}: manifest {digest}")
+
+
+@app.command("verify")
+@exits_on_user_error
+def data_verify(
+    folder: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    trusted_keys: TrustedKeysOption = None,
+    policy: PolicyOption = None,
+    audit_log_path: AuditOption = None,
+) -> None:
+    """Verify the signed manifest before any use: every file, its size and SHA-256, the signer."""
+    from secmlops.data.checks import verify_signed_dataset
+
+    result = verify_signed_dataset(
+        folder, keyring(trusted_keys), load_policy_option(policy).data, audit_log(audit_log_path)
+    )
+    console.print(
+        f"verified {folder}: {result['files']} files, manifest {result['manifest_digest']}, "
+        f"signed by {result['signer']}"
+    )
+
+
+@app.command("validate")
+@exits_on_user_error
+def data_validate(
+    folder: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    policy: PolicyOption = None,
+    report: ReportOption = None,
+    audit_log_path: AuditOption = None,
+) -> None:
+    """Check annotations, images, box sizes, split leakage and empty-image ratio."""
+    from secmlops.data.checks import validate
+
+    result = validate(folder, load_policy_option(policy).data, audit_log(audit_log_path), report)
+    stats = result.get("statistics", {})
+    console.print(
+        f"valid: {folder} ({stats.get('images', '?')} images, {stats.get('boxes', '?')} boxes)"
+    )
+
+
+@app.command("screen")
+@exits_on_user_error
+def data_screen(
+    folder: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    policy: PolicyOption = None,
+    report: ReportOption = None,
+    audit_log_path: AuditOption = None,
+) -> None:
+    """Screen the training split for backdoor poisoning (BadDet/BadNets-style triggers)."""
+    from secmlops.data.checks import screen
+
+    result = screen(folder, load_policy_option(policy).data, audit_log(audit_log_path), report)
+    summary = result["summary"]
+    console.print(
+        f"no poisoning suspected in {folder}: {summary['flagged']} of {summary['images']} "
+        f"images flagged (max score {summary['max_score']:g}, threshold {result['threshold']:g})"
+    )
+
+
+DataRegistryOption = Annotated[
+    Path | None,
+    typer.Option(help="Data registry repository (default: $SECMLOPS_DATA_REGISTRY)."),
+]
+
+
+@app.command("publish")
+@exits_on_user_error
+def data_publish(
+    folder: Annotated[Path, typer.Argument(help="Dataset folder to publish.")],
+    name: Annotated[str, typer.Option(help="Dataset name; versions are tagged data/NAME/vK.")],
+    registry: DataRegistryOption = None,
+    remote: Annotated[
+        str | None,
+        typer.Option(
+            help="DVC remote for a new registry: a folder or s3://bucket/prefix "
+            "(default: $SECMLOPS_DVC_REMOTE, else a folder beside the registry)."
+        ),
+    ] = None,
+) -> None:
+    """Publish a dataset folder as the next version: dvc add, git commit, tag, dvc push."""
+    from secmlops.data.versioning import publish_dataset
+
+    settings = current_settings()
+    published = publish_dataset(
+        folder, name, registry or settings.data_registry, remote or settings.dvc_remote,
+        settings.s3_endpoint_url,
+    )  # fmt: skip
+    console.print(f"published {published.tag} ({published.commit[:12]}) in {published.registry}")
+
+
+@app.command("pull")
+@exits_on_user_error
+def data_pull(
+    rev: Annotated[str, typer.Option(help="Version tag, e.g. data/street/v1.")],
+    to: Annotated[Path, typer.Option(help="Folder to create with exactly that version.")],
+    registry: Annotated[
+        str | None, typer.Option(help="Registry path or git URL (default as for publish).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+) -> None:
+    """Materialise one dataset version into a clean folder, from any working directory."""
+    from secmlops.data.versioning import pull_dataset
+
+    source = registry or current_settings().data_registry
+    console.print(f"{rev} -> {pull_dataset(rev, to, source, overwrite=overwrite)}")
+
+
+@app.command("versions")
+@exits_on_user_error
+def data_versions(
+    name: Annotated[str | None, typer.Argument(help="Only this dataset.")] = None,
+    registry: DataRegistryOption = None,
+) -> None:
+    """List published dataset versions."""
+    from secmlops.data.versioning import list_versions
+
+    for tag in list_versions(registry or current_settings().data_registry, name):
+        console.print(tag)

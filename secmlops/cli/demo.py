@@ -1,4 +1,5 @@
-"""`secmlops demo`: the whole lifecycle on a real Airflow, on the embedded defaults."""
+"""`secmlops demo`: the whole lifecycle on a real Airflow, on the embedded defaults;
+`secmlops ui`: the demo's workspace in the Airflow UI until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -7,21 +8,22 @@ from typing import Annotated
 
 import typer
 
-from secmlops.cli.common import app, console, fail
+from secmlops.cli.common import console, fail
 from secmlops.errors import SecMLOpsError
 
+DEMO_WORKDIR = Path("runs/demo")
 
-@app.command("demo")
+
 def demo_command(
-    workdir: Annotated[Path, typer.Option(help="The workspace (created or reused).")] = Path(
-        "runs/demo"
-    ),
+    workdir: Annotated[
+        Path, typer.Option(help="The workspace (created or reused).")
+    ] = DEMO_WORKDIR,
     images: Annotated[int, typer.Option(help="Synthetic scenes to publish.")] = 1000,
     seed: Annotated[int, typer.Option(help="Data seed.")] = 0,
 ) -> None:
     """Data pull -> training -> gate -> release -> serving -> monitoring, run by Airflow."""
-    from secmlops.airflow_local import AirflowError
-    from secmlops.demo import run_demo
+    from secmlops.local.airflow_runner import AirflowError
+    from secmlops.local.demo import run_demo
 
     try:
         where = run_demo(workdir, images, seed, say=console.print)
@@ -30,7 +32,22 @@ def demo_command(
     for name, value in where.items():
         console.print(f"{name:14} {value}", highlight=False)
     console.print(
-        f"open the same DAGs in the UI: source {where['env_file']} && airflow standalone "
-        "(README: 'The lifecycle on Airflow')",
+        f"open the same DAGs and runs in the Airflow UI: make ui (secmlops ui --workdir {workdir})",
         highlight=False,
     )
+
+
+def ui_command(
+    workdir: Annotated[
+        Path, typer.Option(help="The workspace `secmlops demo` made.")
+    ] = DEMO_WORKDIR,
+    port: Annotated[int, typer.Option(help="The UI's port on 127.0.0.1.")] = 8080,
+) -> None:
+    """Open the demo's workspace in the Airflow UI; prints the URL and login; Ctrl-C stops it."""
+    from secmlops.local.airflow_runner import AirflowError
+    from secmlops.local.ui import serve_ui
+
+    try:
+        serve_ui(workdir, port, say=lambda line: console.print(line, highlight=False, markup=False))
+    except (SecMLOpsError, AirflowError) as exc:
+        fail(exc)

@@ -1,4 +1,5 @@
-"""`secmlops train | evaluate | predict`: the model commands."""
+"""`secmlops model import | sign | verify | calibrate-screening | profile`: the model's supply
+chain, from external weights to a signed release."""
 
 from __future__ import annotations
 
@@ -6,256 +7,175 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from secmlops.cli.common import app, console, err_console, fail, progress_bar
+from secmlops.cli.common import console, current_settings, exits_on_user_error
+from secmlops.cli.options import (
+    AuditOption,
+    ConnectionOption,
+    TrustedKeysOption,
+    audit_log,
+    keyring,
+    parse_size,
+)
 from secmlops.errors import SecMLOpsError
 
+app = typer.Typer(
+    help="Model supply chain: import external weights safely (no pickle is ever executed), "
+    "sign and verify releases, calibrate the serving screener, profile for drift.",
+    no_args_is_help=True,
+)
 
-@app.command("train")
-def train_command(
-    data: Annotated[Path, typer.Option(help="Dataset folder.")],
+
+@app.command("import")
+@exits_on_user_error
+def import_command(
+    weights: Annotated[
+        Path, typer.Option(help="Weights to import: .pt/.pth/.bin/.ckpt/.pkl or .safetensors.")
+    ],
+    architecture: Annotated[str, typer.Option(help="Architecture the weights were trained for.")],
     out: Annotated[Path, typer.Option(help="Model directory to write.")],
-    architecture: Annotated[str, typer.Option(help="Detector architecture.")] = "compact_centernet",
-    epochs: Annotated[
-        int | None, typer.Option(help="Epochs (default: from the data size).")
-    ] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per optimizer step.")] = 16,
-    learning_rate: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 3e-3,
     input_size: Annotated[
-        str | None, typer.Option(help="HxW the model sees (default: from the data).")
+        str | None, typer.Option(help="HxW the model sees (default: the architecture's).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    resume: Annotated[
-        bool, typer.Option(help="Continue from the last checkpoint in --out.")
-    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a model already in --out.")] = False,
-    history: Annotated[
-        Path | None, typer.Option(help="Also write per-epoch loss and val mAP here (JSON).")
-    ] = None,
-    adversarial: Annotated[
-        str, typer.Option(help="Adversarial augmentation: none, pgd or fgsm-rs.")
-    ] = "none",
-    eps: Annotated[
-        str, typer.Option(help="L-inf budget of the training attack, e.g. 4/255 or 0.0157.")
-    ] = "4/255",
-    steps: Annotated[int, typer.Option(help="PGD steps K of the training attack.")] = 3,
-    mix: Annotated[
-        float, typer.Option(help="Share of each batch replaced by adversarial examples.")
-    ] = 0.5,
-    eps_warmup_epochs: Annotated[
-        int, typer.Option(help="Epochs over which eps grows from 0 to --eps.")
-    ] = 2,
 ) -> None:
-    """Train a pedestrian detector; checkpoints every epoch, keeps the best validation epoch.
+    """Scan a pickle's opcodes against an allowlist, then load it weights-only and save safetensors.
 
-    With --adversarial, a --mix share of every batch is replaced by adversarial examples
-    crafted against the model being trained (PGD-K or FGSM with random start).
+    A file naming anything beyond what a torch state dict needs (os.system, eval, subprocess,
+    nested pickles, ...) is refused before any of it is unpickled, and nothing is written.
     """
-    from secmlops.training.trainer import TrainConfig, adversarial_config, train
+    from secmlops.models.importing import import_weights
 
-    try:
-        config = TrainConfig(
-            architecture=architecture,
-            epochs=epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            input_size=_parse_size(input_size),
-            seed=seed,
-            device=device,
-            adversarial=adversarial_config(adversarial, eps, steps, mix, eps_warmup_epochs),
-        )
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[info]}"),
-            console=err_console,
-        ) as progress:
-            loading = progress.add_task("loading images", total=None, info="")
-            epoch_task = progress.add_task("epoch 1", total=None, info="", visible=False)
-
-            def on_step(step: int, steps: int) -> None:
-                progress.update(epoch_task, completed=step, total=steps, visible=True)
-
-            def on_epoch(summary: dict[str, float]) -> None:
-                epoch = int(summary["epoch"])
-                progress.console.print(
-                    f"epoch {epoch:3d}  loss {summary['loss']:.3f}  "
-                    f"val mAP@0.5 {summary['val_mAP50']:.3f}  ({summary['seconds']:.1f} s)"
-                )
-                progress.update(epoch_task, description=f"epoch {epoch + 1}", completed=0)
-
-            result = train(
-                data,
-                out,
-                config,
-                resume=resume,
-                overwrite=overwrite,
-                on_step=on_step,
-                on_epoch=on_epoch,
-                on_prepare=lambda n: progress.advance(loading, n),
-            )
-    except SecMLOpsError as exc:
-        fail(exc)
-    if history is not None:
-        from secmlops.fsutil import atomic_write_json
-
-        atomic_write_json(history, result.history)
-    val = result.val_metrics
-    defence = "" if config.adversarial is None else f" with {adversarial} adversarial training"
+    size = parse_size(input_size)
+    card = import_weights(weights, architecture, out, input_size=size, overwrite=overwrite)
+    scan = card.training.get("scan", "")
     console.print(
-        f"trained {result.epochs} epochs{defence} on {result.device} in {result.seconds:.0f} s; "
-        f"best epoch {result.best_epoch}: val mAP@0.5 {val.get('mAP50', float('nan')):.3f}, "
-        f"mAP@[.5:.95] {val.get('mAP50_95', float('nan')):.3f} -> {out}"
+        f"imported {weights.name} as {card.architecture} {card.input_size[0]}x{card.input_size[1]} "
+        f"(scan: {scan}; sha256 {card.training['source_sha256'][:12]}) -> {out}"
     )
 
 
-def _parse_size(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise typer.BadParameter(f"--input-size must look like 240x320, got {text!r}") from None
-    return height, width
-
-
-@app.command("evaluate")
-def evaluate_command(
+@app.command("sign")
+@exits_on_user_error
+def sign_command(
     model: Annotated[Path, typer.Option(help="Model directory.")],
-    data: Annotated[Path, typer.Option(help="Dataset folder.")],
-    split: Annotated[str, typer.Option(help="train, val, test or all.")] = "test",
-    out: Annotated[
+    key: Annotated[Path, typer.Option(help="The model-signing private key (.key).")],
+    data: Annotated[
         Path | None,
-        typer.Option(
-            help="JSON to write (with --attacks default: <model>/../robustness-<split>.json)."
-        ),
+        typer.Option(help="The dataset it was trained on: verified now, its digest recorded."),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    attacks: Annotated[
-        bool,
-        typer.Option(
-            "--attacks",
-            help="Run the robustness suite (ART FGSM/PGD, patch, corruptions, cross-check).",
-        ),
-    ] = False,
-    policy: Annotated[
-        Path | None,
-        typer.Option(help="Policy whose gate.attacks section is the suite (default: policy.yaml)."),
+    trusted_keys: TrustedKeysOption = None,
+    dvc_revision: Annotated[
+        str | None, typer.Option(help="Data registry revision the data was pulled at.")
     ] = None,
-    baseline: Annotated[
-        Path | None, typer.Option(help="Baseline model directory; its clean mAP is reported.")
+    gate_record: Annotated[
+        Path | None, typer.Option(help="The passed gate record (copied in and signed with it).")
     ] = None,
-    max_images: Annotated[
-        int | None, typer.Option(help="Only the first N images of the split (quick runs).")
-    ] = None,
+    audit_log_path: AuditOption = None,
 ) -> None:
-    """COCO mAP@0.5 and mAP@[.5:.95] of a model on a dataset split; with --attacks, its
-    robustness report (the evidence `secmlops gate` judges)."""
-    from secmlops.fsutil import atomic_write_json
-    from secmlops.training.trainer import pick_device
+    """Sign an in-toto provenance statement over every file of the model directory."""
+    from secmlops.supplychain.keys import Keyring
+    from secmlops.supplychain.provenance import sign_model, verify_model
 
-    if not attacks:
-        if baseline is not None or max_images is not None or policy is not None:
-            raise typer.BadParameter("--policy, --baseline and --max-images need --attacks")
-        from secmlops.data.dataset import load_dataset
-        from secmlops.evaluation.inference import evaluate_records, select_split
-        from secmlops.models import load
+    settings = current_settings()
+    private_key = settings.private_key(key)  # read once (a passphrase is asked for once)
+    manifest_digest = signer = None
+    if data is not None:
+        from secmlops.data.manifest import verify_dataset
 
-        try:
-            detector = load(model, device=pick_device(device))
-            dataset = load_dataset(data)
-            records = select_split(dataset, split)
-            with progress_bar(f"evaluating on {split}", len(records)) as advance:
-                metrics = evaluate_records(detector, dataset, records, progress=advance)
-        except SecMLOpsError as exc:
-            fail(exc)
-        report = {"model": str(model), "data": str(data), "split": split, **metrics}
-        if out is not None:
-            atomic_write_json(out, report)
-        console.print(
-            f"{split}: mAP@0.5 {metrics['mAP50']:.3f}  mAP@[.5:.95] {metrics['mAP50_95']:.3f}  "
-            f"AR@100 {metrics['AR100']:.3f}  ({int(metrics['images'])} images, "
-            f"{int(metrics['ground_truth_boxes'])} boxes)"
-        )
-        return
-
-    from rich.table import Table
-
-    from secmlops.evaluation.robustness import (
-        default_report_path,
-        evaluate_robustness,
-        suite_from_policy,
-    )
-    from secmlops.policy import load_policy
-
-    out = out or default_report_path(model, split)
-    try:
-        suite = suite_from_policy(load_policy(policy or Path("policy.yaml")).gate)
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err_console,
-        ) as bar:
-            task = bar.add_task("loading", total=None)
-
-            def on_step(name: str, done: int, total: int) -> None:
-                bar.update(task, description=name, completed=done, total=total)
-
-            report = evaluate_robustness(
-                model,
-                data,
-                split,
-                suite,
-                baseline_dir=baseline,
-                device=device,
-                max_images=max_images,
-                progress=on_step,
-            )
-    except SecMLOpsError as exc:
-        fail(exc)
-    atomic_write_json(out, report)
-
-    table = Table(title=f"robustness on {split} ({report['data']['images']} images)")
-    for column in ("attack", "family", "robust mAP@0.5", "seconds"):
-        table.add_column(column, justify="left" if column in ("attack", "family") else "right")
-    table.add_row("clean", "-", f"{report['clean']['mAP50']:.3f}", "-")
-    for name, result in report["attacks"].items():
-        table.add_row(name, result["family"], f"{result['mAP50']:.3f}", f"{result['seconds']:.1f}")
-    console.print(table)
-    if report["baseline"] is not None:
-        console.print(f"baseline {baseline}: clean mAP@0.5 {report['baseline']['clean_mAP50']:.3f}")
-    cross = report["cross_check"]
-    verdict = "[green]passed[/green]" if cross["passed"] else "[red]FAILED[/red]"
+        verified_data = verify_dataset(data, keyring(trusted_keys))
+        manifest_digest, signer = verified_data.digest, verified_data.key_id
+    sign_model(
+        model, private_key,
+        data_manifest_digest=manifest_digest, data_signer=signer, dvc_revision=dvc_revision,
+        gate_record=gate_record, image_commit=settings.git_commit,
+    )  # fmt: skip
+    # Verify what was just written with the signer's own public key: a release that does not
+    # verify must not leave this command looking successful.
+    verified = verify_model(model, Keyring([private_key.public_key()]))
+    audit_log(audit_log_path).append(
+        "supplychain", "sign_model", "info", verified.weights_sha256,
+        {"model_dir": str(model), "signer": verified.signer, "files": sorted(verified.subjects)},
+    )  # fmt: skip
     console.print(
-        f"cross-check {cross['attack']}: ART {cross['art_mAP50']:.3f}, secmlops "
-        f"{cross['ours_mAP50']:.3f} (difference {cross['difference']:+.3f}, tolerance "
-        f"{cross['tolerance']}): {verdict}"
+        f"signed {model}: {len(verified.subjects)} files, weights sha256 "
+        f"{verified.weights_sha256[:16]}..., key {verified.signer}"
     )
-    console.print(f"report -> {out}  ({report['seconds']:.0f} s)")
 
 
-@app.command("predict")
-def predict_command(
+@app.command("verify")
+@exits_on_user_error
+def verify_command(
     model: Annotated[Path, typer.Option(help="Model directory.")],
-    images: Annotated[Path, typer.Option(help="Folder of images.")],
-    out: Annotated[Path, typer.Option(help="Predictions JSON to write.")],
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    trusted_keys: TrustedKeysOption = None,
+    connection: ConnectionOption = None,
+    audit_log_path: AuditOption = None,
 ) -> None:
-    """Detect people in a folder of images; writes COCO-style results in original pixels."""
-    from secmlops.evaluation.inference import list_images, predict_folder
-    from secmlops.models import load
-    from secmlops.training.trainer import pick_device
+    """Check a model directory against its signed provenance (every file, signer trusted)."""
+    from secmlops.supplychain.provenance import verify_model
 
+    audit = audit_log(audit_log_path)
     try:
-        detector = load(model, device=pick_device(device))
-        with progress_bar("detecting", len(list_images(images))) as advance:
-            results = predict_folder(detector, images, out, progress=advance)
+        verified = verify_model(model, keyring(trusted_keys, connection))
     except SecMLOpsError as exc:
-        fail(exc)
-    console.print(f"{len(results)} detections -> {out}")
+        audit.append("supplychain", "verify_model", "fail", str(model), {"error": str(exc)})
+        raise
+    audit.append(
+        "supplychain", "verify_model", "pass", verified.weights_sha256,
+        {"model_dir": str(model), "signer": verified.signer},
+    )  # fmt: skip
+    predicate = verified.predicate
+    gate = "present" if predicate.get("gate_record_sha256") else "absent"
+    console.print(
+        f"{model}: verified, signed by {verified.signer}; "
+        f"data {predicate['data']['manifest_digest']}, code {predicate['code']['git_commit']}, "
+        f"gate record {gate}"
+    )
+
+
+@app.command("calibrate-screening")
+@exits_on_user_error
+def calibrate_screening_command(
+    model: Annotated[Path, typer.Option(help="Model directory (before `model sign`).")],
+    data: Annotated[Path, typer.Option(help="Dataset with clean images from the camera.")],
+    split: Annotated[str, typer.Option(help="Split to calibrate on (not the test split).")] = "val",
+    max_images: Annotated[int, typer.Option(help="At most this many images.")] = 200,
+) -> None:
+    """Measure the adversarial-input screener's thresholds; writes screening.json beside the model.
+
+    Sign the model afterwards: the calibration is one of its signed artifact files, and serving
+    uses it (the feature-squeezing cascade) only when it verifies.
+    """
+    from secmlops.serving.calibration import SCREENING_FILE, calibrate_model
+
+    calibration = calibrate_model(model, data, split, max_images)
+    console.print(
+        f"{model / SCREENING_FILE}: {calibration.images} clean {split} images, alarm above "
+        f"uncertainty {calibration.uncertainty_threshold:.4f}, squeeze check from "
+        f"{calibration.escalate_at}"
+    )
+
+
+@app.command("profile")
+@exits_on_user_error
+def profile_command(
+    model: Annotated[Path, typer.Option(help="Model directory (before `model sign`).")],
+    data: Annotated[Path, typer.Option(help="The dataset the model was validated on.")],
+    split: Annotated[str, typer.Option(help="Split to profile (the validation split).")] = "val",
+    max_images: Annotated[int, typer.Option(help="At most this many images.")] = 300,
+) -> None:
+    """Write the drift reference (features + backbone-embedding PCA) beside the model.
+
+    `secmlops train` does this itself when the validation split is large enough; use this for
+    imported models. Sign the model afterwards: monitoring trusts only a signed profile.
+    """
+    from secmlops.monitoring.reference import load_profile, profile_model
+
+    path = profile_model(model, data, split, max_images)
+    frame, projection = load_profile(model)
+    kept = (
+        f", embedding PCA keeps {projection.explained_variance_ratio.sum():.0%}"
+        if projection
+        else ""
+    )
+    console.print(f"{path}: {len(frame)} {split} images{kept}")

@@ -12,12 +12,11 @@ from typing import Annotated
 
 import typer
 
-from secmlops.cli.common import app, console, err_console, fail
-from secmlops.cli.security import PolicyOption
-from secmlops.errors import SecMLOpsError
+from secmlops.cli.common import console, current_settings, err_console, exits_on_user_error, fail
+from secmlops.cli.options import DeviceOption, PolicyOption, policy_path
 
 
-@app.command("tradeoffs")
+@exits_on_user_error
 def tradeoffs_command(
     data: Annotated[Path, typer.Option(help="Dataset the models are trained on (train, val).")],
     quick: Annotated[
@@ -26,8 +25,8 @@ def tradeoffs_command(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Study folder to create (default: <workdir>/runs/tradeoffs/<UTC time>, where the "
-            "workdir is $SECMLOPS_WORKDIR or ./runs, as for the DAGs and the Airflow view)."
+            help="Study folder to create (default: $SECMLOPS_TRADEOFFS_DIR/<UTC time>, else "
+            "<workdir>/runs/tradeoffs/<UTC time>, where the DAG writes and the Airflow view looks)."
         ),
     ] = None,
     eval_data: Annotated[
@@ -36,7 +35,7 @@ def tradeoffs_command(
     eval_split: Annotated[str, typer.Option(help="Its split: train, val, test or all.")] = "test",
     policy: PolicyOption = None,
     seed: Annotated[int, typer.Option(help="Seed of training, tampering and poisoning.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: DeviceOption = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing study folder.")] = False,
     cache: Annotated[
         Path | None,
@@ -70,19 +69,16 @@ def tradeoffs_command(
     if train_only is not None:
         ids = [part.strip() for part in train_only.split(",") if part.strip()]
         if cache is None or not ids:
-            fail(ValueError("--train-only needs --cache (where the study looks) and ids"))
-        try:
-            trained = train_into_cache(
-                data, cache, ids, quick,
-                eval_data=eval_data, eval_split=eval_split, policy_path=policy, seed=seed,
-                device=device, progress=say,
-            )  # fmt: skip
-        except SecMLOpsError as exc:
-            fail(exc)
+            fail("--train-only needs --cache (where the study looks) and ids")
+        trained = train_into_cache(
+            data, cache, ids, quick,
+            eval_data=eval_data, eval_split=eval_split, policy_path=policy_path(policy),
+            seed=seed, device=device, progress=say,
+        )  # fmt: skip
         for model in trained:
             console.print(f"{model.config_id}: {model.usage.seconds:.0f} s, in {model.model_dir}")
         return
-    target = out or default_out_dir()
+    target = out or default_out_dir(current_settings().tradeoffs_dir)
     # The command as it would be retyped: what was given, plus the folder actually written.
     command = ["secmlops", "tradeoffs", "--data", str(data), *(["--quick"] if quick else [])]
     command += ["--out", str(target)]
@@ -97,11 +93,11 @@ def tradeoffs_command(
     try:
         result = run_study(
             data, target, quick,
-            eval_data=eval_data, eval_split=eval_split, policy_path=policy, seed=seed,
-            device=device, command=shlex.join(command), overwrite=overwrite, cache_dir=cache,
-            progress=say,
+            eval_data=eval_data, eval_split=eval_split, policy_path=policy_path(policy),
+            seed=seed, device=device, command=shlex.join(command), overwrite=overwrite,
+            cache_dir=cache, progress=say,
         )  # fmt: skip
-    except (SecMLOpsError, FileExistsError) as exc:
+    except FileExistsError as exc:
         fail(exc)
     console.print(
         f"{len(result.rows)} configurations in {result.seconds:.0f} s; Pareto front "

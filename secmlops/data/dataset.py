@@ -1,4 +1,4 @@
-"""The dataset version format that every stage reads (DESIGN.md, "Dataset version").
+"""The dataset version format that every stage reads (docs/architecture.md, "dataset format").
 
 A dataset version is a folder:
 
@@ -241,7 +241,8 @@ def to_coco(
     images: Sequence[ImageAnnotations], info: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """COCO detection dict of `images` (ignore regions become `iscrowd: 1` annotations)."""
-    coco_images, annotations = [], []
+    coco_images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for img in images:
         coco_images.append(
             {"id": img.id, "file_name": img.file_name, "width": img.width, "height": img.height}

@@ -265,7 +265,8 @@ def write_source_images(
                     f"declares {declared_w}x{declared_h}"
                 )
             scale = (width, height, width, height) if image.normalised else (1, 1, 1, 1)
-            boxes, ignore = [], []
+            boxes: list[Box] = []
+            ignore: list[Box] = []
             for box in image.boxes:
                 pixels = [v * s for v, s in zip(box.coords, scale, strict=True)]
                 (ignore if box.ignore else boxes).append(

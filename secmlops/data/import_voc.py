@@ -74,6 +74,7 @@ def import_voc(
         raise DataError(f"no images found in {root} (no Annotations/*.xml)")
     refuse_out_over_source(out, root)
     splits = _read_split_lists(root / "ImageSets" / "Main")
+    selected: list[tuple[Path, str | None]]
     if splits is None:
         selected = [(path, None) for path in xml_files]
     else:

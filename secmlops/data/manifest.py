@@ -120,13 +120,16 @@ def manifest_bytes(manifest: dict[str, Any]) -> bytes:
     return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
 
 
-def sign_dataset(root: Path, private_key_path: Path, workers: int | None = None) -> str:
+def sign_dataset(
+    root: Path, private_key_path: Path, workers: int | None = None, passphrase: str | None = None
+) -> str:
     """Write `manifest.json` and its DSSE signature `manifest.sig` into `root`.
 
     Args:
         root: the dataset folder.
-        private_key_path: Ed25519 private key (PEM; `$SECMLOPS_KEY_PASSPHRASE` decrypts it).
+        private_key_path: Ed25519 private key (PEM).
         workers: hashing threads.
+        passphrase: decrypts an encrypted key (`Settings.key_passphrase`).
 
     Returns:
         The manifest digest "sha256:<hex>" of the manifest.json bytes.
@@ -135,7 +138,7 @@ def sign_dataset(root: Path, private_key_path: Path, workers: int | None = None)
         DataError: the folder or the key cannot be read.
         IntegrityError: the folder holds a symlink or special file, or the key is not Ed25519.
     """
-    private_key = load_private_key(private_key_path)  # fail before hashing gigabytes
+    private_key = load_private_key(private_key_path, passphrase)  # fail before hashing gigabytes
     root = _require_folder(root)
     payload = manifest_bytes(build_manifest(root, workers))
     envelope = sign_envelope(payload, MANIFEST_PAYLOAD_TYPE, private_key)

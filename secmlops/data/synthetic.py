@@ -30,6 +30,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import cv2
 import numpy as np
@@ -284,7 +285,7 @@ def _background(
         curb = int(b + rng.uniform(0.02, 0.06) * height)
         img[b:curb] = ground * 1.6 + 10
         img[curb : curb + 1] = ground * 0.6
-    texture = rng.normal(0, 1, (height // 8 + 2, width // 8 + 2)).astype(np.float32)
+    texture: np.ndarray = rng.normal(0, 1, (height // 8 + 2, width // 8 + 2)).astype(np.float32)
     texture = cv2.resize(texture, (width, height), interpolation=cv2.INTER_LINEAR)
     img += (texture * rng.uniform(4, 12))[..., None]
     return np.clip(img, 0, 255).astype(np.uint8)
@@ -298,7 +299,7 @@ def _pick_wall(rng: np.random.Generator) -> np.ndarray:
 def _finish(rng: np.random.Generator, image: np.ndarray, horizon: float) -> np.ndarray:
     """Lighting, cast shadow, blur, sensor noise: what the camera adds to the scene."""
     H, W = image.shape[:2]
-    img = image.astype(np.float32)
+    img: np.ndarray = image.astype(np.float32)
     if rng.random() < 0.3:  # a building's shadow falling across the street
         xs = rng.uniform([-0.2, 0.3, 0.3, -0.5], [0.5, 1.2, 1.5, 0.4]) * W
         pts = np.array([[xs[0], horizon], [xs[1], horizon], [xs[2], H], [xs[3], H]], np.int32)
@@ -314,7 +315,8 @@ def _finish(rng: np.random.Generator, image: np.ndarray, horizon: float) -> np.n
     gain, contrast = rng.uniform(0.75, 1.2), rng.uniform(0.8, 1.15)
     img = (img - 128) * contrast + 128
     img *= (gain * ramp)[..., None]
-    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.35, 0.9))
+    # cv2's stubs type the result as any int or float array; float32 in gives float32 out
+    img = cast(np.ndarray, cv2.GaussianBlur(img, (0, 0), rng.uniform(0.35, 0.9)))
     img += rng.standard_normal(img.shape, dtype=np.float32) * rng.uniform(1.5, 6)
     return np.clip(img, 0, 255).astype(np.uint8)
 

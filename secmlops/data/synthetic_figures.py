@@ -30,6 +30,8 @@ DISTRACTORS = ("bollard", "post", "lamp", "bin", "tree", "car", "sign", "hydrant
 FOREGROUND = ("hedge", "wall", "car")
 
 Point = tuple[float, float]
+Color = np.ndarray | tuple[float, ...]  # RGB, 0..255; clipped when drawn
+_Fill = tuple[float, ...] | int  # what cv2 fills one layer with: an RGB colour or a label
 
 _SKIN = [(255, 224, 196), (241, 194, 160), (224, 172, 125), (198, 134, 90), (161, 102, 62),
          (115, 72, 42), (84, 52, 32)]  # fmt: skip
@@ -79,22 +81,24 @@ class _Canvas:
     def _fixed(self, p: Point) -> tuple[int, int]:
         return (round((self.gx + p[0] * self.s) * 8), round((self.gy - p[1] * self.s) * 8))
 
-    def _layers(self, color: object, body: bool) -> list[tuple[np.ndarray, object]]:
-        layers = [(self.rgb, tuple(float(c) for c in np.clip(color, 0, 255))),
-                  (self.label, LABEL_BODY if body else LABEL_OBJECT)]  # fmt: skip
+    def _layers(self, color: Color, body: bool) -> list[tuple[np.ndarray, _Fill]]:
+        layers: list[tuple[np.ndarray, _Fill]] = [
+            (self.rgb, tuple(float(c) for c in np.clip(color, 0, 255))),
+            (self.label, LABEL_BODY if body else LABEL_OBJECT),
+        ]
         return [*layers, (self.body, 1)] if body else layers
 
-    def poly(self, pts: list[Point], color: object, body: bool = False) -> None:
+    def poly(self, pts: list[Point], color: Color, body: bool = False) -> None:
         """Fill a polygon."""
         fixed = np.array([self._fixed(p) for p in pts], np.int32)
         for layer, value in self._layers(color, body):
             cv2.fillPoly(layer, [fixed], value, cv2.LINE_8, _SHIFT)
 
-    def rect(self, x0: float, y0: float, x1: float, y1: float, color: object) -> None:
+    def rect(self, x0: float, y0: float, x1: float, y1: float, color: Color) -> None:
         """Fill an axis-aligned rectangle (always an object, never body)."""
         self.poly([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], color)
 
-    def ellipse(self, c: Point, rx: float, ry: float, color: object, body: bool = False,
+    def ellipse(self, c: Point, rx: float, ry: float, color: Color, body: bool = False,
                 arc: tuple[int, int] = (0, 360)) -> None:  # fmt: skip
         """Fill an axis-aligned ellipse, or the sector `arc` (degrees, y down) of it."""
         axes = (max(round(rx * self.s * 8), 1), max(round(ry * self.s * 8), 1))
@@ -103,7 +107,7 @@ class _Canvas:
                 layer, self._fixed(c), axes, 0, arc[0], arc[1], value, -1, cv2.LINE_8, _SHIFT
             )
 
-    def limb(self, p0: Point, p1: Point, r0: float, r1: float, color: object,
+    def limb(self, p0: Point, p1: Point, r0: float, r1: float, color: Color,
              body: bool = False) -> None:  # fmt: skip
         """A tapered capsule from p0 (radius r0) to p1 (radius r1): a limb segment or a pole."""
         dx, dy = p1[0] - p0[0], p1[1] - p0[1]
@@ -134,7 +138,9 @@ def _vivid(rng: np.random.Generator) -> np.ndarray:
     """A clothing colour: saturated or neutral, dark or light."""
     if rng.random() < 0.35:
         return np.full(3, rng.uniform(20, 235)) + rng.normal(0, 6, 3)
-    hsv = np.uint8([[[rng.integers(0, 180), rng.integers(60, 240), rng.integers(50, 245)]]])
+    hsv = np.array(
+        [[[rng.integers(0, 180), rng.integers(60, 240), rng.integers(50, 245)]]], np.uint8
+    )
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(float)
 
 
@@ -325,10 +331,10 @@ def draw_distractor(rng: np.random.Generator, kind: str, unit: float) -> Figure:
     cv = _Canvas(float(unit), width, height)
     metal = np.full(3, rng.uniform(30, 170)) + rng.normal(0, 8, 3)
     if kind == "bollard":
-        r, top = rng.uniform(0.04, 0.07), rng.uniform(0.3, 0.45)
-        cv.rect(-r, 0, r, top, metal)
-        cv.ellipse((0, top), r, r, metal)
-        cv.rect(-r, top - 0.06, r, top - 0.09, (230, 200, 40))  # reflective band
+        r, top_y = rng.uniform(0.04, 0.07), rng.uniform(0.3, 0.45)
+        cv.rect(-r, 0, r, top_y, metal)
+        cv.ellipse((0, top_y), r, r, metal)
+        cv.rect(-r, top_y - 0.06, r, top_y - 0.09, (230, 200, 40))  # reflective band
     elif kind in ("post", "lamp", "sign"):
         top = (0.0, rng.uniform(*_POLE_HEIGHT[kind]))
         cv.limb((0, 0), top, 0.025, 0.018, metal)

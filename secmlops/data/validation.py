@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -41,6 +41,8 @@ from secmlops.policy import DataPolicy
 _SECTIONS = ("categories", "images", "annotations")
 _BOX_TOLERANCE = 0.5  # px: COCO writers round coordinates; half a pixel outside is not an error
 _SHOWN_IN_MESSAGE = 3
+# JSON key -> (check of its value, what the value must be)
+_Fields = dict[str, tuple[Callable[[Any], bool], str]]
 Progress = Callable[[int], None] | None  # called with the number of images just decoded
 
 
@@ -142,7 +144,9 @@ class _Checker:
             self.add("files", str(self.root), "dataset folder not found")
             return
         coco = self._read_json("annotations.json")
-        lists = {k: coco.get(k) if isinstance(coco, dict) else None for k in _SECTIONS}
+        lists: dict[str, Any] = {
+            k: coco.get(k) if isinstance(coco, dict) else None for k in _SECTIONS
+        }
         if coco is not None and not isinstance(coco, dict):
             self.add("schema", "annotations.json", f"expected a JSON object, got {_short(coco)}")
         elif isinstance(coco, dict):
@@ -191,8 +195,9 @@ class _Checker:
             if errors:
                 where = f"image {image_id}" if known else f"images[{index}]"
                 self.add("schema", f"annotations.json: {where}", "; ".join(errors))
-                self.broken_ids.update([image_id] if known else [])
+                self.broken_ids.update([image_id] if _is_int(image_id) else [])
                 continue
+            assert _is_int(image_id)  # no errors: the id passed its "an integer" check
             names[img["file_name"]] = image_id
             self.images[image_id] = (img["file_name"], img["width"], img["height"])
             self.boxes[image_id] = []
@@ -337,7 +342,7 @@ class _Checker:
         }
 
 
-def _entry_errors(entry: Any, fields: dict[str, tuple[Callable[[Any], bool], str]]) -> list[str]:
+def _entry_errors(entry: Any, fields: _Fields) -> list[str]:
     """What is wrong with one JSON object: not an object, missing keys, values of a wrong type."""
     if not isinstance(entry, dict):
         return [f"expected an object, got {_short(entry)}"]
@@ -349,7 +354,7 @@ def _entry_errors(entry: Any, fields: dict[str, tuple[Callable[[Any], bool], str
     return errors
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -382,13 +387,13 @@ def _percentiles(values: np.ndarray) -> dict[str, float] | None:
     return {f"p{q}": round(float(np.percentile(values, q)), 2) for q in (5, 50, 95)}
 
 
-_IMAGE_FIELDS = {
+_IMAGE_FIELDS: _Fields = {
     "id": (_is_int, "an integer"),
     "file_name": (_is_plain_image_name, "an image file name with no folder and no leading dot"),
     "width": (lambda v: _is_int(v) and v > 0, "a positive integer"),
     "height": (lambda v: _is_int(v) and v > 0, "a positive integer"),
 }
-_ANNOTATION_FIELDS = {
+_ANNOTATION_FIELDS: _Fields = {
     "id": (_is_int, "an integer"),
     "image_id": (_is_int, "an integer"),
     "category_id": (_is_int, "an integer"),

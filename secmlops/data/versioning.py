@@ -27,9 +27,6 @@ from pathlib import Path
 from secmlops.errors import DataError
 from secmlops.fsutil import staged_directory
 
-REGISTRY_ENV = "SECMLOPS_DATA_REGISTRY"
-REMOTE_ENV = "SECMLOPS_DVC_REMOTE"
-ENDPOINT_ENV = "SECMLOPS_S3_ENDPOINT_URL"
 TAG_PATTERN = re.compile(r"^data/(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)/v(?P<version>[1-9][0-9]*)$")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 REMOTE_NAME = "storage"
@@ -44,18 +41,6 @@ class PublishedVersion:
     tag: str
     commit: str
     registry: Path
-
-
-def default_registry() -> Path:
-    """`$SECMLOPS_DATA_REGISTRY`, else `<workdir>/data-registry`."""
-    from secmlops.pipeline import default_workdir
-
-    return Path(os.environ.get(REGISTRY_ENV, default_workdir() / "data-registry")).resolve()
-
-
-def default_remote(registry: Path) -> str:
-    """`$SECMLOPS_DVC_REMOTE`, else a local folder beside the registry (the embedded default)."""
-    return os.environ.get(REMOTE_ENV, str(registry.parent / "dvc-remote"))
 
 
 def _run(args: list[str], cwd: Path) -> str:
@@ -73,15 +58,14 @@ def _run(args: list[str], cwd: Path) -> str:
     return done.stdout.strip()
 
 
-def init_registry(
-    registry: Path, remote: str | None = None, endpoint_url: str | None = None
-) -> Path:
+def init_registry(registry: Path, remote: str | None, endpoint_url: str | None = None) -> Path:
     """Create a DVC data registry (git + DVC) with a default remote, unless it already exists.
 
     Args:
         registry: folder of the registry repository.
-        remote: DVC remote URL (a local path or `s3://bucket/prefix`); default `default_remote`.
-        endpoint_url: S3-compatible endpoint (MinIO, moto); default `$SECMLOPS_S3_ENDPOINT_URL`.
+        remote: DVC remote URL (a local path or `s3://bucket/prefix`; `Settings.dvc_remote`),
+            needed only when the registry does not exist yet.
+        endpoint_url: S3-compatible endpoint (MinIO, moto) of an `s3://` remote; None: AWS.
 
     Returns:
         The registry path.
@@ -89,18 +73,18 @@ def init_registry(
     registry = Path(registry).resolve()
     if (registry / ".dvc").is_dir() and (registry / ".git").exists():
         return registry
+    if not remote:
+        raise DataError(f"{registry}: a new data registry needs a DVC remote (SECMLOPS_DVC_REMOTE)")
     registry.mkdir(parents=True, exist_ok=True)
     _run(["git", "init", "--quiet", "--initial-branch=main"], registry)
     _run(["git", "config", "user.name", "secmlops"], registry)
     _run(["git", "config", "user.email", "secmlops@localhost"], registry)
     _run(["dvc", "init", "--quiet"], registry)
     _run(["dvc", "config", "core.analytics", "false"], registry)
-    remote = remote or default_remote(registry)
     if not remote.startswith(("s3://", "gs://", "azure://", "http://", "https://", "ssh://")):
         Path(remote).mkdir(parents=True, exist_ok=True)
         remote = str(Path(remote).resolve())
     _run(["dvc", "remote", "add", "--default", REMOTE_NAME, remote], registry)
-    endpoint_url = endpoint_url or os.environ.get(ENDPOINT_ENV)
     if remote.startswith("s3://") and endpoint_url:
         _run(["dvc", "remote", "modify", REMOTE_NAME, "endpointurl", endpoint_url], registry)
     (registry / "datasets").mkdir(exist_ok=True)
@@ -117,9 +101,16 @@ def list_versions(registry: Path, name: str | None = None) -> list[str]:
 
 
 def publish_dataset(
-    source: Path, name: str, registry: Path | None = None, remote: str | None = None
+    source: Path,
+    name: str,
+    registry: Path,
+    remote: str | None = None,
+    endpoint_url: str | None = None,
 ) -> PublishedVersion:
     """Publish `source` as the next version of dataset `name`: dvc add, git commit, tag, dvc push.
+
+    A registry that does not exist yet is created with `remote` (on `endpoint_url`) as its
+    DVC remote (`init_registry`); an existing one keeps its own remote.
 
     Raises:
         DataError: a bad name, a missing source, or a git/dvc failure (with the tool's message).
@@ -129,7 +120,7 @@ def publish_dataset(
         raise DataError(f"dataset name {name!r} must be letters, digits, '.', '_' or '-'")
     if not (source / "annotations.json").is_file():
         raise DataError(f"{source}: not a dataset folder (no annotations.json)")
-    registry = init_registry(registry or default_registry(), remote)
+    registry = init_registry(registry, remote, endpoint_url)
     versions = list_versions(registry, name)
     version = int(TAG_PATTERN.match(versions[-1])["version"]) + 1 if versions else 1  # type: ignore[index]
     target = registry / "datasets" / name
@@ -149,9 +140,7 @@ def publish_dataset(
     return PublishedVersion(name, version, tag, commit, registry)
 
 
-def pull_dataset(
-    rev: str, to: Path, registry: Path | str | None = None, overwrite: bool = False
-) -> Path:
+def pull_dataset(rev: str, to: Path, registry: Path | str, overwrite: bool = False) -> Path:
     """Materialise dataset version `rev` (a tag `data/<name>/v<K>`) into a clean folder `to`.
 
     Reads through DVC's file system at that git revision, so it works from any working directory
@@ -168,7 +157,6 @@ def pull_dataset(
     match = TAG_PATTERN.match(rev)
     if not match:
         raise DataError(f"--rev must be a dataset tag like data/<name>/v<K>, got {rev!r}")
-    registry = registry or default_registry()
     source = f"datasets/{match['name']}"
     to = Path(to).resolve()
     try:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -74,7 +74,8 @@ def art_detector(model: nn.Module, architecture: str, device: torch.device) -> A
     if device.type == "cuda" and device.index is not None:
         # ART always uses the current CUDA device.
         torch.cuda.set_device(device)
-    height, width = model.input_size
+    # every detector carries its (height, width); nn.Module attributes type as Tensor | Module
+    height, width = cast(tuple[int, int], model.input_size)
     return PyTorchObjectDetector(
         model=_IgnoreRegionsFromLabels(model),  # model= always: None makes ART download weights
         input_shape=(3, height, width),
@@ -101,7 +102,7 @@ def input_gradients_only(model: nn.Module) -> Iterator[None]:
 
 def art_labels(boxes: Sequence[Tensor], ignore: Sequence[Tensor]) -> list[dict[str, np.ndarray]]:
     """ART's `y`: per image the person boxes (label 1) followed by the ignore regions (label 0)."""
-    labels = []
+    labels: list[dict[str, np.ndarray]] = []
     for person, crowd in zip(boxes, ignore, strict=True):
         labels.append(
             {

@@ -34,7 +34,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from secmlops.audit import AuditLog
-from secmlops.errors import DataError, GateFailed, IntegrityError
+from secmlops.errors import DataError, GateFailed, IntegrityError, PolicyError
 from secmlops.evaluation.gate_checks import (
     REPORT_SCHEMA,
     SHA256_HEX,
@@ -67,7 +67,6 @@ RECORD_PREDICATE_TYPE = "https://secmlops.dev/gate-record/v1"
 RECORD_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 RECORD_SUBJECT = "model.safetensors"
 RECORD_NAME = "gate-record.json"
-SIGNING_KEY_ENV = "SECMLOPS_SIGNING_KEY"
 STAGE = "gate"
 
 
@@ -80,17 +79,23 @@ def run_gate(
     record_path: Path | str | None = None,
     production_report: Path | str | None = None,
     overrides: Sequence[tuple[str, Any, str]] = (),
+    applied_overrides: Sequence[dict[str, Any]] = (),
+    expected_policy_digest: str | None = None,
 ) -> GateDecision:
     """Judge a report under the policy (with overrides), sign and record the decision, audit it.
 
     Args:
         report_path: the candidate's robustness report (JSON).
-        policy_path: the policy file.
+        policy_path: the policy file (a run's effective policy, in the lifecycle).
         signing_key: the private key (or its PEM file) that signs the gate record.
         audit_log: the audit log (or its path).
         record_path: where the signed record goes (default: `gate-record.json` beside the report).
         production_report: the production model's report on the same data, if there is one.
         overrides: (key path, value, reason) per threshold changed for this run; each is audited.
+        applied_overrides: the override records an effective run policy was made with
+            (`secmlops.lifecycle.resolve_run_policy` audited them); named in the record.
+        expected_policy_digest: the digest the policy file must have (a run's effective
+            policy, resolved at the start of the run): anything else is refused.
 
     Returns:
         The passing decision.
@@ -98,13 +103,14 @@ def run_gate(
     Raises:
         DataError: no signing key, or a report file missing, unreadable or not a JSON object
             (checked before anything is decided or written).
-        PolicyError: the policy is invalid, or an override lacks a reason or is invalid.
+        PolicyError: the policy is invalid or not the expected one, or an override lacks a
+            reason or is invalid.
         GateFailed: a threshold failed; the signed record and the audit entry are written first.
         AuditError: the audit log cannot be appended to (its chain is broken).
     """
     if signing_key is None:
         raise DataError(
-            f"no signing key: the gate record must be signed; pass --key or set {SIGNING_KEY_ENV}"
+            "no signing key: the gate record must be signed; pass --key or set SECMLOPS_SIGNING_KEY"
         )
     key = (
         signing_key
@@ -112,6 +118,11 @@ def run_gate(
         else load_private_key(Path(signing_key))
     )
     policy = load_policy(policy_path)
+    if expected_policy_digest is not None and policy_digest(policy) != expected_policy_digest:
+        raise PolicyError(
+            f"{policy_path}: policy digest {policy_digest(policy)}, the run resolved "
+            f"{expected_policy_digest}: the policy changed during the run"
+        )
     applied = []
     for path, value, reason in overrides:
         policy, record = apply_override(policy, path, value, reason)
@@ -129,7 +140,7 @@ def run_gate(
     weights = get_path(report, "model", "weights_sha256")
     weights = weights if isinstance(weights, str) and SHA256_HEX.match(weights) else None
     digest = policy_digest(policy)
-    statement = {
+    statement: dict[str, Any] = {
         "_type": STATEMENT_TYPE,
         # No subject when the report names no valid digest: the failed record binds nothing.
         "subject": [{"name": RECORD_SUBJECT, "digest": {"sha256": weights}}] if weights else [],
@@ -139,7 +150,8 @@ def run_gate(
             "report_path": str(report_path),
             "report_sha256": hashlib.sha256(report_bytes).hexdigest(),
             "policy_digest": digest,
-            "overrides": applied,
+            "policy_path": str(policy_path),
+            "overrides": [*applied_overrides, *applied],
             "production_report_path": str(production_report) if production_report else None,
             "production_report_sha256": (
                 hashlib.sha256(production_bytes).hexdigest()
@@ -170,7 +182,7 @@ def run_gate(
             "record_sha256": hashlib.sha256(envelope).hexdigest(),
             "policy_digest": digest,
             "report_sha256": statement["predicate"]["report_sha256"],
-            "overrides": [record["path"] for record in applied],
+            "overrides": [record["path"] for record in [*applied_overrides, *applied]],
         },
     )
     atomic_write_bytes(record_path, envelope)
@@ -244,7 +256,9 @@ def verify_gate_record(
     if statement.get("subject") != subject:
         raise IntegrityError(f"{path}: the gate record is for other weights, not sha256:{want}")
     predicate = statement.get("predicate")
-    checks = predicate.get("checks") if isinstance(predicate, dict) else None
+    if not isinstance(predicate, dict):
+        raise IntegrityError(f"{path}: the model failed the robustness gate")
+    checks = predicate.get("checks")
     if not isinstance(checks, list) or not checks or predicate.get("passed") is not True:
         raise IntegrityError(f"{path}: the model failed the robustness gate")
     if not all(isinstance(c, dict) and c.get("passed") is True for c in checks):

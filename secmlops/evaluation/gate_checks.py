@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from secmlops.errors import GateFailed
 from secmlops.policy import AttackSuitePolicy, GatePolicy
@@ -205,7 +205,7 @@ def _suite_differences(suite: Any, expected: AttackSuitePolicy, whose: str) -> l
     return differences
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -279,7 +279,9 @@ def _regression_checks(
     if problems:
         note = "not comparable with the production report: " + "; ".join(problems)
         return [GateCheck("regression", "production comparison", None, None, "==", False, note)]
-    metrics = [("clean_map50", "clean mAP@0.5", ("clean", "mAP50"))]
+    metrics: list[tuple[str, str, tuple[str, ...]]] = [
+        ("clean_map50", "clean mAP@0.5", ("clean", "mAP50"))
+    ]
     metrics += [
         (a, f"{a} mAP@0.5", ("attacks", a, "mAP50")) for a in sorted(policy.min_robust_map50)
     ]

@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -36,15 +35,16 @@ from torch import Tensor, nn
 from secmlops import models
 from secmlops.attacks.projected_gradient import AttackConfig, perturb
 from secmlops.data.dataset import load_dataset
-from secmlops.errors import DataError, PolicyError
+from secmlops.errors import DataError
 from secmlops.evaluation import art_attacks
 from secmlops.evaluation.coco_map import coco_map
 from secmlops.evaluation.corruptions import CORRUPTIONS, corrupt, corruption_params
+from secmlops.evaluation.gate_checks import REPORT_SCHEMA
 from secmlops.evaluation.inference import predict_prepared, select_split
+from secmlops.policy import AttackSuitePolicy
 from secmlops.training.batches import PreparedSplit, prepare_split
 from secmlops.training.trainer import pick_device
 
-REPORT_SCHEMA = "secmlops.robustness/v1"
 # Largest |ours - ART| robust mAP@0.5 difference accepted: both attack the same loss on the same
 # batches, so beyond float noise flipping a few gradient signs they should agree exactly.
 CROSS_CHECK_TOLERANCE = 0.03
@@ -58,79 +58,19 @@ PATCH_ITERATIONS = 20
 Progress = Callable[[str, int, int], None]  # (step about to run or "done", steps done, total)
 
 
-@dataclass(frozen=True)
-class RobustnessSuite:
-    """Which attacks and corruptions to run, and how hard.
-
-    Args:
-        linf_eps_levels: L-inf budgets in 1/255 steps (4 means eps = 4/255).
-        pgd_steps: PGD iterations.
-        patch_fraction: side of the adversarial patch as a share of the image's short side.
-        corruption_severity: ImageNet-C severity 1..5 of every corruption.
-
-    Raises:
-        PolicyError: a value is out of range.
-    """
-
-    linf_eps_levels: list[int]
-    pgd_steps: int
-    patch_fraction: float
-    corruption_severity: int
-
-    def __post_init__(self) -> None:
-        levels = self.linf_eps_levels
-        if not levels or any(isinstance(k, bool) or not isinstance(k, int) for k in levels):
-            raise PolicyError(f"linf_eps_levels must be a non-empty list of integers, got {levels}")
-        if any(not 1 <= k <= 255 for k in levels) or len(set(levels)) != len(levels):
-            raise PolicyError(f"linf_eps_levels must be distinct values in 1..255, got {levels}")
-        if self.pgd_steps < 1:
-            raise PolicyError(f"pgd_steps must be at least 1, got {self.pgd_steps}")
-        if not 0 < self.patch_fraction < 1:
-            raise PolicyError(f"patch_fraction must be in (0, 1), got {self.patch_fraction}")
-        if self.corruption_severity not in (1, 2, 3, 4, 5):
-            raise PolicyError(
-                f"corruption_severity must be 1..5 (ImageNet-C), got {self.corruption_severity}"
-            )
-
-    def attack_names(self) -> list[str]:
-        """Names of the report's `attacks` entries, in the order they run."""
-        return [
-            *(f"fgsm_linf_{k}" for k in self.linf_eps_levels),
-            *(f"pgd_linf_{k}" for k in self.linf_eps_levels),
-            "patch",
-            *CORRUPTIONS,
-        ]
-
-    @property
-    def cross_check_level(self) -> int:
-        """The eps level the cross-check runs at: the largest (the strongest attack)."""
-        return max(self.linf_eps_levels)
+# The suite is the policy's `gate.attacks` section itself: one schema and one set of bounds, so
+# the gate can compare a report's suite with the policy's field by field.
+RobustnessSuite = AttackSuitePolicy
 
 
-def suite_from_policy(gate_policy: Any) -> RobustnessSuite:
-    """The suite described by the policy's `gate.attacks` section.
-
-    Args:
-        gate_policy: the policy's `gate` section (anything with an `attacks` attribute carrying
-            the `RobustnessSuite` field names).
-
-    Raises:
-        PolicyError: the section or one of its fields is missing, or a value is out of range.
-    """
-    attacks = getattr(gate_policy, "attacks", None)
-    if attacks is None:
-        raise PolicyError("the policy's gate section has no 'attacks' (the robustness suite)")
-    values = {}
-    for name in RobustnessSuite.__dataclass_fields__:
-        if not hasattr(attacks, name):
-            raise PolicyError(f"policy gate.attacks.{name} is missing")
-        values[name] = getattr(attacks, name)
-    return RobustnessSuite(
-        linf_eps_levels=list(values["linf_eps_levels"]),
-        pgd_steps=values["pgd_steps"],
-        patch_fraction=values["patch_fraction"],
-        corruption_severity=values["corruption_severity"],
-    )
+def attack_names(suite: RobustnessSuite) -> list[str]:
+    """Names of a report's `attacks` entries, in the order they run."""
+    return [
+        *(f"fgsm_linf_{k}" for k in suite.linf_eps_levels),
+        *(f"pgd_linf_{k}" for k in suite.linf_eps_levels),
+        "patch",
+        *CORRUPTIONS,
+    ]
 
 
 def default_report_path(model_dir: Path, split: str) -> Path:
@@ -178,15 +118,16 @@ def evaluate_robustness(
         raise DataError(f"batch_size must be at least 1, got {batch_size}")
     torch_device = pick_device(device)
     model = models.load(model_dir, device=torch_device)
-    card: models.ModelCard = model.secmlops_card
+    # models.load attaches the card; nn.Module attributes type as Tensor | Module
+    card = cast(models.ModelCard, model.secmlops_card)
     baseline = models.load(baseline_dir, device=torch_device) if baseline_dir else None
     dataset = load_dataset(data_dir)
     records = select_split(dataset, split)[:max_images]
     if not records:
         raise DataError(f"{data_dir}: split {split!r} has no images")
-    prepared = prepare_split(dataset, records, tuple(card.input_size))
+    prepared = prepare_split(dataset, records, card.input_size)
 
-    names = suite.attack_names()
+    names = attack_names(suite)
     steps = ["clean", *names, "cross_check", *(["baseline"] if baseline else [])]
     done = 0
 
@@ -228,7 +169,7 @@ def evaluate_robustness(
         attacks[name] = _corruption(model, prepared, name, suite.corruption_severity, batch_size)
 
     step("cross_check")
-    level = suite.cross_check_level
+    level = max(suite.linf_eps_levels)  # the cross-check runs the strongest attack
     ours = _our_pgd_map(model, card.architecture, prepared, level, suite.pgd_steps, batch_size)
     art_map50 = attacks[f"pgd_linf_{level}"]["mAP50"]
     difference = ours["mAP50"] - art_map50
@@ -249,7 +190,7 @@ def evaluate_robustness(
         base = coco_map(records, predict_prepared(baseline, prepared, batch_size))
         baseline_report = {
             "dir": str(baseline_dir),
-            "weights_sha256": baseline.secmlops_card.weights_sha256,
+            "weights_sha256": cast(models.ModelCard, baseline.secmlops_card).weights_sha256,
             "clean_mAP50": base["mAP50"],
         }
     if progress:
@@ -272,7 +213,7 @@ def evaluate_robustness(
             "images": len(records),
             "boxes": sum(len(r.boxes) for r in records),
         },
-        "suite": asdict(suite),
+        "suite": suite.model_dump(mode="json"),
         "clean": {"mAP50": clean["mAP50"], "mAP50_95": clean["mAP50_95"]},
         "attacks": attacks,
         "cross_check": cross_check,

@@ -1,15 +1,15 @@
-"""The data stage as DAG tasks: pull a DVC version, verify, validate, screen."""
+"""The data stage as lifecycle tasks: pull a DVC version, verify, validate, screen."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from secmlops.errors import DataError
-from secmlops.lifecycle.settings import LifecycleSettings, audit_log, trusted_keyring
+from secmlops.lifecycle.contracts import CheckReport, PulledData, VerifiedData
+from secmlops.settings import Settings
 
 
-def resolve_data_rev(settings: LifecycleSettings, rev: str | None) -> str:
+def resolve_data_rev(settings: Settings, rev: str | None) -> str:
     """`rev` if given, else the newest published version of the settings' dataset.
 
     Raises:
@@ -28,48 +28,71 @@ def resolve_data_rev(settings: LifecycleSettings, rev: str | None) -> str:
     return versions[-1]
 
 
-def pull_data(settings: LifecycleSettings, rev: str | None, run_id: str) -> dict[str, Any]:
+def pull_data(settings: Settings, rev: str | None, run_id: str) -> PulledData:
     """Pull one dataset version from the DVC registry into this run's folder.
 
-    Returns:
-        {"rev", "data_dir"}
+    Args:
+        rev: a dataset tag `data/<name>/v<K>`; None: the newest published version.
+        run_id: the run whose folder the data goes into (a retry starts clean).
     """
     from secmlops.data.versioning import pull_dataset
 
     rev = resolve_data_rev(settings, rev)
     to = settings.run_dir(run_id) / "data"
-    pull_dataset(rev, to, settings.data_registry, overwrite=True)  # a retry starts clean
+    pull_dataset(rev, to, settings.data_registry, overwrite=True)
     return {"rev": rev, "data_dir": str(to)}
 
 
-def verify_data(settings: LifecycleSettings, data_dir: str) -> dict[str, Any]:
+def verify_data(settings: Settings, pulled: PulledData) -> VerifiedData:
     """Verify the pulled dataset's signed manifest (signer trusted by keyring and policy).
 
-    Returns:
-        {"manifest_digest", "signer", "files", "bytes"}
+    Raises:
+        IntegrityError: any changed, missing or extra file, or an untrusted signer.
     """
     from secmlops.data.checks import verify_signed_dataset
     from secmlops.policy import load_policy
 
     policy = load_policy(settings.policy).data
-    return verify_signed_dataset(Path(data_dir), trusted_keyring(), policy, audit_log())
+    verified = verify_signed_dataset(
+        Path(pulled["data_dir"]), settings.keyring(), policy, settings.audit()
+    )
+    return {
+        "rev": pulled["rev"],
+        "data_dir": pulled["data_dir"],
+        "manifest_digest": verified["manifest_digest"],
+        "signer": verified["signer"],
+        "files": verified["files"],
+        "bytes": verified["bytes"],
+    }
 
 
-def validate_data(settings: LifecycleSettings, data_dir: str) -> dict[str, Any]:
-    """Validate annotations and images; the report goes beside the data. Raises on problems."""
+def validate_data(settings: Settings, data: VerifiedData) -> CheckReport:
+    """Validate annotations and images; the report goes beside the data.
+
+    Raises:
+        ValidationFailed: every problem found, each naming its file.
+    """
     from secmlops.data.checks import validate
     from secmlops.policy import load_policy
 
-    report = Path(data_dir).parent / "validation.json"
-    result = validate(Path(data_dir), load_policy(settings.policy).data, audit_log(), report)
-    return {"report": str(report), "statistics": result.get("statistics")}
+    report = Path(data["data_dir"]).parent / "validation.json"
+    result = validate(
+        Path(data["data_dir"]), load_policy(settings.policy).data, settings.audit(), report
+    )
+    return {"report": str(report), "summary": result.get("statistics", {})}
 
 
-def screen_data(settings: LifecycleSettings, data_dir: str) -> dict[str, Any]:
-    """Screen the training split for poisoning. Raises when the policy's share is exceeded."""
+def screen_data(settings: Settings, data: VerifiedData) -> CheckReport:
+    """Screen the training split for poisoning.
+
+    Raises:
+        PoisoningSuspected: more images flagged than the policy's share allows.
+    """
     from secmlops.data.checks import screen
     from secmlops.policy import load_policy
 
-    report = Path(data_dir).parent / "screening.json"
-    result = screen(Path(data_dir), load_policy(settings.policy).data, audit_log(), report)
-    return {"report": str(report), "flagged": len(result.get("flagged", []))}
+    report = Path(data["data_dir"]).parent / "screening.json"
+    result = screen(
+        Path(data["data_dir"]), load_policy(settings.policy).data, settings.audit(), report
+    )
+    return {"report": str(report), "summary": result.get("summary", {})}

@@ -1,40 +1,87 @@
-"""Training to release as DAG tasks: train, attack, gate, sign, push, promote."""
+"""Training to release as lifecycle tasks: train, attack, gate, sign, push, promote.
+
+Every stage after `resolve_run_policy` reads the run's effective policy (`RunPolicy`), never the
+policy file itself, so the attack suite that made the evidence and the gate that judges it are
+the same one.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
 import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from secmlops.errors import DataError
-from secmlops.lifecycle.settings import (
-    PRODUCTION_ALIAS,
-    LifecycleSettings,
-    audit_log,
-    trusted_keyring,
+from secmlops.lifecycle.contracts import (
+    Evaluation,
+    GateResult,
+    ProductionEvaluation,
+    Promotion,
+    Release,
+    RunPolicy,
+    SignedModel,
+    TrainedModel,
+    TrainingPlan,
+    TrainingRequest,
+    VerifiedData,
 )
+from secmlops.lifecycle.run_policy import load_run_policy, resolve_run_policy
+from secmlops.policy import AttackSuitePolicy
+from secmlops.settings import PRODUCTION_ALIAS, Settings
 
 log = logging.getLogger(__name__)
 
+CANDIDATE = "model"
+BASELINE = "baseline"
+REQUEST_FILE = "training-request.json"
+
+
+def plan_training(
+    settings: Settings, run_id: str, params: Mapping[str, Any], overrides: Sequence[str] = (),
+    reason: str = "", max_eval_images: int | None = None,
+) -> TrainingPlan:  # fmt: skip
+    """Fix what a training run trains and under which policy, before anything is trained.
+
+    The parameters are parsed once (eps into a float), the policy's overrides applied once
+    (`resolve_run_policy`); both are written into the run folder, and every later stage reads
+    them from the plan.
+
+    Args:
+        params: the run's training parameters (`TrainingRequest` field names; None = default).
+        overrides: `KEY.PATH=VALUE` policy overrides for this run; `reason` says why.
+        max_eval_images: cap on attacked test images (None: all).
+
+    Raises:
+        InvalidRequest: a parameter is invalid.
+        PolicyError: the policy or an override is invalid, or an override has no reason.
+    """
+    from secmlops.errors import InvalidRequest
+    from secmlops.fsutil import atomic_write_json
+
+    if max_eval_images is not None and max_eval_images < 1:
+        raise InvalidRequest(f"max_eval_images must be at least 1, got {max_eval_images}")
+    request = TrainingRequest.from_params(dict(params))
+    run_policy = resolve_run_policy(settings, run_id, overrides, reason)
+    atomic_write_json(settings.run_dir(run_id) / REQUEST_FILE, request.to_json())
+    return {"request": request.to_json(), "policy": run_policy,
+            "max_eval_images": max_eval_images}  # fmt: skip
+
 
 def train(
-    settings: LifecycleSettings, data_dir: str, run_id: str, params: dict[str, Any], *,
-    defended: bool,
-) -> dict[str, Any] | None:  # fmt: skip
-    """Train the candidate (`defended=True`, with the run's adversarial settings) or its
-    undefended baseline (None when the candidate is undefended itself: nothing to compare).
+    settings: Settings, data: VerifiedData, run_id: str, request: TrainingRequest, *,
+    name: str = CANDIDATE, on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> TrainedModel:  # fmt: skip
+    """Train `request` on the verified data into the run's folder `<run>/<name>`, resuming from
+    a checkpoint there (a retried task continues where the failed attempt stopped).
 
-    Returns:
-        `secmlops.pipeline.train_model`'s summary, or None.
+    Args:
+        name: the model's folder in the run: `model` (the candidate) or `baseline` (the
+            undefended model the gate's defence-cost check compares with).
+        on_epoch: receives each epoch's summary (default: a line in the task log).
     """
-    from secmlops.pipeline import train_model
-
-    adversarial = params.get("adversarial", "fgsm-rs") if defended else "none"
-    if not defended and params.get("adversarial", "fgsm-rs") == "none":
-        return None
-    name = "model" if defended else "baseline"
+    from secmlops.training.trainer import CHECKPOINT_DIR
+    from secmlops.training.trainer import train as train_detector
 
     def report(summary: dict[str, float]) -> None:
         # Task logs show the progress in the Airflow UI (and why a run is slow).
@@ -43,120 +90,174 @@ def train(
             summary["loss"], summary["val_mAP50"], summary["seconds"],
         )  # fmt: skip
 
-    return train_model(
-        data_dir,
-        str(settings.run_dir(run_id) / name),
-        architecture=params.get("architecture", "compact_centernet"),
-        epochs=params.get("epochs"),
-        seed=int(params.get("seed", 0)),
-        adversarial=adversarial,
-        eps=params.get("eps", "4/255"),
-        mix=float(params.get("mix", 0.5)),
-        on_epoch=report,
-    )
-
-
-def evaluate(
-    settings: LifecycleSettings, model_dir: str, data_dir: str, out: str, *,
-    baseline_dir: str | None = None, max_images: int | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    """Run the policy's robustness suite on the test split; write the report to `out`.
-
-    Returns:
-        {"report", "clean_mAP50", "attacks": {name: mAP50}}
-    """
-    from secmlops.evaluation.robustness import evaluate_robustness, suite_from_policy
-    from secmlops.fsutil import atomic_write_json
-    from secmlops.policy import load_policy
-
-    suite = suite_from_policy(load_policy(settings.policy).gate)
-    report = evaluate_robustness(
-        Path(model_dir), Path(data_dir), "test", suite,
-        baseline_dir=Path(baseline_dir) if baseline_dir else None, max_images=max_images,
+    model_dir = settings.run_dir(run_id) / name
+    resume = (model_dir / CHECKPOINT_DIR / "state.json").exists()
+    result = train_detector(
+        Path(data["data_dir"]), model_dir, request.train_config(), resume=resume, overwrite=True,
+        on_epoch=on_epoch or report,
     )  # fmt: skip
-    atomic_write_json(Path(out), report)
     return {
-        "report": out,
+        "model_dir": str(result.model_dir),
+        "epochs": result.epochs,
+        "best_epoch": result.best_epoch,
+        "val": result.val_metrics,
+        "seconds": round(result.seconds, 1),
+        "device": result.device,
+        "resumed_from_epoch": result.resumed_from_epoch,
+    }
+
+
+def attack_model(
+    suite: AttackSuitePolicy, model_dir: Path, data_dir: Path, split: str, out: Path, *,
+    baseline_dir: Path | None = None, max_images: int | None = None, device: str = "auto",
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Evaluation:  # fmt: skip
+    """Attack a model with `suite` on one split; the report (schema `secmlops.robustness/v1`)
+    goes to `out`. The candidate, its baseline and the production model all go through here.
+
+    Args:
+        baseline_dir: the undefended model, for the gate's defence-cost check.
+        max_images: only the first N images of the split (None: all).
+    """
+    from secmlops.evaluation.robustness import evaluate_robustness
+    from secmlops.fsutil import atomic_write_json
+
+    report = evaluate_robustness(
+        Path(model_dir), Path(data_dir), split, suite, baseline_dir=baseline_dir, device=device,
+        max_images=max_images, progress=progress,
+    )  # fmt: skip
+    atomic_write_json(out, report)
+    return {
+        "report": str(out),
         "clean_mAP50": report["clean"]["mAP50"],
         "attacks": {name: entry["mAP50"] for name, entry in report["attacks"].items()},
     }
 
 
+def evaluate(
+    run_policy: RunPolicy, model_dir: str, data: VerifiedData, out: Path, *,
+    baseline: TrainedModel | None = None, max_images: int | None = None,
+) -> Evaluation:  # fmt: skip
+    """Attack the model with the run policy's suite on the test split; the report goes to `out`.
+
+    Args:
+        baseline: the undefended model, attacked too for the gate's defence-cost check.
+        max_images: cap on attacked test images (None: all).
+
+    Raises:
+        PolicyError: the run's effective policy changed since it was resolved.
+    """
+    suite = load_run_policy(run_policy).gate.attacks
+    baseline_dir = Path(baseline["model_dir"]) if baseline else None
+    return attack_model(
+        suite, Path(model_dir), Path(data["data_dir"]), "test", out, baseline_dir=baseline_dir,
+        max_images=max_images,
+    )  # fmt: skip
+
+
+def evaluate_like(
+    suite: AttackSuitePolicy, model_dir: Path, candidate_report: Path, out: Path
+) -> Evaluation:
+    """Attack another model (the production one) on the data, split and image count a
+    candidate's report was made on, for the gate's regression check.
+
+    Raises:
+        DataError: the candidate's report does not say what data it was made on.
+    """
+    import json
+
+    from secmlops.errors import DataError
+
+    try:
+        data = json.loads(Path(candidate_report).read_text())["data"]
+        data_dir, split, images = Path(data["dir"]), str(data["split"]), int(data["images"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(
+            f"{candidate_report}: cannot read the data and split it was made on ({exc})"
+        ) from None
+    return attack_model(suite, model_dir, data_dir, split, out, max_images=images)
+
+
 def evaluate_production(
-    settings: LifecycleSettings, data_dir: str, run_id: str, max_images: int | None = None
-) -> dict[str, Any] | None:
+    settings: Settings, run_policy: RunPolicy, data: VerifiedData, run_id: str,
+    max_images: int | None = None,
+) -> ProductionEvaluation | None:  # fmt: skip
     """Attack the model now in production the same way, for the gate's regression check.
 
     Returns:
-        `evaluate`'s summary plus "version", or None when nothing is in production yet.
+        The evaluation plus "version", or None when nothing is in production yet (the gate
+        records "no production report: not checked").
     """
-    from secmlops.registry import Registry, RegistryError
+    from secmlops.registry import RegistryError
 
-    registry = Registry.open(settings.model_registry)
+    registry = settings.model_registry()
     try:
         version, _ = registry.resolve(settings.model_name, PRODUCTION_ALIAS)
     except RegistryError:
-        return None  # first release: the gate records "no production report: not checked"
+        return None
     folder = settings.run_dir(run_id) / "production"
-    registry.pull(settings.model_name, version, folder, trusted_keyring(), overwrite=True)
-    out = str(settings.run_dir(run_id) / "robustness-production.json")
-    return {"version": version, **evaluate(settings, str(folder), data_dir, out,
-                                           max_images=max_images)}  # fmt: skip
+    registry.pull(settings.model_name, version, folder, settings.keyring(), overwrite=True)
+    out = settings.run_dir(run_id) / "robustness-production.json"
+    evaluation = evaluate(run_policy, str(folder), data, out, max_images=max_images)
+    return {**evaluation, "version": version}
 
 
 def gate(
-    settings: LifecycleSettings, report: str, production: dict[str, Any] | None,
-    overrides: list[str], reason: str,
-) -> dict[str, Any]:  # fmt: skip
-    """The robustness gate on the candidate's report; raises `GateFailed` with every failed
-    threshold (the signed record and audit entry are written either way).
+    settings: Settings, run_policy: RunPolicy, evaluation: Evaluation,
+    production: ProductionEvaluation | None,
+) -> GateResult:  # fmt: skip
+    """The robustness gate on the candidate's report under the run's effective policy.
 
-    Returns:
-        {"record", "passed", "checks"}
+    Raises:
+        GateFailed: every failed threshold (the signed record and audit entry are written
+            either way).
+        PolicyError: the effective policy changed since the run resolved it.
     """
-    from secmlops.evaluation.gate import SIGNING_KEY_ENV, run_gate
-    from secmlops.policy import parse_overrides
+    from secmlops.evaluation.gate import run_gate
 
-    record = Path(report).with_name("gate-record.json")
-    key = os.environ.get(SIGNING_KEY_ENV)
+    record = Path(evaluation["report"]).with_name("gate-record.json")
     decision = run_gate(
-        report, settings.policy, signing_key=Path(key) if key else None, audit_log=audit_log(),
-        record_path=record, production_report=production["report"] if production else None,
-        overrides=parse_overrides(overrides, reason),
+        evaluation["report"], run_policy["path"],
+        signing_key=settings.private_key(), audit_log=settings.audit(), record_path=record,
+        production_report=production["report"] if production else None,
+        applied_overrides=run_policy["overrides"], expected_policy_digest=run_policy["digest"],
     )  # fmt: skip
-    return {"record": str(record), "passed": True, "checks": len(decision.checks)}
+    return {"record": str(record), "passed": decision.passed, "checks": len(decision.checks),
+            "policy_digest": run_policy["digest"]}  # fmt: skip
 
 
 def sign(
-    settings: LifecycleSettings, model_dir: str, data: dict[str, Any], gate_record: str
-) -> dict[str, Any]:
-    """Calibrate the serving screener, then sign the model with its provenance.
+    settings: Settings, run_policy: RunPolicy, trained: TrainedModel, data: VerifiedData,
+    gated: GateResult,
+) -> SignedModel:  # fmt: skip
+    """Calibrate the serving screener, then sign the model with its provenance (data version,
+    gate record, the effective policy's digest, code version).
 
-    Args:
-        data: `verify_data`'s result plus "rev" (the DVC revision) and "data_dir".
-
-    Returns:
-        {"model_dir", "weights_sha256", "provenance"}
+    Raises:
+        PolicyError: the gate judged under another policy than the run's.
     """
-    from secmlops.evaluation.gate import SIGNING_KEY_ENV
+    from secmlops.errors import PolicyError
     from secmlops.models import read_card
     from secmlops.serving.calibration import calibrate_model
-    from secmlops.supplychain.keys import load_private_key
     from secmlops.supplychain.provenance import sign_model
 
-    key = os.environ.get(SIGNING_KEY_ENV)
-    if not key:
-        raise DataError(f"no model-signing key: set {SIGNING_KEY_ENV}")
-    calibrate_model(Path(model_dir), Path(data["data_dir"]), "val")
+    if gated["policy_digest"] != run_policy["digest"]:
+        raise PolicyError(
+            f"gate record {gated['record']} was made under {gated['policy_digest']}, "
+            f"the run's policy is {run_policy['digest']}"
+        )
+    model_dir = Path(trained["model_dir"])
+    key = settings.private_key()
+    calibrate_model(model_dir, Path(data["data_dir"]), "val")
     provenance = sign_model(
-        Path(model_dir),
-        load_private_key(Path(key), os.environ.get("SECMLOPS_KEY_PASSPHRASE")),
+        model_dir, key,
         data_manifest_digest=data["manifest_digest"], data_signer=data["signer"],
-        dvc_revision=data["rev"], gate_record=Path(gate_record),
+        dvc_revision=data["rev"], gate_record=Path(gated["record"]),
+        policy_digest=run_policy["digest"], image_commit=settings.git_commit,
     )  # fmt: skip
     return {
-        "model_dir": model_dir,
-        "weights_sha256": read_card(Path(model_dir)).weights_sha256,
+        "model_dir": str(model_dir),
+        "weights_sha256": read_card(model_dir).weights_sha256,
         "provenance": str(provenance),
     }
 
@@ -167,48 +268,32 @@ def release_version(run_id: str, weights_sha256: str) -> str:
     return f"{stamp}-{weights_sha256[:12]}"
 
 
-def push(settings: LifecycleSettings, signed: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """Store the signed model as an immutable registry version (idempotent for a retry).
+def push(settings: Settings, signed: SignedModel, run_id: str) -> Release:
+    """Store the signed model as an immutable registry version (idempotent for a retry)."""
+    from secmlops.registry import RegistryError
 
-    Returns:
-        {"name", "version", "weights_sha256"}
-    """
-    from secmlops.registry import Registry, RegistryError
-
-    registry = Registry.open(settings.model_registry)
+    registry = settings.model_registry()
     version = release_version(run_id, signed["weights_sha256"])
-    existing = {row["version"]: row for row in _versions(registry, settings.model_name)}
+    try:
+        existing = {row["version"]: row for row in registry.list(settings.model_name)}
+    except RegistryError:  # no version of this model yet
+        existing = {}
     if version in existing:
         # A retried task whose first attempt pushed: the same digest is the same release.
         if existing[version].get("weights_sha256") != signed["weights_sha256"]:
             raise RegistryError(f"{settings.model_name}@{version} exists with other weights")
     else:
         registry.push(
-            Path(signed["model_dir"]), settings.model_name, version, trusted_keyring(), audit_log()
-        )
+            Path(signed["model_dir"]), settings.model_name, version, settings.keyring(),
+            settings.audit(),
+        )  # fmt: skip
     return {"name": settings.model_name, "version": version,
             "weights_sha256": signed["weights_sha256"]}  # fmt: skip
 
 
-def promote(settings: LifecycleSettings, release: dict[str, Any]) -> dict[str, Any]:
-    """Move the `production` alias to the release (needs its passed gate record).
-
-    Returns:
-        {"name", "version", "weights_sha256", "alias"}
-    """
-    from secmlops.registry import Registry
-
-    registry = Registry.open(settings.model_registry)
-    registry.promote(
-        release["name"], release["version"], PRODUCTION_ALIAS, trusted_keyring(), audit_log()
+def promote(settings: Settings, release: Release) -> Promotion:
+    """Move the `production` alias to the release (needs its passed gate record)."""
+    settings.model_registry().promote(
+        release["name"], release["version"], PRODUCTION_ALIAS, settings.keyring(), settings.audit()
     )
     return {**release, "alias": PRODUCTION_ALIAS}
-
-
-def _versions(registry: Any, name: str) -> list[dict[str, Any]]:
-    from secmlops.registry import RegistryError
-
-    try:
-        return registry.list(name)
-    except RegistryError:
-        return []

@@ -1,70 +1,64 @@
-"""Monitoring and the trade-off study as DAG tasks."""
+"""Monitoring and the trade-off study as lifecycle tasks."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
 
-from secmlops.lifecycle.settings import (
-    PRODUCTION_ALIAS,
-    LifecycleSettings,
-    audit_log,
-    trusted_keyring,
-)
+from secmlops.lifecycle.contracts import StudySummary, VerifiedData, WindowVerdict
+from secmlops.settings import PRODUCTION_ALIAS, Settings
 
 log = logging.getLogger(__name__)
 
 
-def monitor(settings: LifecycleSettings, window_minutes: float, run_id: str) -> dict[str, Any]:
+def monitor(settings: Settings, window_minutes: float) -> WindowVerdict:
     """Judge the last window of the production model's served requests.
 
     The production model is pulled and verified first: its signed reference profile is what
-    the window is compared with.
+    the window is compared with. The cooldown state is `Settings.monitoring_state`, the one
+    `secmlops monitor` uses too.
 
-    Returns:
-        `monitor_window`'s result plus "version".
+    Raises:
+        DataError: too few requests in the window to judge it, or a malformed record.
     """
-    import datetime as dt
-
     from secmlops.monitoring.window import monitor_window
     from secmlops.policy import load_policy
-    from secmlops.registry import Registry
 
-    registry = Registry.open(settings.model_registry)
+    registry = settings.model_registry()
     version, _ = registry.resolve(settings.model_name, PRODUCTION_ALIAS)
     folder = settings.workdir / "monitoring" / "models" / version
-    registry.pull(settings.model_name, version, folder, trusted_keyring(), overwrite=True)
+    registry.pull(settings.model_name, version, folder, settings.keyring(), overwrite=True)
     result = monitor_window(
         settings.inference_log, folder, load_policy(settings.policy).monitoring,
-        settings.monitoring_reports, settings.workdir / "monitoring" / "state.json", audit_log(),
-        window=dt.timedelta(minutes=window_minutes),
+        settings.monitoring_reports, settings.monitoring_state, settings.audit(),
+        window=dt.timedelta(minutes=window_minutes), s3_endpoint_url=settings.s3_endpoint_url,
     )  # fmt: skip
-    return {"version": version, **json.loads(json.dumps(result))}
+    plain = json.loads(json.dumps(result))  # numpy scalars and paths as JSON
+    return {"version": version, "records": plain["records"], "drift": plain["drift"],
+            "attack": plain["attack"], "request": plain["request"]}  # fmt: skip
 
 
 def tradeoff_study(
-    settings: LifecycleSettings, data_dir: str, quick: bool, run_id: str
-) -> dict[str, Any]:
+    settings: Settings, data: VerifiedData, quick: bool, run_id: str
+) -> StudySummary:
     """The security/performance trade-off study on a verified dataset version.
 
     Finished trainings and evaluations are cached per run, so a retried task continues instead
     of starting the study over; the cache (every trained model) is removed once the study is
     written.
-
-    Returns:
-        {"out_dir", "configurations", "pareto_front", "seconds"}
     """
-    from secmlops.pipeline import safe_name
+    from secmlops.fsutil import safe_name
     from secmlops.tradeoffs.study import default_out_dir, run_study
 
-    out = default_out_dir(settings.workdir)
+    out = default_out_dir(settings.tradeoffs_dir)
     cache = settings.workdir / "runs" / "tradeoffs-cache" / safe_name(run_id)
     result = run_study(
-        Path(data_dir), out, quick, policy_path=settings.policy, cache_dir=cache, progress=log.info
-    )
+        Path(data["data_dir"]), out, quick, policy_path=settings.policy, cache_dir=cache,
+        progress=log.info,
+    )  # fmt: skip
     shutil.rmtree(cache, ignore_errors=True)
     return {
         "out_dir": str(result.out_dir),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +56,8 @@ class CompactCenterNet(nn.Module):
     """
 
     stride = 4
+    pixel_mean: Tensor  # buffers registered in __init__ (declared so they type as tensors)
+    pixel_std: Tensor
 
     def __init__(
         self,
@@ -91,8 +94,9 @@ class CompactCenterNet(nn.Module):
         self.head = nn.Sequential(ConvBNAct(w4, w4), nn.Conv2d(w4, 5, 1))
         # Start the heatmap at a 1% prior so early training is not swamped by easy negatives
         # (focal-loss initialisation, Lin et al. 2017).
-        nn.init.constant_(self.head[-1].bias[:1], -math.log((1 - 0.01) / 0.01))
-        nn.init.zeros_(self.head[-1].bias[1:])
+        bias = cast(Tensor, self.head[-1].bias)  # nn.Module attributes type as Tensor | Module
+        nn.init.constant_(bias[:1], -math.log((1 - 0.01) / 0.01))
+        nn.init.zeros_(bias[1:])
 
     # ----------------------------------------------------------------------------- forward
     def forward(

@@ -27,7 +27,8 @@ from secmlops.monitoring.drift import (
 )
 from secmlops.monitoring.reference import load_reference
 from secmlops.policy import MonitoringPolicy
-from secmlops.serving.inference_log import read_inference_log, s3_client
+from secmlops.s3 import s3_client
+from secmlops.serving.inference_log import read_inference_log
 
 
 def thresholds_from_policy(policy: MonitoringPolicy) -> MonitoringThresholds:
@@ -52,8 +53,11 @@ def monitor_window(
     *,
     window: dt.timedelta = dt.timedelta(hours=1),
     now: dt.datetime | None = None,
+    s3_endpoint_url: str | None = None,
 ) -> dict[str, Any]:
     """Judge the last `window` of served requests; request retraining when the policy says so.
+
+    `s3_endpoint_url` is the endpoint of an `s3://` log or reports location (None: AWS).
 
     Returns:
         {"records", "drift": DriftResult json, "attack": AttackResult json,
@@ -67,7 +71,7 @@ def monitor_window(
     since = now - window
     records = [
         r
-        for r in read_inference_log(log_uri)
+        for r in read_inference_log(log_uri, s3_endpoint_url)
         if since <= dt.datetime.fromisoformat(r["time"]) <= now
     ]
     if len(records) < policy.min_window:
@@ -82,7 +86,9 @@ def monitor_window(
     if str(reports_dir).startswith("s3://"):
         with tempfile.TemporaryDirectory() as staging:
             drift = check_drift(reference, frame, Path(staging), thresholds)
-            drift = upload_reports(drift, f"{str(reports_dir).rstrip('/')}/{stamp}")
+            drift = upload_reports(
+                drift, f"{str(reports_dir).rstrip('/')}/{stamp}", s3_endpoint_url
+            )
     else:
         drift = check_drift(reference, frame, Path(reports_dir) / stamp, thresholds)
     attack = check_attacks(frame, thresholds)
@@ -95,7 +101,7 @@ def monitor_window(
     }
 
 
-def upload_reports(drift: DriftResult, uri: str) -> DriftResult:
+def upload_reports(drift: DriftResult, uri: str, endpoint_url: str | None = None) -> DriftResult:
     """Upload a window's HTML and JSON reports to `s3://bucket/prefix/`; the result links there.
 
     Raises:
@@ -104,7 +110,7 @@ def upload_reports(drift: DriftResult, uri: str) -> DriftResult:
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
     if not bucket:
         raise DataError(f"reports location {uri!r}: no bucket")
-    client = s3_client()
+    client = s3_client(endpoint_url)
     links: dict[str, str] = {}
     for field, content_type in (("html_report", "text/html"), ("json_report", "application/json")):
         local = Path(getattr(drift, field))
@@ -116,4 +122,6 @@ def upload_reports(drift: DriftResult, uri: str) -> DriftResult:
         except Exception as exc:  # botocore's errors: the link must never point at nothing
             raise DataError(f"cannot upload {local.name} to s3://{bucket}/{key}: {exc}") from None
         links[field] = f"s3://{bucket}/{key}"
-    return dataclasses.replace(drift, **links)
+    return dataclasses.replace(
+        drift, html_report=links["html_report"], json_report=links["json_report"]
+    )

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,16 +59,7 @@ from secmlops.supplychain.keys import Keyring
 if TYPE_CHECKING:
     from secmlops.supplychain.provenance import VerifiedModel
 
-__all__ = ["REGISTRY_ENV", "Registry", "RegistryConflict", "RegistryError", "default_registry_uri"]
-
-REGISTRY_ENV = "SECMLOPS_REGISTRY"
-
-
-def default_registry_uri() -> str:
-    """`$SECMLOPS_REGISTRY`, else `file://<workdir>/registry` (workdir: `$SECMLOPS_WORKDIR`)."""
-    from secmlops.pipeline import default_workdir
-
-    return os.environ.get(REGISTRY_ENV) or (default_workdir() / "registry").as_uri()
+__all__ = ["Registry", "RegistryConflict", "RegistryError"]
 
 
 class Registry:
@@ -79,8 +69,9 @@ class Registry:
         self.store = store
 
     @classmethod
-    def open(cls, uri: str | Path) -> Registry:
-        """Open `file:///abs/path`, a plain folder path, or `s3://bucket/prefix`.
+    def open(cls, uri: str | Path, s3_endpoint_url: str | None = None) -> Registry:
+        """Open `file:///abs/path`, a plain folder path, or `s3://bucket/prefix`
+        (on `s3_endpoint_url`, None: AWS).
 
         Raises:
             RegistryError: an unknown scheme, a `file://` URI with a host or a relative path,
@@ -96,7 +87,7 @@ class Registry:
                 )
             from secmlops.registry.s3_store import S3Store
 
-            return cls(S3Store(parsed.netloc, parsed.path))
+            return cls(S3Store(parsed.netloc, parsed.path, endpoint_url=s3_endpoint_url))
         if parsed.scheme == "file":
             if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
                 raise RegistryError(f"{text}: expected file:///absolute/path")
@@ -222,7 +213,7 @@ class Registry:
                 staged = Path(tmp)
                 stage_release(Path(model_dir), staged)
                 verified = verify_release(staged, keyring)
-                record = {
+                record: dict[str, Any] = {
                     "schema": VERSION_SCHEMA,
                     "name": name,
                     "version": version,

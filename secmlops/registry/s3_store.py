@@ -1,6 +1,6 @@
 """The registry in an S3 bucket (AWS S3, MinIO, moto): `s3://bucket/prefix`.
 
-The endpoint comes from `$SECMLOPS_S3_ENDPOINT_URL` (unset: AWS), credentials from boto3's
+The endpoint is `Settings.s3_endpoint_url` (unset: AWS), credentials come from boto3's
 standard chain (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE`, an instance role):
 never from the registry URI, which ends up in logs, audit entries and DAG configs.
 
@@ -21,7 +21,6 @@ policy requiring conditional writes prevents at the storage level.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +37,8 @@ from secmlops.registry.store import (
     parse_alias_record,
     parse_version_record,
 )
+from secmlops.s3 import s3_client
 
-ENDPOINT_ENV = "SECMLOPS_S3_ENDPOINT_URL"
 LOST_RACE_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "412", "409"})
 MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
@@ -47,11 +46,13 @@ MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 class S3Store(Store):
     """A registry under `s3://bucket/prefix/`."""
 
-    def __init__(self, bucket: str, prefix: str = "", client: Any = None) -> None:
+    def __init__(
+        self, bucket: str, prefix: str = "", client: Any = None, endpoint_url: str | None = None
+    ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
-        self._client = client if client is not None else _make_client()
+        self._client = client if client is not None else s3_client(endpoint_url)
 
     def _key(self, *parts: str) -> str:
         return self.prefix + "/".join(parts)
@@ -239,12 +240,3 @@ class S3Store(Store):
 
 def _code(exc: Any) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _make_client() -> Any:
-    import boto3
-    from botocore.config import Config
-
-    endpoint = os.environ.get(ENDPOINT_ENV) or None
-    config = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10)
-    return boto3.client("s3", endpoint_url=endpoint, config=config)

@@ -2,7 +2,7 @@
 
 `overview` gathers the registry's versions with their signature status and the gate and registry
 decisions of the audit log; `reports` the latest drift report and trade-off study; `sources`
-says where each lives (environment variables with the library's defaults); `report_store` reads
+says where each lives (the deployment's `Settings`); `report_store` reads
 report files, local or on S3, without leaving their root; `page` renders it all as one page.
 Nothing here imports Airflow: `plugins/secmlops_plugin.py` only wires these functions to routes
 behind Airflow's auth.
@@ -23,7 +23,12 @@ from secmlops.reporting.reports import (
     latest_drift_report,
     tradeoff_table,
 )
-from secmlops.reporting.sources import Sources, report_file, sources_from_env, trusted_keyring
+from secmlops.reporting.sources import (
+    Sources,
+    report_file,
+    sources_from_settings,
+    trusted_keyring,
+)
 
 __all__ = [
     "DriftOverview",
@@ -38,7 +43,7 @@ __all__ = [
     "read_report",
     "registry_overview",
     "report_file",
-    "sources_from_env",
+    "sources_from_settings",
     "tradeoff_table",
     "trusted_keyring",
 ]

@@ -98,7 +98,9 @@ class GateHistory:
         return asdict(self)
 
 
-def registry_overview(registry_uri: str, keyring: Keyring | None) -> RegistryOverview:
+def registry_overview(
+    registry_uri: str, keyring: Keyring | None, s3_endpoint_url: str | None = None
+) -> RegistryOverview:
     """List every version with its aliases, digest, push time and signature status.
 
     Args:
@@ -113,7 +115,7 @@ def registry_overview(registry_uri: str, keyring: Keyring | None) -> RegistryOve
     from secmlops.registry import Registry
 
     try:
-        registry = Registry.open(registry_uri)
+        registry = Registry.open(registry_uri, s3_endpoint_url)
         names = registry.models()
     except (SecMLOpsError, OSError) as exc:
         return RegistryOverview(str(registry_uri), (), f"registry unreadable: {exc}")

@@ -62,9 +62,9 @@ class Overview:
 
 def read_registry(sources: Sources) -> tuple[RegistryOverview, str | None]:
     """The registry section and why signatures cannot be verified (None when they can)."""
-    keyring, keys_message = trusted_keyring()
+    keyring, keys_message = trusted_keyring(sources)
     registry = _guarded(
-        lambda: registry_overview(sources.registry_uri, keyring),
+        lambda: registry_overview(sources.registry_uri, keyring, sources.s3_endpoint_url),
         RegistryOverview(sources.registry_uri, ()),
     )
     return registry, keys_message
@@ -81,7 +81,7 @@ def read_gates(sources: Sources, limit: int = 50) -> GateHistory:
 def read_drift(sources: Sources) -> DriftOverview:
     """The drift section."""
     return _guarded(
-        lambda: latest_drift_report(sources.reports_root),
+        lambda: latest_drift_report(sources.reports_root, sources.s3_endpoint_url),
         DriftOverview(str(sources.reports_root), None, None, None, (), 0, 0, ()),
     )
 
@@ -98,7 +98,7 @@ def gather_overview(sources: Sources, gate_limit: int = 50) -> Overview:
     """Read all four sources; a section that fails unexpectedly carries the error as its message.
 
     Args:
-        sources: where to read (`sources_from_env()`).
+        sources: where to read (`sources_from_settings`).
         gate_limit: how many gate and registry decisions to show.
 
     Returns:
@@ -244,11 +244,11 @@ def _drift(drift: DriftOverview, base_path: str) -> str:
     parts = ["<section id='drift'><h2>Drift</h2>"]
     if drift.window:
         status = "fail" if drift.checks_failed else "pass"
-        links = [
-            _link(base_path, "drift", *path.split("/", 1), label=label)
-            for path, label in ((drift.html_report, "HTML report"), (drift.json_report, "JSON"))
-            if path
-        ]
+        links: list[str] = []
+        for path, label in ((drift.html_report, "HTML report"), (drift.json_report, "JSON")):
+            if path:
+                folder, name = path.split("/", 1)  # "<window>/<file>"
+                links.append(_link(base_path, "drift", folder, name, label))
         parts.append(
             f"<p>latest window <strong>{escape(drift.window)}</strong>: "
             f"{_badge(status)} {drift.checks_failed} of {drift.checks_total} checks failed "

@@ -9,10 +9,10 @@ S3), so a URL can name nothing but a report file under the configured root.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from secmlops.errors import DataError
 from secmlops.reporting.sources import PLAIN_NAME, REPORT_MEDIA_TYPES, report_file
+from secmlops.s3 import s3_client
 
 
 def is_s3(root: Path | str) -> bool:
@@ -28,13 +28,7 @@ def _split(root: str) -> tuple[str, str]:
     return bucket, f"{prefix}/" if prefix else ""
 
 
-def _client() -> Any:
-    from secmlops.serving.inference_log import s3_client
-
-    return s3_client()
-
-
-def list_folders(root: Path | str) -> list[str]:
+def list_folders(root: Path | str, endpoint_url: str | None = None) -> list[str]:
     """Names of the folders directly under `root`, sorted.
 
     Raises:
@@ -48,7 +42,7 @@ def list_folders(root: Path | str) -> list[str]:
     bucket, prefix = _split(str(root))
     names: list[str] = []
     try:
-        pages = _client().get_paginator("list_objects_v2")
+        pages = s3_client(endpoint_url).get_paginator("list_objects_v2")
         for page in pages.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
             for common in page.get("CommonPrefixes", []):
                 names.append(common["Prefix"][len(prefix) :].rstrip("/"))
@@ -57,23 +51,23 @@ def list_folders(root: Path | str) -> list[str]:
     return sorted(names)
 
 
-def has_file(root: Path | str, folder: str, name: str) -> bool:
+def has_file(root: Path | str, folder: str, name: str, endpoint_url: str | None = None) -> bool:
     """Whether `root/folder/name` is a report file (see `read_report` for the rules)."""
     try:
-        _locate(root, folder, name)
+        _locate(root, folder, name, endpoint_url)
     except DataError:
         return False
     return True
 
 
-def read_report(root: Path | str, folder: str, name: str) -> bytes:
-    """The bytes of the report file `root/folder/name`.
+def read_report(root: Path | str, folder: str, name: str, endpoint_url: str | None = None) -> bytes:
+    """The bytes of the report file `root/folder/name` (an `s3://` root on `endpoint_url`).
 
     Raises:
         DataError: not a plain folder and file name with a report suffix, outside the root, or
             missing (one message for all, as `report_file`).
     """
-    where = _locate(root, folder, name)
+    where = _locate(root, folder, name, endpoint_url)
     if isinstance(where, Path):
         try:
             return where.read_bytes()
@@ -81,12 +75,14 @@ def read_report(root: Path | str, folder: str, name: str) -> bytes:
             raise DataError(f"no report {folder}/{name}") from None
     bucket, key = where
     try:
-        return _client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        return s3_client(endpoint_url).get_object(Bucket=bucket, Key=key)["Body"].read()
     except Exception:  # NoSuchKey, access denied, network: the report cannot be had
         raise DataError(f"no report {folder}/{name}") from None
 
 
-def _locate(root: Path | str, folder: str, name: str) -> Path | tuple[str, str]:
+def _locate(
+    root: Path | str, folder: str, name: str, endpoint_url: str | None
+) -> Path | tuple[str, str]:
     """The checked local path, or the (bucket, key) that exists on S3."""
     if not is_s3(root):
         return report_file(Path(root), folder, name)
@@ -97,7 +93,7 @@ def _locate(root: Path | str, folder: str, name: str) -> Path | tuple[str, str]:
     bucket, prefix = _split(str(root))
     key = f"{prefix}{folder}/{name}"
     try:
-        _client().head_object(Bucket=bucket, Key=key)
+        s3_client(endpoint_url).head_object(Bucket=bucket, Key=key)
     except Exception:
         raise refused from None
     return bucket, key

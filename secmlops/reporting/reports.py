@@ -83,12 +83,14 @@ class TradeoffTable:
         return asdict(self)
 
 
-def latest_drift_report(reports_root: Path | str) -> DriftOverview:
+def latest_drift_report(
+    reports_root: Path | str, s3_endpoint_url: str | None = None
+) -> DriftOverview:
     """The newest window's drift report under `reports_root` (`<YYYYmmddTHHMMSSZ>/drift-report.*`).
 
     Args:
         reports_root: where monitoring writes one folder per judged window: a folder, or an
-            `s3://bucket/prefix` (read with `$SECMLOPS_S3_ENDPOINT_URL` and AWS credentials).
+            `s3://bucket/prefix` (read on `s3_endpoint_url` with AWS credentials).
 
     Returns:
         The report's per-feature p-values and failed checks; `message` says why they are
@@ -97,7 +99,7 @@ def latest_drift_report(reports_root: Path | str) -> DriftOverview:
     root = str(reports_root)
     empty = DriftOverview(root, None, None, None, (), 0, 0, ())
     try:
-        names = report_store.list_folders(reports_root)
+        names = report_store.list_folders(reports_root, s3_endpoint_url)
     except DataError as exc:
         return replace(empty, message=f"no drift report yet: {exc}")
     # Newest first, stopping at the first window with a report: hourly windows pile up.
@@ -106,18 +108,23 @@ def latest_drift_report(reports_root: Path | str) -> DriftOverview:
             name
             for name in reversed(names)
             if WINDOW_PATTERN.match(name)
-            and any(report_store.has_file(reports_root, name, f) for f in (DRIFT_JSON, DRIFT_HTML))
+            and any(
+                report_store.has_file(reports_root, name, f, s3_endpoint_url)
+                for f in (DRIFT_JSON, DRIFT_HTML)
+            )
         ),
         None,
     )
     if window is None:
         return replace(empty, message=f"no drift report yet under {root}")
-    has_html = report_store.has_file(reports_root, window, DRIFT_HTML)
+    has_html = report_store.has_file(reports_root, window, DRIFT_HTML, s3_endpoint_url)
     found = replace(
         empty, window=window, html_report=f"{window}/{DRIFT_HTML}" if has_html else None
     )
     try:
-        report = json.loads(report_store.read_report(reports_root, window, DRIFT_JSON))
+        report = json.loads(
+            report_store.read_report(reports_root, window, DRIFT_JSON, s3_endpoint_url)
+        )
         columns = _drift_columns(report)
         embedding = _embedding_drift(report)
         tests = [t for t in report.get("tests", []) if isinstance(t, dict)]

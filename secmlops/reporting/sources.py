@@ -1,11 +1,8 @@
 """Where the overview reads from, and the one way report files leave their folder.
 
-Every location comes from the environment variable the rest of the library already honours, with
-the same default: the registry `SECMLOPS_REGISTRY`, the audit log `SECMLOPS_AUDIT_LOG`, the trusted
-model keys `SECMLOPS_TRUSTED_KEYS`, and the work dir `SECMLOPS_WORKDIR`, under which monitoring
-reports (`runs/monitoring/reports`) and trade-off studies (`runs/tradeoffs`) live unless
-`SECMLOPS_MONITORING_REPORTS` (a folder or an `s3://bucket/prefix`, as monitoring accepts) /
-`SECMLOPS_TRADEOFFS_DIR` say otherwise.
+Every location comes from the deployment's `Settings`, the same ones the lifecycle writes with:
+the registry, the audit log, the trusted model keys, the monitoring reports (a folder or an
+`s3://bucket/prefix`, as monitoring accepts) and the trade-off studies.
 
 Threat (report serving): a web route that turns a URL into a file path is a classic way to read
 any file the server can (`../../airflow.cfg`, a symlink planted in a report folder). `report_file`
@@ -15,19 +12,14 @@ resolved path (symlinks followed) must still lie inside the configured root.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from secmlops.audit import default_audit_path
 from secmlops.errors import DataError, IntegrityError
-from secmlops.pipeline import default_workdir
-from secmlops.registry import default_registry_uri
-from secmlops.supplychain.keys import TRUSTED_KEYS_ENV, Keyring
+from secmlops.settings import Settings, env_name
+from secmlops.supplychain.keys import Keyring
 
-REPORTS_ENV = "SECMLOPS_MONITORING_REPORTS"
-TRADEOFFS_ENV = "SECMLOPS_TRADEOFFS_DIR"
 # Files a report folder may hand out, and the media type each is served with.
 REPORT_MEDIA_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -48,6 +40,8 @@ class Sources:
     audit_log: Path
     reports_root: Path | str  # a folder, or an s3://bucket/prefix URI
     tradeoffs_root: Path
+    trusted_keys: str | None = None  # `Settings.trusted_keys`
+    s3_endpoint_url: str | None = None
 
     def to_json(self) -> dict[str, str]:
         """Plain strings, for the JSON API."""
@@ -59,30 +53,30 @@ class Sources:
         }
 
 
-def sources_from_env() -> Sources:
-    """The locations named by the environment, else the library's defaults (see module doc)."""
-    workdir = default_workdir()
-    reports = os.environ.get(REPORTS_ENV) or workdir / "runs" / "monitoring" / "reports"
-    tradeoffs = os.environ.get(TRADEOFFS_ENV) or workdir / "runs" / "tradeoffs"
+def sources_from_settings(settings: Settings) -> Sources:
+    """The locations the deployment's settings name."""
+    reports = settings.monitoring_reports
     return Sources(
-        registry_uri=default_registry_uri(),
-        audit_log=default_audit_path(),
-        reports_root=reports if str(reports).startswith("s3://") else Path(reports),
-        tradeoffs_root=Path(tradeoffs),
+        registry_uri=settings.registry,
+        audit_log=settings.audit_log,
+        reports_root=reports if reports.startswith("s3://") else Path(reports),
+        tradeoffs_root=settings.tradeoffs_dir,
+        trusted_keys=settings.trusted_keys,
+        s3_endpoint_url=settings.s3_endpoint_url,
     )
 
 
-def trusted_keyring() -> tuple[Keyring | None, str | None]:
-    """The keys trusted to sign models, from `$SECMLOPS_TRUSTED_KEYS`.
+def trusted_keyring(sources: Sources) -> tuple[Keyring | None, str | None]:
+    """The keys trusted to sign models (`Settings.trusted_keys`).
 
     Returns:
         (keyring, None), or (None, why there is none): unset, or a path or key that cannot be
         read. Without a keyring the overview still lists versions, marked "unverified".
     """
-    if not os.environ.get(TRUSTED_KEYS_ENV, "").strip():
-        return None, f"no trusted keys: set {TRUSTED_KEYS_ENV} to verify signatures"
+    if not sources.trusted_keys:
+        return None, f"no trusted keys: set {env_name('trusted_keys')} to verify signatures"
     try:
-        return Keyring.from_env(), None
+        return Keyring.from_setting(sources.trusted_keys), None
     except (DataError, IntegrityError) as exc:
         return None, f"trusted keys unusable ({exc})"
 

@@ -21,7 +21,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -159,7 +159,9 @@ def _serve(
     screening: dict[str, bool] = {}
     # The backbone embedding comes from the same forward pass, through a hook (monitoring); a
     # release without a projection in its reference profile logs none, so nothing is hooked.
-    capture = capture_embeddings(loaded.model) if loaded.projection is not None else nullcontext([])
+    capture: AbstractContextManager[list[torch.Tensor]] = (
+        capture_embeddings(loaded.model) if loaded.projection is not None else nullcontext([])
+    )
     with capture as embeddings:
         if config.detect is None and loaded.screener is not None:
             # The calibrated cascade: score in units of the alarm threshold (> 1: alarm).

@@ -4,15 +4,14 @@ Records go to a local folder (`/path` or `file:///path`) or to S3 (`s3://bucket/
 hourly partitions (`YYYY/MM/DD/HH/`), as JSON lines. Local files are appended to and flushed per
 record. S3 objects cannot be appended to, so records are buffered and written as one new object
 per flush (every `flush_every` records, and on close): an object is never rewritten, so readers
-never see a half-written one. Credentials come from the environment only; the endpoint from
-`SECMLOPS_S3_ENDPOINT_URL` (MinIO, a loopback test server) when set.
+never see a half-written one. Credentials come from the environment only; the endpoint is the
+caller's `endpoint_url` (`Settings.s3_endpoint_url`: MinIO, a loopback test server).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -20,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from secmlops.errors import DataError
-
-S3_ENDPOINT_ENV = "SECMLOPS_S3_ENDPOINT_URL"
+from secmlops.s3 import s3_client
 
 
 class InferenceLog:
@@ -30,9 +28,12 @@ class InferenceLog:
     Args:
         uri: a folder path, `file://` URI, or `s3://bucket/prefix`.
         flush_every: S3 only: records per object.
+        endpoint_url: S3 only: an S3-compatible endpoint (None: AWS).
     """
 
-    def __init__(self, uri: str | Path, flush_every: int = 100) -> None:
+    def __init__(
+        self, uri: str | Path, flush_every: int = 100, endpoint_url: str | None = None
+    ) -> None:
         text = str(uri)
         self.uri = text
         self._lock = threading.Lock()
@@ -42,7 +43,7 @@ class InferenceLog:
             bucket, _, prefix = text[5:].partition("/")
             if not bucket:
                 raise DataError(f"inference log {text!r}: no bucket")
-            self._s3 = s3_client()
+            self._s3 = s3_client(endpoint_url)
             self._bucket, self._prefix = bucket, prefix.strip("/")
             self._folder: Path | None = None
         else:
@@ -84,7 +85,9 @@ class InferenceLog:
         self._buffer.clear()
 
 
-def read_inference_log(uri: str | Path) -> Iterator[dict[str, Any]]:
+def read_inference_log(
+    uri: str | Path, endpoint_url: str | None = None
+) -> Iterator[dict[str, Any]]:
     """Every record of an inference log, oldest partition first.
 
     Raises:
@@ -93,7 +96,7 @@ def read_inference_log(uri: str | Path) -> Iterator[dict[str, Any]]:
     text = str(uri)
     if text.startswith("s3://"):
         bucket, _, prefix = text[5:].partition("/")
-        client = s3_client()
+        client = s3_client(endpoint_url)
         keys: list[str] = []
         for page in client.get_paginator("list_objects_v2").paginate(
             Bucket=bucket, Prefix=prefix.strip("/")
@@ -120,10 +123,3 @@ def _parse_lines(text: str, source: str) -> Iterator[dict[str, Any]]:
 
 def _partition(now: dt.datetime) -> str:
     return now.strftime("%Y/%m/%d/%H")
-
-
-def s3_client() -> Any:
-    """A boto3 S3 client on `$SECMLOPS_S3_ENDPOINT_URL` (MinIO, loopback) or AWS by default."""
-    import boto3
-
-    return boto3.client("s3", endpoint_url=os.environ.get(S3_ENDPOINT_ENV) or None)

@@ -20,6 +20,7 @@ from torch import nn
 from secmlops.audit import AuditLog
 from secmlops.errors import ModelError, SecMLOpsError
 from secmlops.monitoring.embedding import EmbeddingProjection
+from secmlops.registry import Registry
 from secmlops.supplychain.keys import Keyring
 
 
@@ -40,7 +41,7 @@ class ModelSource:
     """The registry alias serving follows.
 
     Args:
-        registry_uri: `file://...` or `s3://...`.
+        registry: the model registry (`Settings.model_registry()`).
         name: the model name in the registry.
         alias: the alias to serve (`production`).
         keyring: trusted model-signing keys.
@@ -50,16 +51,14 @@ class ModelSource:
 
     def __init__(
         self,
-        registry_uri: str,
+        registry: Registry,
         name: str,
         alias: str,
         keyring: Keyring,
         audit: AuditLog,
         device: str = "cpu",
     ) -> None:
-        from secmlops.registry import Registry
-
-        self.registry = Registry.open(registry_uri)
+        self.registry = registry
         self.name, self.alias, self.keyring, self.audit = name, alias, keyring, audit
         self.device = device
         self.current: LoadedModel | None = None

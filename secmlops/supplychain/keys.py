@@ -4,11 +4,11 @@ Threat: an attacker who can write to the data store or the model registry swaps 
 bytes (poisoned images, a backdoored model). A digest alone does not help, because the attacker
 recomputes it; a signature does, provided the verifier decides *which* keys it trusts. The
 `Keyring` is that decision: it holds public keys by key id, loaded from files or from the
-environment (Airflow Connections and secret stores feed the same variable), never from the
-artifact being verified.
+deployment's settings (`Settings.trusted_keys`: PEM text or key files, fed by Airflow Connections
+and secret stores), never from the artifact being verified.
 
-Private keys are written with mode 0600 and, when `SECMLOPS_KEY_PASSPHRASE` is set, encrypted
-with it, so a copied key file alone does not let anyone sign.
+Private keys are written with mode 0600 and, given a passphrase (`Settings.key_passphrase`),
+encrypted with it, so a copied key file alone does not let anyone sign.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from secmlops.errors import DataError, IntegrityError
 
-PASSPHRASE_ENV = "SECMLOPS_KEY_PASSPHRASE"
-TRUSTED_KEYS_ENV = "SECMLOPS_TRUSTED_KEYS"
 KEY_ID_PREFIX = "ed25519:"
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.DOTALL)
@@ -47,14 +45,13 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     return KEY_ID_PREFIX + hashlib.sha256(raw).hexdigest()[:32]
 
 
-def generate_keypair(out_dir: Path, name: str) -> tuple[Path, Path]:
+def generate_keypair(out_dir: Path, name: str, passphrase: str | None = None) -> tuple[Path, Path]:
     """Create `<name>.key` (PKCS8 PEM, mode 0600) and `<name>.pub` (SubjectPublicKeyInfo PEM).
-
-    The private key is encrypted with `$SECMLOPS_KEY_PASSPHRASE` when that variable is set.
 
     Args:
         out_dir: folder for both files (created if missing).
         name: base name of the files (a plain name, no path separators).
+        passphrase: encrypts the private key when given.
 
     Returns:
         (private key path, public key path).
@@ -73,7 +70,6 @@ def generate_keypair(out_dir: Path, name: str) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     private_key = Ed25519PrivateKey.generate()
-    passphrase = os.environ.get(PASSPHRASE_ENV)
     encryption: serialization.KeySerializationEncryption = (
         serialization.BestAvailableEncryption(passphrase.encode())
         if passphrase
@@ -122,8 +118,8 @@ def load_private_key(path: Path, passphrase: str | None = None) -> Ed25519Privat
 
     Args:
         path: the `.key` file.
-        passphrase: decrypts an encrypted key; default `$SECMLOPS_KEY_PASSPHRASE`. Ignored for
-            an unencrypted key.
+        passphrase: decrypts an encrypted key (`Settings.key_passphrase`). Ignored for an
+            unencrypted key.
 
     Returns:
         The private key.
@@ -135,8 +131,6 @@ def load_private_key(path: Path, passphrase: str | None = None) -> Ed25519Privat
     """
     path = Path(path)
     data = _read_key_file(path)
-    if passphrase is None:
-        passphrase = os.environ.get(PASSPHRASE_ENV) or None
     password = passphrase.encode() if passphrase else None
     try:
         try:
@@ -144,9 +138,10 @@ def load_private_key(path: Path, passphrase: str | None = None) -> Ed25519Privat
         except TypeError:
             if password is None:
                 raise DataError(
-                    f"{path}: private key is encrypted; set {PASSPHRASE_ENV} to its passphrase"
+                    f"{path}: private key is encrypted; set its passphrase in "
+                    "SECMLOPS_KEY_PASSPHRASE"
                 ) from None
-            # A passphrase in the environment must not break loading an unencrypted key.
+            # A deployment's passphrase must not break loading an unencrypted key.
             key = serialization.load_pem_private_key(data, password=None)
     except ValueError:
         hint = "wrong passphrase, or " if password else ""
@@ -280,16 +275,17 @@ class Keyring:
         return ring
 
     @classmethod
-    def from_env(cls, var: str = TRUSTED_KEYS_ENV) -> Keyring:
-        """Keyring from an environment variable holding PEM text or os.pathsep-separated paths.
+    def from_setting(cls, value: str | None, name: str = "SECMLOPS_TRUSTED_KEYS") -> Keyring:
+        """Keyring from a setting holding PEM text or os.pathsep-separated paths
+        (`Settings.trusted_keys`).
 
         Raises:
-            DataError: the variable is unset or empty (no trusted key means nothing can
+            DataError: the setting is unset or empty (no trusted key means nothing can
                 verify, so say so now rather than fail on every artifact), or as `from_paths`.
         """
-        value = os.environ.get(var, "").strip()
+        value = (value or "").strip()
         if not value:
-            raise DataError(f"no trusted keys: set {var} to PEM public keys or key file paths")
+            raise DataError(f"no trusted keys: set {name} to PEM public keys or key file paths")
         if "-----BEGIN" in value:
-            return cls.from_pem(value, source=f"${var}")
+            return cls.from_pem(value, source=f"${name}")
         return cls.from_paths([p for p in value.split(os.pathsep) if p.strip()])

@@ -314,8 +314,10 @@ def _scan_stream(data: bytes, start: int, where: str, found: _Findings) -> int |
             elif name == "MEMOIZE":
                 memo[len(memo)] = stack[-1]
             elif name in _PUT_OPS:
+                assert arg is not None  # genops gives every PUT opcode its memo index
                 memo[int(arg)] = stack[-1]
             elif name in _GET_OPS:
+                assert arg is not None  # genops gives every GET opcode its memo index
                 stack.append(memo.get(int(arg), _UNKNOWN))
             elif name == "DUP":
                 stack.append(stack[-1])

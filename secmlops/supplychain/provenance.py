@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -87,6 +86,8 @@ def sign_model(
     dvc_revision: str | None = None,
     gate_record: Path | None = None,
     environment_lock: Path | None = None,
+    policy_digest: str | None = None,
+    image_commit: str | None = None,
 ) -> Path:
     """Write `provenance.json`: a signed in-toto statement over every artifact file.
 
@@ -94,11 +95,14 @@ def sign_model(
         model_dir: the trained model (`model.safetensors`, `model.json`).
         private_key: the model-signing key.
         data_manifest_digest, data_signer: the data version the data stage verified
-            (`check_data`'s `manifest_digest` and `signer`).
+            (`verify_signed_dataset`'s `manifest_digest` and `signer`).
         dvc_revision: the data registry revision the data was pulled at.
         gate_record: the passed gate record; copied into the directory (so it is one of the
             signed subjects and travels with the model to the registry).
         environment_lock: the pinned dependency file (default: the project's constraints.txt).
+        policy_digest: the digest of the effective policy the run was gated under.
+        image_commit: the commit of an installed image (`Settings.git_commit`), recorded when
+            the code is not a git checkout.
 
     Returns:
         The provenance file.
@@ -111,10 +115,9 @@ def sign_model(
     weights = model_dir / WEIGHTS_FILE
     if not weights.is_file() or sha256_file(weights) != card.weights_sha256:
         raise ModelError(f"{model_dir}: weights missing or not the ones {CARD_FILE} describes")
-    copy_gate_record = gate_record is not None and (
+    if gate_record is not None and (
         Path(gate_record).resolve() != (model_dir / GATE_RECORD_FILE).resolve()
-    )
-    if copy_gate_record:
+    ):
         shutil.copyfile(gate_record, model_dir / GATE_RECORD_FILE)
     subjects = {name: sha256_file(model_dir / name) for name in artifact_files(model_dir)}
     lock = Path(environment_lock) if environment_lock else REPO_ROOT / "constraints.txt"
@@ -127,7 +130,8 @@ def sign_model(
             "model": {"architecture": card.architecture, "weights_sha256": card.weights_sha256},
             "data": {"manifest_digest": data_manifest_digest, "signer": data_signer},
             "dvc_revision": dvc_revision,
-            "code": code_version(),
+            "code": code_version(image_commit),
+            "policy_digest": policy_digest,
             "training": training,
             "gate_record_sha256": subjects.get(GATE_RECORD_FILE),
             "environment": {
@@ -193,15 +197,18 @@ def load_verified(model_dir: Path, keyring: Keyring, device: str = "cpu") -> Any
 
     verified = verify_model(model_dir, keyring)
     model = load(model_dir, device=device)
-    model.secmlops_provenance = verified
+    # nn.Module.__setattr__ is typed Tensor | Module, but any attribute value is accepted
+    model.secmlops_provenance = verified  # type: ignore[assignment]  # torch __setattr__ stub
     return model
 
 
-GIT_COMMIT_ENV = "SECMLOPS_GIT_COMMIT"
+def code_version(image_commit: str | None = None) -> dict[str, Any]:
+    """The code version: git commit of the project checkout, and whether it had local edits.
 
-
-def code_version() -> dict[str, Any]:
-    """The code version: git commit of the project checkout, and whether it had local edits."""
+    Args:
+        image_commit: the commit an installed image was built from (`Settings.git_commit`),
+            reported when the code is not a git checkout.
+    """
     try:
         commit = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
@@ -214,7 +221,7 @@ def code_version() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         # An installed image has no checkout: the image build records the commit it was built
         # from (docker/Dockerfile, build arg GIT_COMMIT).
-        return {"git_commit": os.environ.get(GIT_COMMIT_ENV) or None, "dirty": None}
+        return {"git_commit": image_commit, "dirty": None}
     return {"git_commit": commit, "dirty": bool(status.strip())}
 
 

@@ -227,7 +227,7 @@ class StudyGrid:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        ids = [c.id for c in (*self.models, *self.controls)]
+        ids = self.ids
         if len(set(ids)) != len(ids):
             raise PolicyError(f"configuration ids must be unique, got {ids}")
         trained = {m.id: m.training for m in self.models if m.preprocessing is None}
@@ -241,7 +241,7 @@ class StudyGrid:
     @property
     def ids(self) -> list[str]:
         """Every configuration id, in table order."""
-        return [c.id for c in (*self.models, *self.controls)]
+        return [m.id for m in self.models] + [c.id for c in self.controls]
 
     def trained_model_id(self, training: TrainingDefence) -> str:
         """Id of the configuration that trains `training` (the model preprocessing reuses)."""

@@ -26,6 +26,7 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -246,10 +247,10 @@ def measure_model_loading(
     latency = interleaved_latency(loaders, [release] * LOAD_REPEATS, torch.device("cpu"))
     results = []
     for name, load in loaders.items():
-        refused = sum(not _accepted(lambda load=load: load(release)) for _ in range(3))
+        refused = sum(not _accepted(partial(load, release)) for _ in range(3))
         with measured(torch.device("cpu")) as usage:
             load(release)
-        detected = sum(not _accepted(lambda d=d, load=load: load(d)) for d in tampered)
+        detected = sum(not _accepted(partial(load, d)) for d in tampered)
         p50, p95 = latency[name]
         results.append(
             ControlMeasurement(

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -35,7 +35,8 @@ from secmlops.tradeoffs.configurations import (
 )
 from secmlops.tradeoffs.resources import Usage, measured
 from secmlops.training.batches import PreparedSplit
-from secmlops.training.trainer import TrainConfig, adversarial_config, train
+from secmlops.training.request import TrainingRequest
+from secmlops.training.trainer import train
 
 EVAL_BATCH = 16
 Transform = Callable[[Tensor], Tensor]
@@ -102,19 +103,15 @@ def train_configuration(
         DataError, ModelError: see `secmlops.training.trainer.train`.
     """
     training = config.training
-    config_train = TrainConfig(
-        epochs=budget.epochs,
-        batch_size=budget.batch_size,
-        warmup_steps=budget.warmup_steps,
-        seed=seed,
-        device=str(device),
-        adversarial=adversarial_config(
-            training.method,
-            training.eps_level / 255 if training.eps_level else 0.0,
-            training.steps,
-            training.mix,
-            budget.eps_warmup_epochs,
-        ),
+    defended = training.method != "none"
+    request = TrainingRequest(
+        epochs=budget.epochs, seed=seed, adversarial=training.method,
+        eps=training.eps_level / 255 if defended else TrainingRequest.eps,
+        mix=training.mix if defended else TrainingRequest.mix, attack_steps=training.steps,
+        eps_warmup_epochs=budget.eps_warmup_epochs,
+    )  # fmt: skip
+    config_train = request.train_config(
+        batch_size=budget.batch_size, warmup_steps=budget.warmup_steps, device=str(device)
     )
     with measured(device) as usage:
         result = train(data_dir, model_dir, config_train, overwrite=True)
@@ -169,7 +166,7 @@ def evaluate_configuration(
         The measurement; training figures are the trained model's.
     """
     model = models.load(trained.model_dir, device=device)
-    architecture = model.secmlops_card.architecture
+    architecture = _card(model).architecture
     defend = input_defence(config.preprocessing)
     estimator = art_attacks.art_detector(model, architecture, device)
     robust: dict[str, float] = {}
@@ -179,7 +176,7 @@ def evaluate_configuration(
             for attack in budget.attacks:
                 craft = _crafter(estimator, attack, prepared)
                 robust[attack.name] = map_under_transform(
-                    model, prepared, EVAL_BATCH, lambda x, w, c=craft: defend(c(x, w))
+                    model, prepared, EVAL_BATCH, _then(craft, defend)
                 )["mAP50"]
             adaptive = robust[budget.main_attack]
             if config.preprocessing is not None:
@@ -209,7 +206,7 @@ def craft_attack(
         attack: the ART attack.
         device: where the model runs.
     """
-    estimator = art_attacks.art_detector(model, model.secmlops_card.architecture, device)
+    estimator = art_attacks.art_detector(model, _card(model).architecture, device)
     craft = _crafter(estimator, attack, prepared)
     batches = []
     with art_attacks.input_gradients_only(model):
@@ -218,6 +215,18 @@ def craft_attack(
             batches.append(craft(prepared.images[window].float().div(255), window))
     model.eval()
     return torch.cat(batches)
+
+
+def _card(model: nn.Module) -> models.ModelCard:
+    """The card `models.load` attached (nn.Module attributes type as Tensor | Module)."""
+    return cast(models.ModelCard, model.secmlops_card)
+
+
+def _then(
+    craft: Callable[[Tensor, slice], Tensor], defend: Transform
+) -> Callable[[Tensor, slice], Tensor]:
+    """The attack as the deployed model meets it: `craft`, then the input defence."""
+    return lambda images, window: defend(craft(images, window))
 
 
 def _crafter(

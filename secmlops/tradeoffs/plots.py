@@ -20,6 +20,8 @@ MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 90, 230, 60, 70
 # Colour-blind-safe palette (Okabe and Ito, 2008), one colour per group, in first-seen order.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#999999")
 FRONT_COLOUR = "#D55E00"
+# what ImageFont.load_default gives: FreeType when Pillow has it, else the bitmap font
+_Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ def scatter_png(
 def _label_spot(
     draw: ImageDraw.ImageDraw,
     text: str,
-    font: ImageFont.FreeTypeFont,
+    font: _Font,
     at: tuple[float, float],
     taken: list[tuple[float, float, float, float]],
 ) -> tuple[float, float]:
@@ -153,7 +155,7 @@ def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
 def _legend(
     draw: ImageDraw.ImageDraw,
     colours: dict[str, str],
-    font: ImageFont.FreeTypeFont,
+    font: _Font,
     front: bool,
     origin: tuple[int, int],
 ) -> None:
@@ -171,11 +173,10 @@ def _legend(
         draw.text((x + 20, y + 6), "front", font=font, fill="black", anchor="lm")
 
 
-def _vertical_text(
-    image: Image.Image, text: str, font: ImageFont.FreeTypeFont, centre: tuple[int, int]
-) -> None:
+def _vertical_text(image: Image.Image, text: str, font: _Font, centre: tuple[int, int]) -> None:
     left, top, right, bottom = font.getbbox(text)
-    label = Image.new("RGB", (right - left + 4, bottom - top + 4), "white")
+    # getbbox is typed float (a stroke may be fractional); without a stroke it gives ints
+    label = Image.new("RGB", (int(right - left) + 4, int(bottom - top) + 4), "white")
     ImageDraw.Draw(label).text((2 - left, 2 - top), text, font=font, fill="black")
     rotated = label.rotate(90, expand=True)
     image.paste(rotated, (centre[0] - rotated.width // 2, centre[1] - rotated.height // 2))

@@ -59,7 +59,6 @@ from secmlops.training.trainer import pick_device
 
 Progress = Callable[[str], None]
 # The variable the CLI reads the policy path from, so a study and a gate use the same file.
-POLICY_ENV = "SECMLOPS_POLICY"
 
 
 @dataclass(frozen=True)
@@ -81,17 +80,10 @@ class StudyResult:
     seconds: float
 
 
-def default_out_dir(workdir: Path | None = None) -> Path:
-    """`<workdir>/runs/tradeoffs/<UTC timestamp>`, where the Airflow plugin lists studies.
-
-    Args:
-        workdir: default `secmlops.pipeline.default_workdir()` (`$SECMLOPS_WORKDIR`, else
-            `./runs`), the same root the lifecycle DAGs and the Airflow view use.
-    """
-    from secmlops.pipeline import default_workdir
-
-    root = workdir or default_workdir()
-    return root / "runs" / "tradeoffs" / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+def default_out_dir(tradeoffs_dir: Path) -> Path:
+    """`<tradeoffs_dir>/<UTC timestamp>`: `Settings.tradeoffs_dir` is where the Airflow view
+    lists studies."""
+    return tradeoffs_dir / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def run_study(
@@ -101,7 +93,7 @@ def run_study(
     *,
     eval_data: Path | None = None,
     eval_split: str = "test",
-    policy_path: Path | None = None,
+    policy_path: Path,
     seed: int = 0,
     device: str = "auto",
     grid: StudyGrid | None = None,
@@ -121,7 +113,7 @@ def run_study(
         eval_data: the dataset models are evaluated on (default: `data_dir`).
         eval_split: its split (train, val, test or all).
         policy_path: the policy whose attack suite (eps levels, PGD steps) and poisoning
-            threshold the study uses (default: `$SECMLOPS_POLICY` or ./policy.yaml).
+            threshold the study uses.
         seed: seeds training, tampering and poisoning.
         device: auto, cpu, cuda or cuda:N.
         grid: the configurations to measure (default: from `quick` and the policy).
@@ -201,7 +193,7 @@ def train_into_cache(
     *,
     eval_data: Path | None = None,
     eval_split: str = "test",
-    policy_path: Path | None = None,
+    policy_path: Path,
     seed: int = 0,
     device: str = "auto",
     grid: StudyGrid | None = None,
@@ -267,12 +259,12 @@ class _StudySetup:
         quick: bool,
         eval_data: Path | None,
         eval_split: str,
-        policy_path: Path | None,
+        policy_path: Path,
         seed: int,
         device: str,
         grid: StudyGrid | None,
     ) -> _StudySetup:
-        policy_file = Path(policy_path or os.environ.get(POLICY_ENV, "policy.yaml"))
+        policy_file = Path(policy_path)
         policy = load_policy(policy_file)
         suite = policy.gate.attacks
         grid = grid or (quick_grid if quick else full_grid)(
@@ -501,7 +493,7 @@ class _Study:
             by_id = {im.id: im for im in self.dataset.images}
             ids = calibration_ids(self.dataset.splits, self.budget.calibration_images)
             chosen = [by_id[i] for i in ids]
-            prepared = prepare_split(self.dataset, chosen, tuple(input_size))
+            prepared = prepare_split(self.dataset, chosen, input_size)
             self._calibration[input_size] = prepared.images.float().div(255)
         return self._calibration[input_size]
 

@@ -23,7 +23,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from secmlops import models
-from secmlops.attacks.projected_gradient import AttackConfig, fgsm_rs, parse_eps, perturb
+from secmlops.attacks.budget import parse_eps
+from secmlops.attacks.projected_gradient import AttackConfig, fgsm_rs, perturb
 from secmlops.data.dataset import DetectionDataset, load_dataset
 from secmlops.errors import DataError, ModelError
 from secmlops.evaluation.coco_map import coco_map
@@ -217,6 +218,7 @@ def train(
     checkpoint_dir = out_dir / CHECKPOINT_DIR
     dataset = load_dataset(data_dir)
     config = _resolve_config(config or TrainConfig(), dataset, checkpoint_dir if resume else None)
+    assert config.input_size is not None  # _resolve_config always chooses one
     if not resume and (out_dir / models.CARD_FILE).exists() and not overwrite:
         raise ModelError(f"{out_dir} already holds a model; pass --resume or --overwrite")
     if resume and not (checkpoint_dir / "state.json").exists():
@@ -243,7 +245,7 @@ def train(
     assert config.epochs is not None
     total_steps = steps_per_epoch * config.epochs
 
-    state = {"epoch": 0, "best_epoch": 0, "best_map50": -1.0, "history": []}
+    state: dict[str, Any] = {"epoch": 0, "best_epoch": 0, "best_map50": -1.0, "history": []}
     if resume:
         state = _load_checkpoint(checkpoint_dir, model, optimizer, config, scaler)
     resumed_from_epoch = int(state["epoch"])
@@ -367,9 +369,10 @@ def _resolve_config(
 ) -> TrainConfig:
     if checkpoint_dir is not None and (checkpoint_dir / "state.json").exists():
         saved = json.loads((checkpoint_dir / "state.json").read_text())["config"]
-        saved["augment"] = AugmentConfig(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in saved["augment"].items()}
-        )
+        augment: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in saved["augment"].items()
+        }
+        saved["augment"] = AugmentConfig(**augment)
         saved["input_size"] = tuple(saved["input_size"])
         if saved.get("adversarial"):
             saved["adversarial"] = AdversarialConfig.from_json(saved["adversarial"])

@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from secmlops import models
+from secmlops.attacks.budget import parse_eps
 from secmlops.attacks.projected_gradient import (
     AttackConfig,
     attack_loss,
     fgsm_rs,
     fold_batch_norm,
     loss_mode,
-    parse_eps,
     perturb,
 )
 from secmlops.data.dataset import load_dataset

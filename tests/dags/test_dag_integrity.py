@@ -10,7 +10,7 @@ from .conftest import DAGS_FOLDER
 
 DAG_FILES = sorted(DAGS_FOLDER.glob("*.py"))
 TASK_VERBS = {
-    "prepare", "train", "evaluate", "pull", "verify", "validate", "screen", "gate", "sign",
+    "plan", "prepare", "train", "evaluate", "pull", "verify", "validate", "screen", "gate", "sign",
     "push", "promote", "monitor", "emit", "check", "read", "request", "deploy", "run", "report",
 }  # fmt: skip
 
@@ -24,7 +24,7 @@ def test_every_dag_file_imports_without_errors(dagbag):
 def test_parsing_imports_neither_torch_nor_art(path):
     probe = (
         "import json, runpy, sys; runpy.run_path(sys.argv[1]); "
-        "print(json.dumps([m for m in ('torch', 'art', 'cv2', 'secmlops.training') "
+        "print(json.dumps([m for m in ('torch', 'art', 'cv2', 'secmlops.training.trainer') "
         "if m in sys.modules]))"
     )
     done = subprocess.run(
@@ -83,3 +83,35 @@ def test_trigger_forms_have_typed_params_and_tasks_have_retries_and_timeouts(dag
                 ("train", "evaluate", "pull", "check")
             ), f"{dag.dag_id}.{task.task_id} has no timeout"
             assert task.on_failure_callback, f"{dag.dag_id}.{task.task_id}: failures not audited"
+
+
+def test_every_task_turns_a_refusal_into_a_failure_without_retries(dagbag):
+    """Every task is a `lifecycle_task`: a new control's refusal needs no wiring of its own."""
+    from secmlops.airflow_support import REFUSALS_FAIL_MARK
+
+    for dag in dagbag.dags.values():
+        for task in dag.tasks:
+            callable_ = getattr(task, "python_callable", None)
+            assert getattr(callable_, REFUSALS_FAIL_MARK, False), f"{dag.dag_id}.{task.task_id}"
+
+
+def test_the_trigger_form_refuses_an_eps_the_trainer_would_refuse(dagbag):
+    import re
+
+    from secmlops.attacks.budget import parse_eps
+    from secmlops.errors import ModelError
+
+    pattern = dagbag.get_dag("secmlops_training").params.get_param("eps").schema["pattern"]
+    for text in ("4/255", "8/255", "0.0157", "1", ".5"):
+        assert re.match(pattern, text) and parse_eps(text) > 0
+    for text in ("0", "0.0", "4/0", "0/255", "4/255/2", "-1", "nan", ""):
+        assert not re.match(pattern, text), text
+        with pytest.raises(ModelError):
+            parse_eps(text)
+
+
+def test_the_forms_choices_are_the_librarys():
+    from secmlops.lifecycle.contracts import ARCHITECTURES
+    from secmlops.models import ARCHITECTURES as BUILT
+
+    assert ARCHITECTURES == BUILT

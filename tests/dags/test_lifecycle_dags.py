@@ -12,23 +12,28 @@ import pytest
 
 from .conftest import REPO_ROOT
 
-# A small config: a gate bar this model can reach (and PGD-3 instead of PGD-10), so the test
-# checks the wiring, not the model's quality; the failing-gate test raises the bar again.
+# A small config: a gate bar this model can reach, so the test checks the wiring, not the
+# model's quality; the failing-gate test raises the bar again. PGD-3 instead of the policy's
+# PGD-10 comes from the run's own override, as a user would set it in the trigger form.
 GATED = ("fgsm_linf_2", "fgsm_linf_4", "pgd_linf_2", "pgd_linf_4", "patch", "gaussian_noise",
          "gaussian_blur", "brightness", "jpeg")  # fmt: skip
 SMALL_POLICY = {
-    "gate.attacks.pgd_steps": 3,
     "gate.min_clean_map50": 0.05,
     "gate.max_defence_cost": 1.0,
     **{f"gate.min_robust_map50.{name}": 0.0 for name in GATED},
 }
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
-TRAINING_CONF = {"epochs": 12, "adversarial": "fgsm-rs", "mix": 0.5, "max_eval_images": 12}
+RUN_OVERRIDES = ["gate.attacks.pgd_steps=3"]
+TRAINING_CONF = {
+    "epochs": 12, "adversarial": "fgsm-rs", "mix": 0.5, "max_eval_images": 12,
+    "policy_overrides": RUN_OVERRIDES,
+    "override_reason": "e2e test: PGD-3 keeps the suite within CI's budget",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, airflow_db):
-    from secmlops.workspace import create_workspace
+    from secmlops.local.workspace import create_workspace
 
     monkeypatch = pytest.MonkeyPatch()
     space = create_workspace(
@@ -93,13 +98,57 @@ def test_training_gates_signs_pushes_and_promotes(released, workspace):
     assert {"reference-profile.json", "screening.json", "gate-record.json"} <= files
 
 
+def test_the_runs_overrides_reach_the_evaluation_and_the_gate(released, workspace):
+    """`policy_overrides` are resolved once into the run's effective policy: the suite ran
+    PGD-3 (the policy file says 10), and the gate judged (and signed) under that same policy."""
+    import base64
+    import json
+
+    import yaml
+
+    from secmlops.audit import read_audit_log
+    from secmlops.policy import load_policy, policy_digest
+    from secmlops.settings import Settings
+
+    settings = Settings.from_env()
+    assert load_policy(settings.policy).gate.attacks.pgd_steps == 10
+    run_dir = settings.run_dir(released["trained"].run_id)
+    effective = load_policy(run_dir / "policy.effective.yaml")
+    assert effective.gate.attacks.pgd_steps == 3
+    assert (
+        yaml.safe_load((run_dir / "policy.effective.yaml").read_text())["gate"]["attacks"][
+            "pgd_steps"
+        ]
+        == 3
+    )
+    report = json.loads((run_dir / "robustness.json").read_text())
+    assert report["suite"]["pgd_steps"] == 3
+    envelope = json.loads((run_dir / "gate-record.json").read_text())
+    predicate = json.loads(base64.b64decode(envelope["payload"]))["predicate"]
+    assert predicate["passed"] is True
+    assert predicate["policy_digest"] == policy_digest(effective)
+    assert predicate["policy_path"] == str(run_dir / "policy.effective.yaml")
+    assert [o["path"] for o in predicate["overrides"]] == ["gate.attacks.pgd_steps"]
+    suite_check = next(c for c in predicate["checks"] if c["name"] == "suite")
+    assert suite_check["passed"] and "pgd 3 steps" in suite_check["threshold"]
+    # The provenance names the same policy, and the override is audited once, with its reason.
+    provenance = json.loads((run_dir / "model" / "provenance.json").read_text())
+    statement = json.loads(base64.b64decode(provenance["payload"]))
+    assert statement["predicate"]["policy_digest"] == policy_digest(effective)
+    run_id = released["trained"].run_id
+    overrides = [e for e in read_audit_log(settings.audit_log)
+                 if e["action"] == "override" and e["subject"] == run_id]  # fmt: skip
+    assert [e["details"]["path"] for e in overrides] == ["gate.attacks.pgd_steps"]
+    assert overrides[0]["details"]["reason"].startswith("e2e test: PGD-3")
+
+
 def test_a_failing_gate_stops_promotion(dagbag, released, workspace):
     from secmlops.registry import Registry
 
     registry = Registry.open(workspace.env["SECMLOPS_REGISTRY"])
     before, _ = registry.resolve("pedestrian-detector", "production")
     conf = {**TRAINING_CONF, "adversarial": "none",
-            "policy_overrides": ["gate.min_clean_map50=0.99"],
+            "policy_overrides": [*RUN_OVERRIDES, "gate.min_clean_map50=0.99"],
             "override_reason": "e2e test: a bar no model of this size reaches"}  # fmt: skip
     run = dagbag.get_dag("secmlops_training").test(run_conf=conf)
     states = task_states(run)
@@ -125,11 +174,12 @@ def test_monitoring_a_drifted_window_emits_a_retraining_request(dagbag, released
     from secmlops.monitoring.reference import describe_images, load_profile, load_split_images
     from secmlops.registry import Registry
     from secmlops.serving.inference_log import InferenceLog
-    from secmlops.supplychain.keys import Keyring
+    from secmlops.settings import Settings
 
     registry = Registry.open(workspace.env["SECMLOPS_REGISTRY"])
     folder = workspace.root / "served-model"
-    registry.pull("pedestrian-detector", "production", folder, Keyring.from_env(), overwrite=True)
+    registry.pull("pedestrian-detector", "production", folder, Settings.from_env().keyring(),
+                  overwrite=True)  # fmt: skip
     model, (_, projection) = load(folder), load_profile(folder)
     images = load_split_images(workspace.root / "incoming" / "street", "test", 40)
     fog = [(image * 0.4 + 0.45).clamp(0, 1) for image in images]

@@ -9,7 +9,8 @@ import yaml
 from secmlops.audit import verify_audit_log
 from secmlops.data.manifest import sign_dataset
 from secmlops.errors import IntegrityError
-from secmlops.pipeline import check_data
+from secmlops.lifecycle import screen_data, validate_data, verify_data
+from secmlops.settings import Settings
 from secmlops.supplychain.keys import generate_keypair, key_id, load_public_key
 
 from ..conftest import REPO_ROOT
@@ -28,6 +29,17 @@ def signed(tmp_path_factory, tiny_scenes):
     policy["data"]["trusted_data_keys"] = [key_id(load_public_key(owner_pub))]
     (root / "policy.yaml").write_text(yaml.safe_dump(policy))
     return {"root": root, "data": data, "pub": owner_pub, "stranger": stranger_key}
+
+
+def check_data(data, policy, trusted_key, audit):
+    """The data DAG's controls in its order: verify -> validate -> screen (reports beside the
+    data), with the settings a deployment would give."""
+    settings = Settings.from_env({"SECMLOPS_POLICY": str(policy), "SECMLOPS_AUDIT_LOG": str(audit),
+                                  "SECMLOPS_TRUSTED_KEYS": str(trusted_key)})  # fmt: skip
+    verified = verify_data(settings, {"rev": "data/street/v1", "data_dir": str(data)})
+    validate_data(settings, verified)
+    screen_data(settings, verified)
+    return verified
 
 
 def first_image(data):
@@ -83,11 +95,11 @@ def test_tampering_halts_the_data_stage_with_file_and_reason(signed, tmp_path, t
     file_name, reason = tamper(data)
     audit = tmp_path / "audit.jsonl"
     with pytest.raises(IntegrityError) as caught:
-        check_data(str(data), str(signed["root"] / "policy.yaml"), [str(signed["pub"])],
-                   str(audit), str(tmp_path / "reports"))  # fmt: skip
+        check_data(data, signed["root"] / "policy.yaml", signed["pub"], audit)
     assert file_name in str(caught.value) and reason in str(caught.value)
     # Nothing after verification ran: no validation or screening report exists.
-    assert not (tmp_path / "reports").exists()
+    assert not (tmp_path / "validation.json").exists()
+    assert not (tmp_path / "screening.json").exists()
     entries = [json.loads(line) for line in audit.read_text().splitlines()]
     assert [(e["action"], e["decision"]) for e in entries] == [("verify_manifest", "fail")]
     verify_audit_log(audit)
@@ -98,14 +110,12 @@ def test_untrusted_signer_halts_the_data_stage(signed, tmp_path):
     shutil.copytree(signed["data"], data)
     sign_dataset(data, signed["stranger"])
     with pytest.raises(IntegrityError, match="untrusted key"):
-        check_data(str(data), str(signed["root"] / "policy.yaml"), [str(signed["pub"])],
-                   str(tmp_path / "audit.jsonl"), str(tmp_path / "reports"))  # fmt: skip
+        check_data(data, signed["root"] / "policy.yaml", signed["pub"], tmp_path / "audit.jsonl")
 
 
 def test_clean_signed_data_passes_every_control_and_is_audited(signed, tmp_path):
     audit = tmp_path / "audit.jsonl"
-    result = check_data(str(signed["data"]), str(signed["root"] / "policy.yaml"),
-                        [str(signed["pub"])], str(audit), str(tmp_path / "reports"))  # fmt: skip
+    result = check_data(signed["data"], signed["root"] / "policy.yaml", signed["pub"], audit)
     assert result["manifest_digest"].startswith("sha256:")
     entries = [json.loads(line) for line in audit.read_text().splitlines()]
     assert [(e["action"], e["decision"]) for e in entries] == [
@@ -114,4 +124,4 @@ def test_clean_signed_data_passes_every_control_and_is_audited(signed, tmp_path)
         ("screen_poisoning", "pass"),
     ]
     assert verify_audit_log(audit) == 3
-    assert json.loads((tmp_path / "reports" / "validation.json").read_text())
+    assert json.loads((signed["data"].parent / "validation.json").read_text())

@@ -1,4 +1,4 @@
-"""Real Airflow for end-to-end tests (`secmlops.airflow_local`), one or more per test module.
+"""Real Airflow for end-to-end tests (`secmlops.local.airflow_runner`), one or more per module.
 
 `start_airflow(extra_env)` starts one (about 30-60 s on 2 cores) and returns an `AirflowServer`;
 every server a module started is stopped when the module ends, and if a test of the module
@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import pytest
 
-from secmlops.airflow_local import COMPONENTS, AirflowError, AirflowServer, launch
+from secmlops.local.airflow_runner import COMPONENTS, AirflowError, AirflowServer, launch
 
 __all__ = ["AirflowError", "AirflowServer", "start_airflow"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from secmlops.airflow_local import (
+from secmlops.local.airflow_runner import (
     asset_triggered_runs,
     task_instances,
     trigger_run,
@@ -24,8 +24,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 def test_rest_trigger_of_data_pull_schedules_training_which_promotes(start_airflow, tmp_path):
+    from secmlops.local.workspace import create_workspace
     from secmlops.registry import Registry
-    from secmlops.workspace import create_workspace
 
     space = create_workspace(
         tmp_path / "workspace", images=200, seed=5, width=160, height=128,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from secmlops.airflow_local import task_instances, trigger_run, wait_for_success
+from secmlops.local.airflow_runner import task_instances, trigger_run, wait_for_success
 
 from ..conftest import REPO_ROOT
 from ..dags.test_lifecycle_dags import SMALL_POLICY
@@ -64,7 +64,7 @@ def redis_url():
 
 @pytest.fixture(scope="module")
 def celery_airflow(start_airflow, postgres_url, redis_url, tmp_path_factory):
-    from secmlops.workspace import create_workspace
+    from secmlops.local.workspace import create_workspace
 
     space = create_workspace(
         tmp_path_factory.mktemp("celery-workspace"), images=200, seed=5, width=160, height=128,
@@ -117,7 +117,7 @@ def test_training_runs_on_a_celery_worker_backed_by_postgres_and_redis(celery_ai
 
 def test_killed_worker_mid_training_retries_resumes_and_releases_once(celery_airflow):
     from secmlops.audit import read_audit_log, verify_audit_log
-    from secmlops.pipeline import safe_name
+    from secmlops.fsutil import safe_name
     from secmlops.registry import Registry
 
     server, space = celery_airflow

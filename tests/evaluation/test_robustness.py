@@ -4,9 +4,7 @@ and `secmlops evaluate --attacks`."""
 import json
 import math
 import shutil
-from dataclasses import asdict
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,15 +13,15 @@ from typer.testing import CliRunner
 
 from secmlops import models
 from secmlops.attacks.projected_gradient import attack_loss, loss_mode
-from secmlops.errors import DataError, ModelError, PolicyError
+from secmlops.errors import DataError, ModelError
 from secmlops.evaluation import art_attacks
 from secmlops.evaluation.corruptions import CORRUPTIONS, corrupt
 from secmlops.evaluation.robustness import (
     CROSS_CHECK_TOLERANCE,
     REPORT_SCHEMA,
     RobustnessSuite,
+    attack_names,
     evaluate_robustness,
-    suite_from_policy,
 )
 
 REPO_POLICY = Path(__file__).resolve().parents[2] / "policy.yaml"
@@ -75,7 +73,7 @@ def test_report_has_every_attack_of_the_suite_with_a_valid_map(report, small_mod
     assert report["data"]["dir"] == str(scenes.resolve())
     assert report["data"]["split"] == "all" and report["data"]["images"] == EVAL_IMAGES
     assert report["data"]["boxes"] > 0
-    assert report["suite"] == asdict(SUITE)
+    assert report["suite"] == SUITE.model_dump(mode="json")
     assert report["clean"]["mAP50"] > 0.3
     expected = {
         *(f"{kind}_linf_{k}" for kind in ("fgsm", "pgd") for k in (2, 4)),
@@ -228,23 +226,25 @@ def test_unknown_corruption_or_severity_is_refused(textured):
 
 
 # ---------------------------------------------------------------------------- suite, errors
-def test_suite_from_policy_reads_the_gate_attacks_section():
-    from secmlops.policy import load_policy
+def test_the_suite_is_the_policys_gate_attacks_section():
+    from pydantic import ValidationError
 
-    suite = suite_from_policy(load_policy(REPO_POLICY).gate)
-    assert isinstance(suite, RobustnessSuite) and suite.linf_eps_levels
-    fields = {"linf_eps_levels": [8, 2], "pgd_steps": 5, "patch_fraction": 0.1}
-    gate = SimpleNamespace(attacks=SimpleNamespace(**fields, corruption_severity=2))
-    assert suite_from_policy(gate) == RobustnessSuite([8, 2], 5, 0.1, 2)
-    assert suite_from_policy(gate).cross_check_level == 8
-    with pytest.raises(PolicyError, match="corruption_severity is missing"):
-        suite_from_policy(SimpleNamespace(attacks=SimpleNamespace(**fields)))
-    with pytest.raises(PolicyError, match="no 'attacks'"):
-        suite_from_policy(SimpleNamespace())
-    with pytest.raises(PolicyError, match="severity"):
-        RobustnessSuite([2], 10, 0.15, 9)
-    with pytest.raises(PolicyError, match="linf_eps_levels"):
-        RobustnessSuite([], 10, 0.15, 3)
+    from secmlops.policy import AttackSuitePolicy, load_policy
+
+    suite = load_policy(REPO_POLICY).gate.attacks
+    assert RobustnessSuite is AttackSuitePolicy and suite.linf_eps_levels
+    custom = RobustnessSuite(
+        linf_eps_levels=[8, 2], pgd_steps=5, patch_fraction=0.1, corruption_severity=2
+    )
+    names = attack_names(custom)
+    assert names[:4] == ["fgsm_linf_8", "fgsm_linf_2", "pgd_linf_8", "pgd_linf_2"]
+    assert names[4] == "patch" and set(names[5:]) == set(CORRUPTIONS)
+    # One set of bounds: the policy schema's.
+    fields = {"pgd_steps": 10, "patch_fraction": 0.15}
+    with pytest.raises(ValidationError, match="corruption_severity"):
+        RobustnessSuite(linf_eps_levels=[2], corruption_severity=9, **fields)
+    with pytest.raises(ValidationError, match="linf_eps_levels"):
+        RobustnessSuite(linf_eps_levels=[], corruption_severity=3, **fields)
 
 
 def test_bad_split_missing_model_and_empty_split_are_clear_errors(scenes, small_model, tmp_path):
@@ -288,8 +288,8 @@ def test_cli_evaluate_attacks_writes_the_report_next_to_the_model(small_model, s
     assert result.exit_code == 0, result.output
     written = json.loads(default_out.read_text())
     assert written["schema"] == REPORT_SCHEMA and written["data"]["images"] == 2
-    expected_suite = suite_from_policy(load_policy(policy_file).gate)
-    assert written["suite"] == asdict(expected_suite)
+    expected_suite = load_policy(policy_file).gate.attacks
+    assert written["suite"] == expected_suite.model_dump(mode="json")
     assert "pgd_linf_" in result.output and "cross-check" in result.output
     # Atomic write: no temporary file left beside the report.
     assert not [p for p in small_model.parent.iterdir() if p.name.endswith(".tmp")]

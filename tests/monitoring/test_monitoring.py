@@ -293,7 +293,6 @@ def test_reports_kept_on_s3_and_linked_from_the_audit_entry(
     from secmlops.serving.inference_log import InferenceLog
 
     endpoint, bucket = s3_bucket
-    monkeypatch.setenv("SECMLOPS_S3_ENDPOINT_URL", endpoint)
     log = InferenceLog(tmp_path / "log")
     fog = [image * 0.4 + 0.45 for image in setup["images"]]
     for record in served_records(setup["model"], fog, [False] * len(fog), setup["projection"]):
@@ -301,7 +300,7 @@ def test_reports_kept_on_s3_and_linked_from_the_audit_entry(
     policy = load_policy(REPO_ROOT / "policy.yaml").monitoring
     result = monitor_window(
         str(tmp_path / "log"), setup["model_dir"], policy, f"s3://{bucket}/monitoring",
-        tmp_path / "state.json", AuditLog(tmp_path / "audit.jsonl"),
+        tmp_path / "state.json", AuditLog(tmp_path / "audit.jsonl"), s3_endpoint_url=endpoint,
     )  # fmt: skip
     html = result["drift"]["html_report"]
     assert html.startswith(f"s3://{bucket}/monitoring/") and html.endswith("drift-report.html")

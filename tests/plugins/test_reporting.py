@@ -16,15 +16,21 @@ from secmlops.reporting import (
     read_report,
     registry_overview,
     report_file,
-    sources_from_env,
+    sources_from_settings,
     tradeoff_table,
     trusted_keyring,
 )
 from secmlops.reporting.page import gather_overview, render_page
 from secmlops.reporting.reports import DRIFT_HTML, DRIFT_JSON
+from secmlops.settings import Settings
 from secmlops.supplychain.keys import Keyring, generate_keypair
 
 from .seed import MODEL, STUDY, TRADEOFF_ROWS, WINDOW
+
+
+def sources_from_env():
+    """What the Airflow view reads: the process's settings."""
+    return sources_from_settings(Settings.from_env())
 
 
 def by_version(overview):
@@ -81,13 +87,13 @@ def test_registry_overview_of_an_empty_or_bad_registry(tmp_path):
 
 def test_trusted_keyring_from_the_environment(seeded, monkeypatch):
     monkeypatch.delenv("SECMLOPS_TRUSTED_KEYS", raising=False)
-    keyring, message = trusted_keyring()
+    keyring, message = trusted_keyring(sources_from_env())
     assert keyring is None and "SECMLOPS_TRUSTED_KEYS" in message
     monkeypatch.setenv("SECMLOPS_TRUSTED_KEYS", str(seeded.public_key))
-    keyring, message = trusted_keyring()
+    keyring, message = trusted_keyring(sources_from_env())
     assert message is None and len(keyring) == 1
     monkeypatch.setenv("SECMLOPS_TRUSTED_KEYS", "/no/such/key.pub")
-    keyring, message = trusted_keyring()
+    keyring, message = trusted_keyring(sources_from_env())
     assert keyring is None and "unusable" in message
 
 
@@ -164,24 +170,23 @@ def test_latest_drift_report_on_s3(seeded, s3_bucket, monkeypatch):
     import boto3
 
     endpoint, bucket = s3_bucket
-    monkeypatch.setenv("SECMLOPS_S3_ENDPOINT_URL", endpoint)
     s3 = boto3.client("s3", endpoint_url=endpoint)
     for name in (DRIFT_HTML, DRIFT_JSON):
         body = (seeded.reports_root / WINDOW / name).read_bytes()
         s3.put_object(Bucket=bucket, Key=f"team/reports/{WINDOW}/{name}", Body=body)
     s3.put_object(Bucket=bucket, Key="team/secret.json", Body=b"{}")
     root = f"s3://{bucket}/team/reports"
-    overview = latest_drift_report(root)
+    overview = latest_drift_report(root, endpoint)
     assert overview.message is None and overview.window == WINDOW
     assert overview.checks_failed == len(overview.columns) > 0
-    html = read_report(root, WINDOW, DRIFT_HTML)
+    html = read_report(root, WINDOW, DRIFT_HTML, endpoint)
     assert html == (seeded.reports_root / WINDOW / DRIFT_HTML).read_bytes()
     for folder, name in ((WINDOW, "missing.html"), ("..", "secret.json"), (WINDOW, "../../x.json")):
         with pytest.raises(DataError, match="no report"):
-            read_report(root, folder, name)
-    empty = latest_drift_report(f"s3://{bucket}/nothing-here")
+            read_report(root, folder, name, endpoint)
+    empty = latest_drift_report(f"s3://{bucket}/nothing-here", endpoint)
     assert empty.window is None and "no drift report yet" in empty.message
-    missing_bucket = latest_drift_report("s3://no-such-bucket-secmlops/reports")
+    missing_bucket = latest_drift_report("s3://no-such-bucket-secmlops/reports", endpoint)
     assert missing_bucket.window is None and "cannot list" in missing_bucket.message
 
 

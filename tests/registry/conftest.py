@@ -99,6 +99,11 @@ def registry_uri(request, tmp_path, monkeypatch) -> str:
     return f"s3://{bucket}/team/models-registry"
 
 
+def s3_endpoint_setting() -> str | None:
+    """The loopback S3 endpoint the `registry_uri` fixture set, as the settings would hold it."""
+    return os.environ.get("SECMLOPS_S3_ENDPOINT_URL")
+
+
 def copy_release(source: Path, dest: Path) -> Path:
     """A writable copy of a release, for tampering."""
     shutil.copytree(source, dest)

@@ -22,13 +22,15 @@ def race(
     """
     # Everything slow (imports, torch above all, key loading, connections) happens before the
     # start line, or the racer that imports faster simply arrives first.
+    import os
+
     import secmlops.evaluation.gate
     import secmlops.supplychain.provenance  # noqa: F401
     from secmlops.audit import AuditLog
     from secmlops.registry import Registry, RegistryConflict
     from secmlops.supplychain.keys import Keyring
 
-    registry = Registry.open(uri)
+    registry = Registry.open(uri, os.environ.get("SECMLOPS_S3_ENDPOINT_URL"))
     keyring = Keyring.from_paths([public_key])
     audit = AuditLog(Path(audit_path), actor=f"racer-{version}")
     registry.list("pds")

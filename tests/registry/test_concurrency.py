@@ -9,7 +9,7 @@ import os
 from secmlops.audit import AuditLog
 from secmlops.registry import Registry
 
-from .conftest import NAME, audit_entries, read_alias_bytes
+from .conftest import NAME, audit_entries, read_alias_bytes, s3_endpoint_setting
 from .race_worker import race
 
 
@@ -21,7 +21,7 @@ def test_two_processes_race_to_push_and_promote(registry_uri, releases, pki, tmp
     MinIO do not have); 1,600 concurrent create-only writes to 200 keys all resolved to exactly
     one winner when this was checked, so the window does not make this test flaky in practice.
     """
-    registry, keys = Registry.open(registry_uri), pki["keyring"]
+    registry, keys = Registry.open(registry_uri, s3_endpoint_setting()), pki["keyring"]
     setup_audit = AuditLog(tmp_path / "setup-audit.jsonl")
     for version in ("v1", "v2", "v3"):
         registry.push(releases[version], NAME, version, keys, setup_audit)

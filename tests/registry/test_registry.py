@@ -14,7 +14,14 @@ from secmlops.models import read_card
 from secmlops.registry import Registry, RegistryConflict, RegistryError
 from secmlops.registry.store import AliasChanged
 
-from .conftest import NAME, audit_entries, copy_release, read_alias_bytes, stored_keys
+from .conftest import (
+    NAME,
+    audit_entries,
+    copy_release,
+    read_alias_bytes,
+    s3_endpoint_setting,
+    stored_keys,
+)
 
 
 @pytest.fixture
@@ -27,7 +34,7 @@ def digest(release: Path) -> str:
 
 
 def test_push_then_pull_round_trips_and_verifies(registry_uri, releases, pki, audit, tmp_path):
-    registry = Registry.open(registry_uri)
+    registry = Registry.open(registry_uri, s3_endpoint_setting())
     record = registry.push(releases["v1"], NAME, "1.0.0", pki["keyring"], audit)
     assert record["weights_sha256"] == digest(releases["v1"])
     assert set(record["files"]) == {
@@ -54,7 +61,7 @@ def test_push_then_pull_round_trips_and_verifies(registry_uri, releases, pki, au
 
 
 def test_a_version_is_immutable(registry_uri, releases, pki, audit, tmp_path):
-    registry = Registry.open(registry_uri)
+    registry = Registry.open(registry_uri, s3_endpoint_setting())
     registry.push(releases["v1"], NAME, "1.0.0", pki["keyring"], audit)
     for again in ("v1", "v2"):  # the same bytes or other bytes: refused either way
         with pytest.raises(RegistryConflict, match=r"pds@1\.0\.0 already exists.*immutable"):
@@ -78,7 +85,7 @@ def test_unsigned_tampered_or_untrusted_models_are_refused_with_nothing_written(
         (model / "model.safetensors").write_bytes(bytes(data))
     elif problem == "extra file":
         (model / "notes.pkl").write_bytes(b"\x80\x04unsigned")
-    registry = Registry.open(registry_uri)
+    registry = Registry.open(registry_uri, s3_endpoint_setting())
     with pytest.raises(IntegrityError):
         registry.push(model, NAME, "1.0.0", pki["keyring"], audit)
     assert stored_keys(registry_uri) == []
@@ -99,7 +106,7 @@ def test_unsigned_tampered_or_untrusted_models_are_refused_with_nothing_written(
 def test_promote_requires_a_passed_trusted_gate_record_for_those_weights(
     registry_uri, releases, pki, audit, label, reason
 ):
-    registry = Registry.open(registry_uri)
+    registry = Registry.open(registry_uri, s3_endpoint_setting())
     registry.push(releases[label], NAME, label, pki["keyring"], audit)
     with pytest.raises(IntegrityError, match=reason):
         registry.promote(NAME, label, "production", pki["keyring"], audit)
@@ -110,7 +117,7 @@ def test_promote_requires_a_passed_trusted_gate_record_for_those_weights(
 
 
 def test_promote_rollback_history_and_audit(registry_uri, releases, pki, audit, tmp_path):
-    registry, keys = Registry.open(registry_uri), pki["keyring"]
+    registry, keys = Registry.open(registry_uri, s3_endpoint_setting()), pki["keyring"]
     for version in ("v1", "v2", "v3"):
         registry.push(releases[version], NAME, version, keys, audit)
     first = registry.promote(NAME, "v1", "production", keys, audit, expected_current="")
@@ -151,7 +158,7 @@ def test_promote_rollback_history_and_audit(registry_uri, releases, pki, audit, 
 
 
 def test_a_stale_expected_current_is_a_conflict(registry_uri, releases, pki, audit):
-    registry, keys = Registry.open(registry_uri), pki["keyring"]
+    registry, keys = Registry.open(registry_uri, s3_endpoint_setting()), pki["keyring"]
     for version in ("v1", "v2"):
         registry.push(releases[version], NAME, version, keys, audit)
     registry.promote(NAME, "v1", "staging", keys, audit)
@@ -163,7 +170,7 @@ def test_a_stale_expected_current_is_a_conflict(registry_uri, releases, pki, aud
 
 def test_compare_and_swap_refuses_a_stale_read(registry_uri):
     """The store primitive both backends rest on: a write with an outdated token changes nothing."""
-    store = Registry.open(registry_uri).store
+    store = Registry.open(registry_uri, s3_endpoint_setting()).store
     record = {"version": "v1", "weights_sha256": "a" * 64, "previous": [], "generation": 1,
               "moved_at": "t", "moved_by": "me"}  # fmt: skip
     store.write_alias(NAME, "production", record, None)
@@ -180,7 +187,7 @@ def test_compare_and_swap_refuses_a_stale_read(registry_uri):
 
 
 def test_a_registry_edited_behind_its_back_is_refused(registry_uri, releases, pki, audit, tmp_path):
-    registry = Registry.open(registry_uri)
+    registry = Registry.open(registry_uri, s3_endpoint_setting())
     registry.push(releases["v1"], NAME, "v1", pki["keyring"], audit)
     swapped = (releases["v2"] / "model.safetensors").read_bytes()
     if registry_uri.startswith("file://"):
@@ -201,7 +208,7 @@ def test_a_registry_edited_behind_its_back_is_refused(registry_uri, releases, pk
 
 
 def test_names_and_uris_are_validated(tmp_path, releases, pki, audit):
-    registry = Registry.open(tmp_path / "registry")
+    registry = Registry.open(tmp_path / "registry", s3_endpoint_setting())
     assert registry.uri == (tmp_path / "registry").as_uri()
     for name, version in [("pds", "../escape"), ("../pds", "v1"), ("pds", ".hidden"), ("", "v1")]:
         with pytest.raises(RegistryError, match="invalid"):
@@ -210,7 +217,7 @@ def test_names_and_uris_are_validated(tmp_path, releases, pki, audit):
         registry.promote(NAME, "v1", "Prod/../x", pki["keyring"], audit)
     for uri in ("file://host/x", "s3://key:secret@bucket/x", "ftp://host/x", "file://relative"):
         with pytest.raises(RegistryError):
-            Registry.open(uri)
+            Registry.open(uri, s3_endpoint_setting())
     assert not (tmp_path / "registry").exists()
 
 
@@ -225,7 +232,7 @@ def test_s3_uploads_without_a_version_record_are_invisible(
     s3.create_bucket(Bucket="registry-crashed-push")
     s3.put_object(Bucket="registry-crashed-push", Key="models/pds/versions/v1/gate-record.json",
                   Body=b"half of another push", Metadata={"sha256": "0" * 64})  # fmt: skip
-    registry = Registry.open("s3://registry-crashed-push")
+    registry = Registry.open("s3://registry-crashed-push", s3_endpoint_setting())
     assert registry.uri == "s3://registry-crashed-push"
     assert registry.list(NAME) == []
     with pytest.raises(RegistryError, match="no version or alias 'v1'"):

@@ -40,7 +40,9 @@ def served(tmp_path, pki, releases):
     for version in ("v1", "v2", "v3"):
         registry.push(releases[version], "pds", version, pki["keyring"], audit)
     registry.promote("pds", "v1", "production", pki["keyring"], audit)
-    source = ModelSource(str(tmp_path / "registry"), "pds", "production", pki["keyring"], audit)
+    source = ModelSource(
+        Registry.open(tmp_path / "registry"), "pds", "production", pki["keyring"], audit
+    )
     log = InferenceLog(tmp_path / "inference")
     config = ServingConfig(token=TOKEN, max_bytes=200_000, max_pixels=1_000_000,
                            reload_interval_s=0, detect=fixed_score)  # fmt: skip
@@ -124,21 +126,23 @@ def test_server_does_not_start_without_a_verified_model(tmp_path, pki, releases)
     registry = Registry.open(tmp_path / "registry")
     registry.push(releases["v1"], "pds", "v1", pki["keyring"], audit)
     # No production alias yet: nothing verified to serve.
-    source = ModelSource(str(tmp_path / "registry"), "pds", "production", pki["keyring"], audit)
+    source = ModelSource(
+        Registry.open(tmp_path / "registry"), "pds", "production", pki["keyring"], audit
+    )
     app = create_app(source, InferenceLog(tmp_path / "log"), ServingConfig(token=TOKEN))
     with pytest.raises(SecMLOpsError), TestClient(app):
         pass
 
 
-def test_inference_log_on_s3_writes_whole_objects(s3_bucket, monkeypatch):
+def test_inference_log_on_s3_writes_whole_objects(s3_bucket):
     endpoint, bucket = s3_bucket
-    monkeypatch.setenv("SECMLOPS_S3_ENDPOINT_URL", endpoint)
-    log = InferenceLog(f"s3://{bucket}/inference", flush_every=2)
+    log = InferenceLog(f"s3://{bucket}/inference", flush_every=2, endpoint_url=endpoint)
     for i in range(3):
         log.append({"request_id": str(i)})
-    assert [r["request_id"] for r in read_inference_log(f"s3://{bucket}/inference")] == ["0", "1"]
+    uri = f"s3://{bucket}/inference"
+    assert [r["request_id"] for r in read_inference_log(uri, endpoint)] == ["0", "1"]
     log.close()
-    records = list(read_inference_log(f"s3://{bucket}/inference"))
+    records = list(read_inference_log(uri, endpoint))
     assert sorted(r["request_id"] for r in records) == ["0", "1", "2"]
 
 
@@ -149,7 +153,9 @@ def test_default_screening_scores_every_request_from_the_same_forward(tmp_path, 
     registry = Registry.open(tmp_path / "registry")
     registry.push(releases["v1"], "pds", "v1", pki["keyring"], audit)
     registry.promote("pds", "v1", "production", pki["keyring"], audit)
-    source = ModelSource(str(tmp_path / "registry"), "pds", "production", pki["keyring"], audit)
+    source = ModelSource(
+        Registry.open(tmp_path / "registry"), "pds", "production", pki["keyring"], audit
+    )
     app = create_app(source, InferenceLog(tmp_path / "log"), ServingConfig(token=TOKEN))
     with TestClient(app) as client:
         scores = [detect(client, jpeg(seed=s)).json()["adversarial_score"] for s in range(2)]
@@ -179,7 +185,9 @@ def test_a_release_with_a_calibrated_screener_reports_alarms(tmp_path, pki, tiny
     (tmp_path / "registry" / "models" / "pds" / "aliases" / "production.json").write_text(
         json.dumps(record)
     )
-    source = ModelSource(str(tmp_path / "registry"), "pds", "production", pki["keyring"], audit)
+    source = ModelSource(
+        Registry.open(tmp_path / "registry"), "pds", "production", pki["keyring"], audit
+    )
     app = create_app(source, InferenceLog(tmp_path / "log"), ServingConfig(token=TOKEN))
     image = Image.open(sorted((tiny_scenes / "images").iterdir())[0]).convert("RGB")
     clean = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(255).unsqueeze(0)

@@ -23,7 +23,6 @@ from secmlops.supplychain.dsse import (
     verify_envelope_signer,
 )
 from secmlops.supplychain.keys import (
-    PASSPHRASE_ENV,
     Keyring,
     generate_keypair,
     key_id,
@@ -32,11 +31,6 @@ from secmlops.supplychain.keys import (
 )
 
 TYPE = "application/vnd.secmlops.test+json"
-
-
-@pytest.fixture(autouse=True)
-def _no_passphrase(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
 
 
 @pytest.fixture
@@ -88,27 +82,33 @@ def test_generate_keypair_refuses_when_only_the_public_half_exists(tmp_path: Pat
     assert not (tmp_path / "ci.key").exists()
 
 
-def test_passphrase_encrypts_the_private_key(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(PASSPHRASE_ENV, "correct horse")
-    private_path, public_path = generate_keypair(tmp_path, "enc")
+def test_passphrase_encrypts_the_private_key(tmp_path: Path) -> None:
+    private_path, public_path = generate_keypair(tmp_path, "enc", passphrase="correct horse")
     assert b"ENCRYPTED PRIVATE KEY" in private_path.read_bytes()
-    loaded = load_private_key(private_path)
+    loaded = load_private_key(private_path, "correct horse")
     assert key_id(loaded.public_key()) == key_id(load_public_key(public_path))
 
     with pytest.raises(DataError, match="wrong passphrase"):
         load_private_key(private_path, passphrase="wrong")
-    monkeypatch.delenv(PASSPHRASE_ENV)
-    with pytest.raises(DataError, match=f"enc.key: private key is encrypted; set {PASSPHRASE_ENV}"):
+    with pytest.raises(
+        DataError, match=r"enc\.key: private key is encrypted; set its passphrase in SECMLOPS_KEY"
+    ):
         load_private_key(private_path)
 
 
-def test_unencrypted_key_loads_with_a_passphrase_set(
-    keys: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(PASSPHRASE_ENV, "unused")
-    load_private_key(keys[0])
+def test_the_settings_passphrase_decrypts_the_signing_key(tmp_path: Path) -> None:
+    from secmlops.settings import Settings
+
+    private_path, public_path = generate_keypair(tmp_path, "enc", passphrase="correct horse")
+    env = {"SECMLOPS_SIGNING_KEY": str(private_path), "SECMLOPS_KEY_PASSPHRASE": "correct horse"}
+    loaded = Settings.from_env(env).private_key()
+    assert key_id(loaded.public_key()) == key_id(load_public_key(public_path))
+    with pytest.raises(DataError, match="no signing key: set SECMLOPS_SIGNING_KEY"):
+        Settings.from_env({}).private_key()
+
+
+def test_unencrypted_key_loads_with_a_passphrase_set(keys: tuple[Path, Path]) -> None:
+    load_private_key(keys[0], "unused")
 
 
 def test_key_loading_errors_name_the_file(tmp_path: Path, keys: tuple[Path, Path]) -> None:
@@ -164,20 +164,19 @@ def test_keyring_refuses_private_keys_empty_folders_and_other_algorithms(
         Keyring.from_paths([tmp_path / "missing.pub"])
 
 
-def test_keyring_from_env_pem_text_or_paths(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_keyring_from_a_setting_of_pem_text_or_paths(tmp_path: Path) -> None:
+    from secmlops.settings import Settings
+
     _, pub_a = generate_keypair(tmp_path, "a")
     _, pub_b = generate_keypair(tmp_path / "other", "b")
     want = {key_id(load_public_key(p)) for p in (pub_a, pub_b)}
 
-    monkeypatch.setenv("TRUST", pub_a.read_text() + pub_b.read_text())
-    assert set(Keyring.from_env("TRUST").ids) == want
-    monkeypatch.setenv("TRUST", os.pathsep.join([str(pub_a), str(tmp_path / "other")]))
-    assert set(Keyring.from_env("TRUST").ids) == want
-    monkeypatch.delenv("TRUST")
-    with pytest.raises(DataError, match="no trusted keys: set TRUST"):
-        Keyring.from_env("TRUST")
+    assert set(Keyring.from_setting(pub_a.read_text() + pub_b.read_text()).ids) == want
+    paths = os.pathsep.join([str(pub_a), str(tmp_path / "other")])
+    assert set(Keyring.from_setting(paths).ids) == want
+    assert set(Settings.from_env({"SECMLOPS_TRUSTED_KEYS": paths}).keyring().ids) == want
+    with pytest.raises(DataError, match="no trusted keys: set SECMLOPS_TRUSTED_KEYS"):
+        Settings.from_env({}).keyring()
 
 
 # --- DSSE ---------------------------------------------------------------------------------

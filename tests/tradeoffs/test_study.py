@@ -210,13 +210,14 @@ def test_the_dag_task_writes_the_study_under_the_workdir_and_drops_its_cache(
 ) -> None:
     """`secmlops_tradeoffs`'s task body: the study lands where the Airflow view looks, and the
     per-run cache of trained models is gone once the study is written."""
-    from secmlops.lifecycle import LifecycleSettings, tradeoff_study
+    from secmlops.lifecycle import tradeoff_study
+    from secmlops.settings import Settings
 
-    settings = LifecycleSettings(
-        workdir=tmp_path, policy=REPO_POLICY, data_registry=tmp_path / "data-registry",
-        model_registry=(tmp_path / "registry").as_uri(),
-    )  # fmt: skip
-    result = tradeoff_study(settings, str(scenes), True, "manual__2026-11-26T06:00:00")
+    settings = Settings.from_env({"SECMLOPS_WORKDIR": str(tmp_path),
+                                  "SECMLOPS_POLICY": str(REPO_POLICY)})  # fmt: skip
+    data = {"rev": "data/street/v1", "data_dir": str(scenes), "manifest_digest": "sha256:x",
+            "signer": "ed25519:x", "files": 0, "bytes": 0}  # fmt: skip
+    result = tradeoff_study(settings, data, True, "manual__2026-11-26T06:00:00")
     out = Path(result["out_dir"])
     assert out.parent == tmp_path / "runs" / "tradeoffs"
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)

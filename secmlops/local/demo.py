@@ -1,18 +1,22 @@
 """`make demo`: the whole secure lifecycle, run by a real Airflow on the embedded defaults.
 
-1. A workspace (`secmlops.workspace`): keys, a signed synthetic dataset published to a local DVC
-   registry, the policy, the environment.
-2. Airflow (`secmlops.airflow_local`: scheduler, dag-processor, api-server; LocalExecutor,
-   SQLite). `secmlops_data_pull` is triggered through REST API v2 with a JWT; its `dataset` asset
-   schedules `secmlops_training` (adversarial training, attack suite, gate, sign, push, promote).
+1. A workspace (`secmlops.local.workspace`): keys, a signed synthetic dataset published to a
+   local DVC registry, the policy, the environment.
+2. Airflow (`secmlops.local.airflow_runner`: scheduler, dag-processor, api-server;
+   LocalExecutor, SQLite). `secmlops_data_pull` is triggered through REST API v2 with a JWT; its
+   `dataset` asset schedules `secmlops_training` (adversarial training, attack suite, gate, sign,
+   push, promote).
 3. `secmlops serve` serves the promoted model; foggy camera images are sent to it, so its
    inference log drifts; `secmlops_monitoring` is triggered and emits a `retraining-request`.
    The training DAG is paused first, so the requested retraining waits in the queue instead of
    keeping the demo running for another training (unpause it in the UI to let it run).
+
+Its Airflow home (`<workdir>/airflow`) is kept: `make ui` opens it, with the demo's runs.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import secrets
@@ -24,6 +28,13 @@ from pathlib import Path
 from typing import Any
 
 DAGS = ("secmlops_data_pull", "secmlops_training", "secmlops_monitoring")
+# Manual cadence: only triggers (REST, the UI) start data pulls and monitoring windows (an
+# unpaused @daily DAG would also start a run of its own for the last interval).
+MANUAL_CADENCE = {"SECMLOPS_DATA_PULL_SCHEDULE": "none", "SECMLOPS_MONITORING_SCHEDULE": "none"}
+
+
+def _is_found(api: Any, url: str) -> bool:
+    return bool(api.get(url).status_code == 200)
 
 
 def run_demo(
@@ -35,7 +46,7 @@ def run_demo(
         AirflowError: Airflow did not start, or a run failed or timed out (with its logs).
     """
 
-    from secmlops.airflow_local import (
+    from secmlops.local.airflow_runner import (
         AirflowError,
         asset_triggered_runs,
         launch,
@@ -43,7 +54,7 @@ def run_demo(
         trigger_run,
         wait_for_success,
     )
-    from secmlops.workspace import create_workspace
+    from secmlops.local.workspace import create_workspace
 
     say(f"workspace {workdir}: keys, {images} signed synthetic scenes, DVC data registry")
     space = create_workspace(Path(workdir), images=images, seed=seed)
@@ -54,14 +65,13 @@ def run_demo(
         shutil.rmtree(home)  # a fresh metadata DB: old runs would confuse the waits below
     home.mkdir(parents=True)
     say(f"starting Airflow in {home} (scheduler, dag-processor, api-server; LocalExecutor)")
-    # Manual cadence: the REST triggers below drive the runs (an unpaused @daily DAG would also
-    # start a run of its own for the last interval).
-    manual = {"SECMLOPS_DATA_PULL_SCHEDULE": "none", "SECMLOPS_MONITORING_SCHEDULE": "none"}
-    server = launch(home, {**space.env, **manual, "OMP_NUM_THREADS": "1"})
+    # The REST triggers below drive the runs.
+    server = launch(home, {**space.env, **MANUAL_CADENCE, "OMP_NUM_THREADS": "1"})
     try:
         with server.client() as api:
             for dag_id in DAGS:
-                server.wait_until(lambda d=dag_id: api.get(f"/api/v2/dags/{d}").status_code == 200)
+                url = f"/api/v2/dags/{dag_id}"
+                server.wait_until(functools.partial(_is_found, api, url))
                 api.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
             pull = trigger_run(api, "secmlops_data_pull", {"data_rev": space.data_rev})
             say(f"triggered secmlops_data_pull ({pull}) through the REST API")
@@ -99,17 +109,18 @@ def _serve_foggy_traffic(env: dict[str, str], root: Path, frames: int = 60) -> i
     import httpx
     from PIL import Image
 
-    from secmlops.airflow_local import free_port
+    from secmlops.local.airflow_runner import free_port
     from secmlops.monitoring.reference import load_split_images
 
     token = secrets.token_urlsafe(24)
     port = free_port()
     secmlops = Path(sys.executable).with_name("secmlops")
+    serving = {**env, "SECMLOPS_SERVING_TOKEN": token}  # the workspace's settings and the token
     log = (root / "serve.log").open("wb")
     process = subprocess.Popen(
         [str(secmlops), "serve", "--model-name", "pedestrian-detector", "--port", str(port),
          "--inference-log", env["SECMLOPS_INFERENCE_LOG"]],
-        env={**os.environ, **env, "SECMLOPS_SERVING_TOKEN": token},
+        env={**os.environ, **serving},
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:

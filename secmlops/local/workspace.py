@@ -1,8 +1,9 @@
 """An embedded workspace for the whole lifecycle on one machine: keys, a signed synthetic dataset
 published to a local DVC data registry, a policy that trusts the data key, and the environment
-the DAGs read (`secmlops.lifecycle.LifecycleSettings`).
+the DAGs read (`secmlops.settings.Settings`).
 
-This is what `make demo` and the end-to-end tests start from. A production deployment makes the
+This is what `make demo` and the end-to-end tests start from; `make ui` reads its env file back
+(`read_workspace_env`). A production deployment makes the
 same things by other means: keys from a KMS or an Airflow Connection, real data published by its
 owners, the S3 registries (docs/operations.md).
 """
@@ -16,9 +17,14 @@ from pathlib import Path
 
 import yaml
 
+from secmlops.errors import SecMLOpsError
 from secmlops.fsutil import atomic_write_bytes
 
 ENV_FILE = "secmlops.env"
+
+
+class WorkspaceError(SecMLOpsError):
+    """There is no workspace at the folder given (no env file), or its env file is malformed."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,9 @@ def create_workspace(
     audit = AuditLog(root / "audit" / "audit.jsonl", actor="workspace")
     policy = load_policy(policy_source)
     data_key = key_id(load_public_key(keys / "data-owner.pub"))
-    changes = [("data.trusted_data_keys", [data_key], "embedded workspace: trust its data key")]
+    changes: list[tuple[str, object, str]] = [
+        ("data.trusted_data_keys", [data_key], "embedded workspace: trust its data key")
+    ]
     changes += [(path, value, reason) for path, value in (policy_overrides or {}).items()]
     for path, value, why in changes:
         policy, record = apply_override(policy, path, value, why)
@@ -103,3 +111,27 @@ def create_workspace(
     lines = [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
     atomic_write_bytes(root / ENV_FILE, ("\n".join(lines) + "\n").encode())
     return Workspace(root, published.tag, env)
+
+
+def read_workspace_env(root: Path) -> dict[str, str]:
+    """The environment that `create_workspace` wrote to `<root>/secmlops.env`.
+
+    Raises:
+        WorkspaceError: the file is missing (no workspace there yet) or is not `export NAME=value`
+            lines.
+    """
+    path = Path(root).resolve() / ENV_FILE
+    if not path.is_file():
+        raise WorkspaceError(
+            f"no workspace at {Path(root)} ({ENV_FILE} is missing): run `make demo` first"
+        )
+    env = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        words = shlex.split(line)
+        name, equals, value = words[-1].partition("=") if words else ("", "", "")
+        if len(words) != 2 or words[0] != "export" or not equals or not name.isidentifier():
+            raise WorkspaceError(f"{path}:{number}: not an `export NAME=value` line")
+        env[name] = value
+    return env

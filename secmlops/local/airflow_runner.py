@@ -1,14 +1,15 @@
-"""A real, local Airflow for `make demo` and the end-to-end tests: `airflow db migrate`, then
-api-server, scheduler and dag-processor as separate processes on 127.0.0.1, as a deployment runs
-them (LocalExecutor, SQLite: the embedded defaults; docker/ has the production topology).
+"""A real, local Airflow for `make demo`, `make ui` and the end-to-end tests: `airflow db migrate`,
+then api-server, scheduler and dag-processor as separate processes on 127.0.0.1, as a deployment
+runs them (LocalExecutor, SQLite: the embedded defaults; docker/ has the production topology).
 
-`start_airflow(extra_env)` starts one (about 30-60 s on 2 cores) and returns an `AirflowServer`;
-every server a module started is stopped (whole process groups: the LocalExecutor's workers too)
-when the module ends. SQLite in a fresh AIRFLOW_HOME, LocalExecutor with parallelism 2, this
-repo's dags/ and plugins/, SimpleAuthManager with one user `admin` whose password is known, a
-fixed JWT secret shared by the processes. The server's environment is this process's without any
-AIRFLOW_* or SECMLOPS_* variable (tests set those on purpose, through `extra_env`).
-If a server does not come up, or a test of the module failed, the tails of its logs are printed.
+`launch(home, extra_env)` starts one (about 30-60 s on 2 cores) and returns an `AirflowServer`,
+whose `stop()` stops whole process groups (the LocalExecutor's workers too) and any task process
+still working in its home. SQLite in AIRFLOW_HOME (a fresh one, or one reused with its runs),
+LocalExecutor with parallelism 2, this repo's dags/ and plugins/, SimpleAuthManager with one user
+`admin` whose password is known, a fixed JWT secret shared by the processes. The server's
+environment is this process's without any AIRFLOW_* or SECMLOPS_* variable (callers set those on
+purpose, through `extra_env`). If a server does not come up, the tails of its logs are in the
+error.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from typing import Any
 
 import httpx
 
+from secmlops.settings import ENV_PREFIX
+
 AIRFLOW = Path(sys.executable).with_name("airflow")
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class AirflowError(RuntimeError):
@@ -39,6 +42,8 @@ class AirflowError(RuntimeError):
 
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
+# Variables of this process that the server does not inherit (callers pass them in `extra`).
+NOT_INHERITED = ("AIRFLOW", ENV_PREFIX)
 # The queues a local Celery worker serves: CPU tasks and, on a machine with a GPU, training.
 CELERY_QUEUES = "default,gpu"
 ADMIN = "admin"
@@ -183,7 +188,7 @@ def airflow_env(
 ) -> dict[str, str]:
     """The server's environment (see the module docstring)."""
     base_url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "SECMLOPS_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(NOT_INHERITED)}
     env.update(
         {
             "AIRFLOW_HOME": str(home),
@@ -219,19 +224,26 @@ def launch(
     home: Path,
     extra_env: Mapping[str, str],
     components: Sequence[str] = COMPONENTS,
+    port: int | None = None,
 ) -> AirflowServer:
     """Migrate the DB and start `components`; returns once the API answers and is healthy.
+
+    `home` may hold an Airflow of an earlier launch: its DB (DAG runs, pause states) is kept and
+    migrated; the admin password and the JWT secret are new. The API listens on 127.0.0.1:`port`
+    (default: a free port). Interrupted (Ctrl-C) or failed, it stops what it had started.
 
     Raises:
         AirflowError: a step failed or the server did not come up in time (with logs).
     """
-    port = free_port()
+    port = free_port() if port is None else port
     password = secrets.token_urlsafe(16)
     password_file = home / "simple_auth_manager_passwords.json.generated"
+    password_file.unlink(missing_ok=True)  # a new one, readable by this user only
+    password_file.touch(mode=0o600)
     password_file.write_text(json.dumps({ADMIN: password}))
     env = airflow_env(home, port, password_file, extra_env)
     logs_dir = home / "process-logs"
-    logs_dir.mkdir()
+    logs_dir.mkdir(exist_ok=True)
     server = AirflowServer(
         base_url=f"http://127.0.0.1:{port}",
         home=home,
@@ -252,9 +264,9 @@ def launch(
         raise AirflowError(
             f"airflow db migrate failed ({migrate.returncode})\n{server.log_tails()}"
         )
-    for name in components:
-        server.start_process(name)
     try:
+        for name in components:
+            server.start_process(name)
         server.wait_until(lambda: _healthy(server, components), timeout_s=START_TIMEOUT_S)
     except BaseException:
         server.stop()

@@ -1,0 +1,82 @@
+"""`secmlops serve`: the detection service on the registry's production model."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from secmlops.cli.common import current_settings, exits_on_user_error
+from secmlops.cli.options import (
+    AuditOption,
+    ConnectionOption,
+    DeviceOption,
+    RegistryOption,
+    TrustedKeysOption,
+    audit_log,
+    keyring,
+    model_registry,
+)
+from secmlops.errors import SecMLOpsError
+from secmlops.settings import PRODUCTION_ALIAS, env_name
+
+
+@exits_on_user_error
+def serve_command(
+    registry: RegistryOption = None,
+    model_name: Annotated[
+        str | None,
+        typer.Option(help="Model name in the registry (default: $SECMLOPS_MODEL_NAME)."),
+    ] = None,
+    alias: Annotated[str, typer.Option(help="Alias to serve and follow.")] = PRODUCTION_ALIAS,
+    trusted_keys: TrustedKeysOption = None,
+    connection: ConnectionOption = None,
+    inference_log: Annotated[
+        str | None,
+        typer.Option(
+            help="Folder or s3://bucket/prefix for request records "
+            "(default: $SECMLOPS_INFERENCE_LOG, else <workdir>/inference-log)."
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    reload_interval: Annotated[
+        float, typer.Option(help="Seconds between checks of the alias (0: never reload).")
+    ] = 10.0,
+    max_bytes: Annotated[int, typer.Option(help="Largest accepted upload, bytes.")] = 8 << 20,
+    max_pixels: Annotated[int, typer.Option(help="Largest accepted width x height.")] = 4096**2,
+    device: DeviceOption = "auto",
+    audit_log_path: AuditOption = None,
+) -> None:
+    """Serve POST /v1/detect (bearer token from $SECMLOPS_SERVING_TOKEN) and GET /healthz.
+
+    Only a model whose signature and provenance verify is ever loaded; when the alias moves, the
+    new version is verified before it replaces the running one.
+    """
+    import uvicorn
+
+    from secmlops.serving.app import ServingConfig, create_app
+    from secmlops.serving.inference_log import InferenceLog
+    from secmlops.serving.model_source import ModelSource
+    from secmlops.training.trainer import pick_device
+
+    # The same settings as the lifecycle DAGs, so monitoring reads what serving writes.
+    settings = current_settings()
+    token = settings.serving_token or ""
+    if len(token) < 16:
+        # Never from a command-line option: arguments are visible to every local user.
+        raise SecMLOpsError(
+            f"set {env_name('serving_token')} to a bearer token of at least 16 characters"
+        )
+    source = ModelSource(
+        model_registry(registry), model_name or settings.model_name, alias,
+        keyring(trusted_keys, connection), audit_log(audit_log_path),
+        device=str(pick_device(device)),
+    )  # fmt: skip
+    log = InferenceLog(
+        inference_log or settings.inference_log, endpoint_url=settings.s3_endpoint_url
+    )
+    config = ServingConfig(
+        token=token, max_bytes=max_bytes, max_pixels=max_pixels, reload_interval_s=reload_interval
+    )
+    uvicorn.run(create_app(source, log, config), host=host, port=port, log_level="info")

@@ -1,0 +1,125 @@
+"""What to train: the one definition of a training run's parameters, their defaults and checks.
+
+The training DAG's trigger form, scheduled runs, `secmlops train` and the trade-off study all
+build a `TrainingRequest`, so a default lives in one place and eps is read into a float once, by
+one rule (`secmlops.attacks.budget.parse_eps`). Kept free of torch: the DAG file that builds its
+form from these defaults is parsed without importing the trainer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from secmlops.errors import InvalidRequest, ModelError
+
+if TYPE_CHECKING:
+    from secmlops.training.trainer import TrainConfig
+
+DEFENCE_METHODS: tuple[str, ...] = ("fgsm-rs", "pgd", "none")
+# `secmlops.models.ARCHITECTURES`, spelled out here so the trigger form needs no torch import
+# (a test keeps the two equal).
+ARCHITECTURES: tuple[str, ...] = (
+    "compact_centernet",
+    "fasterrcnn_mobilenet_v3",
+    "fcos_resnet50",
+    "ssdlite320",
+)
+
+# The trigger form writes eps as a fraction; TrainingRequest holds the float it reads as.
+DEFAULT_EPS = "4/255"
+# What the form accepts as eps: a positive number or a fraction with a non-zero numerator and
+# denominator ("0" and "4/0" are refused at the form, not by a failed training task).
+EPS_PATTERN = r"^(?=[0-9.]*[1-9])[0-9]*\.?[0-9]+(/(?=[0-9.]*[1-9])[0-9]*\.?[0-9]+)?$"
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    """What to train: the one definition of a training run's parameters and their defaults.
+
+    The defence defaults to FGSM with random start at 4/255 on half of every batch (docs/
+    results.md: most of PGD-3 training's robustness at 1.5x a clean epoch instead of 2x);
+    `adversarial="none"` trains without a defence. `attack_steps` is the training attack's PGD
+    steps (3: PGD-3); the evaluation's PGD steps are the policy's `gate.attacks.pgd_steps`.
+
+    Raises:
+        InvalidRequest: an unknown architecture or defence, or an eps, mix, step or epoch count
+            out of range.
+    """
+
+    architecture: str = "compact_centernet"
+    epochs: int | None = None
+    seed: int = 0
+    adversarial: str = "fgsm-rs"
+    eps: float = 4 / 255  # DEFAULT_EPS
+    mix: float = 0.5
+    attack_steps: int = 3
+    eps_warmup_epochs: int = 2
+
+    def __post_init__(self) -> None:
+        from secmlops.attacks.budget import parse_eps
+
+        if self.architecture not in ARCHITECTURES:
+            raise InvalidRequest(
+                f"unknown architecture {self.architecture!r}; choose one of "
+                f"{', '.join(ARCHITECTURES)}"
+            )
+        if self.adversarial not in DEFENCE_METHODS:
+            raise InvalidRequest(
+                f"unknown adversarial training {self.adversarial!r}; choose one of "
+                f"{', '.join(DEFENCE_METHODS)}"
+            )
+        try:
+            parse_eps(self.eps)  # positive and finite
+        except ModelError as exc:
+            raise InvalidRequest(str(exc)) from None
+        if not 0 < self.mix <= 1:
+            raise InvalidRequest(f"mix must be in (0, 1], got {self.mix}")
+        if self.attack_steps < 1 or self.eps_warmup_epochs < 0:
+            raise InvalidRequest("attack_steps must be >= 1 and eps_warmup_epochs >= 0")
+        if self.epochs is not None and self.epochs < 1:
+            raise InvalidRequest(f"epochs must be at least 1, got {self.epochs}")
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> TrainingRequest:
+        """A request from DAG params or any mapping of the field names; eps may be a number or
+        a fraction such as "4/255"; missing or empty (None) fields take the defaults.
+
+        Raises:
+            InvalidRequest: as the class.
+        """
+        from secmlops.attacks.budget import parse_eps
+
+        known = {k: v for k, v in params.items() if k in cls.__dataclass_fields__ and v is not None}
+        if "eps" in known:
+            try:
+                known["eps"] = parse_eps(known["eps"])
+            except ModelError as exc:
+                raise InvalidRequest(str(exc)) from None
+        return cls(**known)
+
+    @property
+    def defended(self) -> bool:
+        """Whether the request trains with a defence (else there is no baseline to compare)."""
+        return self.adversarial != "none"
+
+    def undefended(self) -> TrainingRequest:
+        """The same request without the defence: the gate's defence-cost baseline."""
+        return replace(self, adversarial="none")
+
+    def train_config(self, **options: Any) -> TrainConfig:
+        """The trainer's configuration for this request; `options` sets the trainer's other
+        fields (batch_size, learning_rate, input_size, device, ...)."""
+        from secmlops.training.trainer import TrainConfig, adversarial_config
+
+        defence = adversarial_config(
+            self.adversarial, self.eps, self.attack_steps, self.mix, self.eps_warmup_epochs
+        )
+        return TrainConfig(
+            architecture=self.architecture, epochs=self.epochs, seed=self.seed,
+            adversarial=defence, **options,
+        )  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        """The request as plain JSON (for XCom and the run folder)."""
+        return asdict(self)
