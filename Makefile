@@ -50,7 +50,7 @@ endef
 SECMLOPS := $(abspath $(BIN))/secmlops
 demo: install
 	$(SECMLOPS) demo --workdir $(DEMO) --images 1000
-	SECMLOPS_AUDIT_LOG=$(DEMO)/audit/audit.jsonl $(SECMLOPS) audit verify
+	. $(DEMO)/secmlops.env && $(SECMLOPS) audit verify
 
 ## The demo's workspace in the Airflow UI (after `make demo`: its DAGs, runs and the SecMLOps
 ## view): prints the URL, the user and the password; Ctrl-C stops every process it started.

@@ -9,18 +9,20 @@ run and the `prev` links. `verify_audit_log` names the first line where the chai
 
 Limitation: cutting entries off the END of the file leaves a shorter chain that is still
 perfectly valid; nothing inside the file can reveal it, and neither can anyone who may
-rewrite the whole file (they can rebuild every hash). Remedy: export the head hash
-(`AuditLog.head()`, the `hash` returned by `append`) somewhere the log's writer cannot
-rewrite: an Airflow XCom or asset event extra, a signed provenance statement, a WORM bucket,
-a ticket. `verify_audit_log(path, expected_head=...)` then requires that hash to still be
-in the chain, which catches tail truncation and wholesale rewrites up to that anchor.
+rewrite the whole file (they can rebuild every hash). Remedy: the head kept somewhere the log's
+writer cannot rewrite. The lifecycle does that at every promotion without manual steps
+(`secmlops.audit_anchors`: a signed head in the model registry, which `secmlops audit verify`
+finds); `verify_audit_log(path, expected_head=...)` also takes a hash exported by hand (an
+Airflow XCom, a ticket) and requires it to still be in the chain.
 
 Concurrency: appenders on one host serialize on `fcntl.flock` (advisory; every writer must
 use `AuditLog`), read the last entry under the lock to chain onto it, and fsync each line.
 flock over NFS is not reliable: keep the log on a local disk, or one writer per log.
 
 Canonical JSON: `json.dumps(entry_without_hash, sort_keys=True, separators=(",", ":"))`
-(ASCII escapes); each line of the file is the whole entry in the same form.
+(ASCII escapes); each line of the file is the whole entry in the same form, byte for byte: a
+line that parses to a valid entry but is not its canonical form (a repeated key, other spacing)
+is refused, so every reader of the file sees what the hash covers.
 """
 
 from __future__ import annotations
@@ -134,11 +136,19 @@ class AuditLog:
 
     def head(self) -> str:
         """Hash of the last entry (GENESIS for an empty or absent log): the anchor to export."""
-        if not self.path.exists():
-            return GENESIS
-        with self._locked() as fd:
-            last = _last_entry(fd, self.path)
+        last = self.last_entry()
         return last["hash"] if last else GENESIS
+
+    def last_entry(self) -> dict[str, Any] | None:
+        """The last entry, its own hash and form checked; None for an empty or absent log.
+
+        Raises:
+            AuditError: the last line is incomplete, garbled, edited or not canonical.
+        """
+        if not self.path.exists():
+            return None
+        with self._locked() as fd:
+            return _last_entry(fd, self.path)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[int]:
@@ -186,6 +196,7 @@ def _last_entry(fd: int, path: Path) -> dict[str, Any] | None:
         ) from None
     if entry_hash(entry) != entry.get("hash"):
         raise AuditError(f"{path}: last entry (seq {entry['seq']}) was edited; refusing to append")
+    _require_canonical(line + b"\n", entry, f"{path}: last line (seq {entry['seq']})")
     return entry
 
 
@@ -276,4 +287,19 @@ def _parse_line(raw: bytes, lineno: int, path: Path) -> dict[str, Any]:
             )
     if entry["decision"] not in DECISIONS:
         raise AuditError(f"{where}: malformed entry: unknown decision {entry['decision']!r}")
+    _require_canonical(raw, entry, where)
     return entry
+
+
+def _require_canonical(raw: bytes, entry: dict[str, Any], where: str) -> None:
+    """A line must be byte-equal to the canonical JSON of the entry it parses to.
+
+    The hash covers the parsed object, so without this a line with a repeated key (`json.loads`
+    keeps the last one, other readers the first), other spacing or escapes would verify while
+    a reader of the raw file sees different content.
+    """
+    if raw != (canonical_json(entry) + "\n").encode():
+        raise AuditError(
+            f"{where}: not canonical JSON: the line's bytes are not the canonical form of its "
+            "entry (a repeated key, other spacing, key order or escapes): edited by hand"
+        )

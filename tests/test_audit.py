@@ -226,3 +226,35 @@ def test_expected_head_catches_tail_truncation(tmp_path: Path) -> None:
     with pytest.raises(AuditError, match=f"anchor {anchor} not found.*tail truncation"):
         verify_audit_log(path, expected_head=anchor)
     assert verify_audit_log(path, expected_head=GENESIS) == 3
+
+
+def test_a_non_canonical_line_is_refused_even_when_its_hash_matches(tmp_path: Path) -> None:
+    """A repeated key: json.loads keeps the last value (what the hash covers), while another
+    reader of the raw line may take the first. The line must be the canonical form."""
+    path = tmp_path / "a.jsonl"
+    fill(path, 3)
+    content = lines(path)
+    entry = json.loads(content[1])
+    body = canonical_json(entry)[1:]  # without the opening brace
+    content[1] = '{"decision":"pass",' + body + "\n"  # "decision" twice; the last one wins
+    assert json.loads(content[1]) == entry  # parses to the very same, correctly hashed entry
+    rewrite(path, content)
+    with pytest.raises(AuditError, match="line 2: not canonical JSON"):
+        verify_audit_log(path)
+    # Spacing alone is refused too; an untouched log still verifies.
+    content[1] = json.dumps(entry, sort_keys=True) + "\n"
+    rewrite(path, content)
+    with pytest.raises(AuditError, match="not canonical JSON"):
+        verify_audit_log(path)
+    fill(tmp_path / "b.jsonl", 3)
+    assert verify_audit_log(tmp_path / "b.jsonl") == 3
+
+
+def test_appending_after_a_non_canonical_last_line_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    log = fill(path, 2)
+    content = lines(path)
+    content[-1] = json.dumps(json.loads(content[-1]), sort_keys=True) + "\n"
+    rewrite(path, content)
+    with pytest.raises(AuditError, match="not canonical JSON"):
+        log.append("data", "x", "info", "s")

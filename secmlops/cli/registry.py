@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from secmlops.cli.common import console, current_settings, exits_on_user_error
+from secmlops.cli.common import console, current_settings, err_console, exits_on_user_error
 from secmlops.cli.options import (
     AuditOption,
     RegistryOption,
@@ -24,6 +24,8 @@ from secmlops.cli.options import (
 )
 
 if TYPE_CHECKING:
+    from secmlops.audit import AuditLog
+    from secmlops.registry import Registry
     from secmlops.supplychain.keys import Keyring
 
 app = typer.Typer(
@@ -31,6 +33,14 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
+AnchorKeyOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--key",
+        help="Private key signing the audit anchor written after the move "
+        "(default: $SECMLOPS_SIGNING_KEY).",
+    ),
+]
 NameArgument = Annotated[str, typer.Argument(help="Model name.")]
 AliasOption = Annotated[str, typer.Option(help="Alias to move, e.g. staging or production.")]
 
@@ -164,21 +174,19 @@ def registry_promote(
     registry: RegistryOption = None,
     trusted_keys: TrustedKeysOption = None,
     audit_log_path: AuditOption = None,
+    key: AnchorKeyOption = None,
 ) -> None:
-    """Move an alias to a version that has a passed, trusted gate record (compare-and-swap)."""
-    reg = model_registry(registry)
+    """Move an alias to a version that has a passed, trusted gate record (compare-and-swap);
+    then anchor the audit log's head in the registry."""
+    reg, audit = model_registry(registry), audit_log(audit_log_path)
     record = reg.promote(
-        name,
-        version,
-        alias,
-        keyring(trusted_keys),
-        audit_log(audit_log_path),
-        expected_current=expect_current,
+        name, version, alias, keyring(trusted_keys), audit, expected_current=expect_current
     )
     previous = record["previous"][0] if record["previous"] else "(none)"
     console.print(
         f"{name}: {alias} -> {version} (was {previous}; generation {record['generation']})"
     )
+    _anchor(reg, audit, key)
 
 
 @app.command("rollback")
@@ -189,13 +197,33 @@ def registry_rollback(
     registry: RegistryOption = None,
     trusted_keys: TrustedKeysOption = None,
     audit_log_path: AuditOption = None,
+    key: AnchorKeyOption = None,
 ) -> None:
-    """Move an alias back to its previous version, re-verified as for promote."""
-    reg = model_registry(registry)
-    record = reg.rollback(name, alias, keyring(trusted_keys), audit_log(audit_log_path))
+    """Move an alias back to its previous version, re-verified as for promote; then anchor the
+    audit log's head in the registry."""
+    reg, audit = model_registry(registry), audit_log(audit_log_path)
+    record = reg.rollback(name, alias, keyring(trusted_keys), audit)
     console.print(
         f"{name}: {alias} rolled back to {record['version']} (generation {record['generation']})"
     )
+    _anchor(reg, audit, key)
+
+
+def _anchor(reg: Registry, audit: AuditLog, key: Path | None) -> None:
+    """Anchor the audit head after an alias move, when a signing key is at hand."""
+    from secmlops.audit_anchors import write_anchor
+
+    settings = current_settings()
+    if key is None and settings.signing_key is None:
+        err_console.print(
+            "note: audit head not anchored (no --key and no SECMLOPS_SIGNING_KEY): "
+            "`secmlops audit verify` cannot detect entries cut off after this move",
+            highlight=False,
+        )
+        return
+    anchor = write_anchor(reg, audit, settings.private_key(key))
+    if anchor is not None:
+        console.print(f"audit head anchored: seq {anchor.seq} ({anchor.name})", highlight=False)
 
 
 @app.command("pull")

@@ -128,9 +128,10 @@ class Release(TypedDict):
 
 
 class Promotion(Release):
-    """A release the alias now points at."""
+    """A release the alias now points at, and the audit anchor written after the move."""
 
     alias: str
+    audit_anchor: str | None
 
 
 class WindowVerdict(TypedDict):

@@ -292,8 +292,14 @@ def push(settings: Settings, signed: SignedModel, run_id: str) -> Release:
 
 
 def promote(settings: Settings, release: Release) -> Promotion:
-    """Move the `production` alias to the release (needs its passed gate record)."""
-    settings.model_registry().promote(
-        release["name"], release["version"], PRODUCTION_ALIAS, settings.keyring(), settings.audit()
+    """Move the `production` alias to the release (needs its passed gate record), then anchor
+    the audit log's head in the registry (`secmlops.audit_anchors`), promotion entry included."""
+    from secmlops.audit_anchors import write_anchor
+
+    registry, audit = settings.model_registry(), settings.audit()
+    registry.promote(
+        release["name"], release["version"], PRODUCTION_ALIAS, settings.keyring(), audit
     )
-    return {**release, "alias": PRODUCTION_ALIAS}
+    anchor = write_anchor(registry, audit, settings.private_key())
+    return {**release, "alias": PRODUCTION_ALIAS,
+            "audit_anchor": anchor.name if anchor else None}  # fmt: skip

@@ -28,6 +28,7 @@ from typing import Any
 from secmlops.fsutil import atomic_write_bytes
 from secmlops.registry.store import (
     ALIAS_PATTERN,
+    ANCHOR_PATTERN,
     NAME_PATTERN,
     VERSION_PATTERN,
     VERSION_RECORD,
@@ -35,6 +36,7 @@ from secmlops.registry.store import (
     RegistryConflict,
     RegistryError,
     Store,
+    check_name,
     encode_json,
     parse_alias_record,
     parse_version_record,
@@ -134,6 +136,38 @@ class FileStore(Store):
         return sorted(
             p.stem for p in folder.glob("*.json") if ALIAS_PATTERN.match(p.stem) and p.is_file()
         )
+
+    def create_anchor(self, file_name: str, data: bytes) -> None:
+        """See `Store.create_anchor`: a hard link of a complete file, so never half-written."""
+        path = self.root / "audit-anchors" / check_name("anchor", file_name, ANCHOR_PATTERN)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{file_name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                if _read_or_none(path) != data:
+                    raise RegistryConflict(f"{path}: another anchor holds that name") from None
+            _fsync_dir(path.parent)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def list_anchors(self) -> list[str]:
+        """See `Store.list_anchors`."""
+        folder = self.root / "audit-anchors"
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if ANCHOR_PATTERN.match(p.name))
+
+    def read_anchor(self, file_name: str) -> bytes | None:
+        """See `Store.read_anchor`."""
+        check_name("anchor", file_name, ANCHOR_PATTERN)
+        return _read_or_none(self.root / "audit-anchors" / file_name)
 
     def read_alias(self, name: str, alias: str) -> tuple[dict[str, Any] | None, str | None]:
         """See `Store.read_alias`; the token is the SHA-256 of the alias file's bytes."""

@@ -26,6 +26,7 @@ from typing import Any
 
 from secmlops.registry.store import (
     ALIAS_PATTERN,
+    ANCHOR_PATTERN,
     NAME_PATTERN,
     VERSION_PATTERN,
     VERSION_RECORD,
@@ -33,6 +34,7 @@ from secmlops.registry.store import (
     RegistryConflict,
     RegistryError,
     Store,
+    check_name,
     encode_json,
     parse_alias_record,
     parse_version_record,
@@ -204,6 +206,26 @@ class S3Store(Store):
             k[len(base) :].removesuffix(".json") for k in self._keys(base) if k.endswith(".json")
         )
         return sorted(n for n in names if ALIAS_PATTERN.match(n))
+
+    def create_anchor(self, file_name: str, data: bytes) -> None:
+        """See `Store.create_anchor`: `If-None-Match: *` (with Object Lock, not even deletable)."""
+        key = self._key("audit-anchors", check_name("anchor", file_name, ANCHOR_PATTERN))
+        if not self._create(key, data, None) and (self._get(key) or (b"",))[0] != data:
+            raise RegistryConflict(f"s3://{self.bucket}/{key}: another anchor holds that name")
+
+    def list_anchors(self) -> list[str]:
+        """See `Store.list_anchors`."""
+        base = self._key("audit-anchors") + "/"
+        return sorted(
+            k[len(base) :] for k in self._keys(base) if ANCHOR_PATTERN.match(k[len(base) :])
+        )
+
+    def read_anchor(self, file_name: str) -> bytes | None:
+        """See `Store.read_anchor`."""
+        found = self._get(
+            self._key("audit-anchors", check_name("anchor", file_name, ANCHOR_PATTERN))
+        )
+        return None if found is None else found[0]
 
     def read_alias(self, name: str, alias: str) -> tuple[dict[str, Any] | None, str | None]:
         """See `Store.read_alias`; the token is the ETag of the bytes read (same response)."""

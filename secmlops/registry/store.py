@@ -5,6 +5,7 @@ Layout under the registry root (a folder, or an S3 bucket and prefix):
     models/<name>/versions/<version>/<artifact files + provenance.json>
     models/<name>/versions/<version>/.version.json   (the version record, written last)
     models/<name>/aliases/<alias>.json                (pointer moved by compare-and-swap)
+    audit-anchors/<seq>-<hash>.json                   (signed audit heads, written once each)
 
 Everything read back from a store is untrusted input: an attacker with write access to the bucket
 or folder can put anything there. Names are validated before they become paths or keys (no
@@ -30,6 +31,7 @@ FILE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 VERSION_RECORD = ".version.json"
 VERSION_SCHEMA = "secmlops.registry.version/v1"
+ANCHOR_PATTERN = re.compile(r"^[0-9]{12}-[0-9a-f]{16}\.json$")
 ALIAS_FIELDS = ("version", "weights_sha256", "previous", "generation", "moved_at", "moved_by")
 
 
@@ -193,6 +195,23 @@ class Store(ABC):
         Raises:
             RegistryError: the alias record is malformed, or the store cannot be read.
         """
+
+    @abstractmethod
+    def create_anchor(self, file_name: str, data: bytes) -> None:
+        """Store an audit anchor (`audit-anchors/<file_name>`) once; an existing one is kept.
+
+        Raises:
+            RegistryConflict: an anchor of that name holds other bytes.
+            RegistryError: the name is not an anchor name, or the store cannot be written.
+        """
+
+    @abstractmethod
+    def list_anchors(self) -> list[str]:
+        """Names of the stored audit anchors (sorted: oldest sequence first)."""
+
+    @abstractmethod
+    def read_anchor(self, file_name: str) -> bytes | None:
+        """The bytes of one audit anchor, or None when it does not exist."""
 
     @abstractmethod
     def write_alias(

@@ -96,6 +96,14 @@ def test_training_gates_signs_pushes_and_promotes(released, workspace):
     # The release carries what serving and monitoring need, signed with it.
     files = set(registry.show("pedestrian-detector", version)["files"])
     assert {"reference-profile.json", "screening.json", "gate-record.json"} <= files
+    # The promotion anchored the audit head in the registry, its own entry included.
+    from secmlops.audit_anchors import latest_anchor, verify_with_anchor
+    from secmlops.settings import Settings
+
+    settings = Settings.from_env()
+    anchor, skipped = latest_anchor(settings.model_registry(), settings.keyring())
+    assert anchor is not None and skipped == []
+    assert verify_with_anchor(settings.audit_log, anchor) >= anchor.seq
 
 
 def test_the_runs_overrides_reach_the_evaluation_and_the_gate(released, workspace):
