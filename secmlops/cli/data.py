@@ -166,16 +166,38 @@ def _print_dataset_summary(root: Path) -> None:
 def data_sign(
     folder: Annotated[Path, typer.Argument(help="Dataset folder.")],
     key: Annotated[Path, typer.Option(help="The data owner's private key (.key).")],
+    name: Annotated[
+        str | None,
+        typer.Option(help="Dataset name it is signed as (published as data/NAME/vVERSION)."),
+    ] = None,
+    version: Annotated[
+        int | None,
+        typer.Option(
+            help="Version it is signed as (default with --name: the next one in the data "
+            "registry, $SECMLOPS_DATA_REGISTRY)."
+        ),
+    ] = None,
     audit_log_path: AuditOption = None,
 ) -> None:
-    """Write manifest.json (size and SHA-256 of every file) and its Ed25519 signature."""
-    from secmlops.data.manifest import sign_dataset
+    """Write manifest.json (size and SHA-256 of every file, and the dataset name and version it
+    is signed as) and its Ed25519 signature."""
+    from secmlops.data.manifest import DatasetIdentity, sign_dataset
+    from secmlops.data.versioning import next_version
 
-    digest = sign_dataset(folder, key, passphrase=current_settings().key_passphrase)
+    settings = current_settings()
+    identity = None
+    if name is not None:
+        number = version if version is not None else next_version(settings.data_registry, name)
+        identity = DatasetIdentity(name, number)
+    elif version is not None:
+        fail("--version needs --name")
+    digest = sign_dataset(folder, key, passphrase=settings.key_passphrase, identity=identity)
     audit_log(audit_log_path).append(
-        "data", "sign_manifest", "info", str(folder), {"digest": digest}
-    )
-    console.print(f"signed {folder}: manifest {digest}")
+        "data", "sign_manifest", "info", str(folder),
+        {"digest": digest, "dataset": identity.tag if identity else None},
+    )  # fmt: skip
+    signed_as = f" as {identity.tag}" if identity else ""
+    console.print(f"signed {folder}{signed_as}: manifest {digest}")
 
 
 @app.command("verify")
@@ -184,14 +206,22 @@ def data_verify(
     folder: Annotated[Path, typer.Argument(help="Dataset folder.")],
     trusted_keys: TrustedKeysOption = None,
     policy: PolicyOption = None,
+    rev: Annotated[
+        str | None,
+        typer.Option(help="The tag it was pulled as (data/NAME/vK): it must be signed as that."),
+    ] = None,
     audit_log_path: AuditOption = None,
 ) -> None:
-    """Verify the signed manifest before any use: every file, its size and SHA-256, the signer."""
+    """Verify the signed manifest before any use: every file, its size and SHA-256, the signer,
+    and (with --rev) the dataset version it was signed as."""
     from secmlops.data.checks import verify_signed_dataset
+    from secmlops.data.versioning import parse_tag
 
+    expected = parse_tag(rev) if rev is not None else None
     result = verify_signed_dataset(
-        folder, keyring(trusted_keys), load_policy_option(policy).data, audit_log(audit_log_path)
-    )
+        folder, keyring(trusted_keys), load_policy_option(policy).data, audit_log(audit_log_path),
+        expected,
+    )  # fmt: skip
     console.print(
         f"verified {folder}: {result['files']} files, manifest {result['manifest_digest']}, "
         f"signed by {result['signer']}"

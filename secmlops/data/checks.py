@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from secmlops.audit import AuditLog
+from secmlops.data.manifest import DatasetIdentity
 from secmlops.errors import IntegrityError, SecMLOpsError
 from secmlops.fsutil import atomic_write_json
 from secmlops.policy import DataPolicy
@@ -44,9 +45,14 @@ def audited(
 
 
 def verify_signed_dataset(
-    root: Path, keyring: Keyring, policy: DataPolicy, audit: AuditLog
+    root: Path,
+    keyring: Keyring,
+    policy: DataPolicy,
+    audit: AuditLog,
+    expected: DatasetIdentity | None = None,
 ) -> dict[str, Any]:
-    """Verify the dataset's signed manifest; the signer must also be trusted by the policy.
+    """Verify the dataset's signed manifest; the signer must also be trusted by the policy, and
+    (given `expected`, the version pulled) it must have been signed as that dataset version.
 
     Returns:
         {"manifest_digest", "signer", "files", "bytes"}
@@ -57,7 +63,7 @@ def verify_signed_dataset(
     from secmlops.data.manifest import verify_dataset
 
     def run() -> dict[str, Any]:
-        verified = verify_dataset(Path(root), keyring)
+        verified = verify_dataset(Path(root), keyring, expected=expected)
         if verified.key_id not in policy.trusted_data_keys:
             raise IntegrityError(
                 f"{root}/manifest.sig: signer {verified.key_id} is in the keyring but not in the "
@@ -68,6 +74,7 @@ def verify_signed_dataset(
             "signer": verified.key_id,
             "files": verified.file_count,
             "bytes": verified.total_bytes,
+            "dataset": verified.dataset.tag if verified.dataset else None,
         }
 
     return audited(audit, "verify_manifest", str(root), run, lambda r: r)

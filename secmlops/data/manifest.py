@@ -11,7 +11,11 @@ verifier trusts out of band (`Keyring`). Verification fails closed:
 2. the folder must hold exactly the listed files: nothing added, nothing missing;
 3. symlinks and special files are refused (a symlink could point outside the dataset, or be
    retargeted between check and use), and manifest paths may not escape the folder;
-4. every file's size and SHA-256 must match; all problems are reported, not just the first.
+4. every file's size and SHA-256 must match; all problems are reported, not just the first;
+5. the manifest names the dataset and version it was signed for (`dataset: {name, version}`,
+   the DVC tag `data/<name>/v<version>` it is published under), and a verifier that asked for
+   a version refuses another: a signed older version, or another camera's signed data,
+   replayed under a newer tag at the DVC remote is refused although every byte is signed.
 
 Hashing streams each file in reads of at most 1 MiB on a thread pool: OpenSSL's SHA-256
 releases the GIL, so threads scale across cores without the cost of processes.
@@ -32,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from secmlops.data.versioning import NAME_PATTERN
 from secmlops.errors import DataError, IntegrityError
 from secmlops.fsutil import atomic_write_bytes
 from secmlops.supplychain.dsse import (
@@ -63,6 +68,19 @@ class DatasetTampered(IntegrityError):
 
 
 @dataclass(frozen=True)
+class DatasetIdentity:
+    """The dataset and version a manifest was signed for: published as `data/<name>/v<version>`."""
+
+    name: str
+    version: int
+
+    @property
+    def tag(self) -> str:
+        """The data registry's tag of this version."""
+        return f"data/{self.name}/v{self.version}"
+
+
+@dataclass(frozen=True)
 class VerifiedManifest:
     """What a successful `verify_dataset` vouches for."""
 
@@ -71,6 +89,7 @@ class VerifiedManifest:
     key_id: str  # the trusted key that signed it
     file_count: int
     total_bytes: int
+    dataset: DatasetIdentity | None  # what it was signed as (None: a manifest that names none)
 
 
 def default_workers() -> int:
@@ -82,16 +101,19 @@ def default_workers() -> int:
     return max(1, min(16, cpus))
 
 
-def build_manifest(root: Path, workers: int | None = None) -> dict[str, Any]:
+def build_manifest(
+    root: Path, workers: int | None = None, identity: DatasetIdentity | None = None
+) -> dict[str, Any]:
     """Hash every regular file under `root` (except manifest.json and manifest.sig).
 
     Args:
         root: the dataset folder.
         workers: hashing threads (default: `default_workers()`).
+        identity: the dataset name and version the manifest is signed for.
 
     Returns:
-        {"version": 1, "created_at": UTC ISO time, "files": [{"path", "size", "sha256"}]}
-        with files sorted by path.
+        {"version": 1, "created_at": UTC ISO time, "files": [{"path", "size", "sha256"}],
+         "dataset": {"name", "version"} (with `identity`)} with files sorted by path.
 
     Raises:
         DataError: `root` is not a folder.
@@ -108,11 +130,14 @@ def build_manifest(root: Path, workers: int | None = None) -> dict[str, Any]:
         if error is not None or digest is None:
             raise IntegrityError(f"{root / path}: cannot hash ({error})")
         entries.append({"path": path, "size": size, "sha256": digest})
-    return {
+    manifest: dict[str, Any] = {
         "version": MANIFEST_VERSION,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "files": entries,
     }
+    if identity is not None:
+        manifest["dataset"] = {"name": identity.name, "version": identity.version}
+    return manifest
 
 
 def manifest_bytes(manifest: dict[str, Any]) -> bytes:
@@ -121,7 +146,11 @@ def manifest_bytes(manifest: dict[str, Any]) -> bytes:
 
 
 def sign_dataset(
-    root: Path, private_key_path: Path, workers: int | None = None, passphrase: str | None = None
+    root: Path,
+    private_key_path: Path,
+    workers: int | None = None,
+    passphrase: str | None = None,
+    identity: DatasetIdentity | None = None,
 ) -> str:
     """Write `manifest.json` and its DSSE signature `manifest.sig` into `root`.
 
@@ -130,6 +159,8 @@ def sign_dataset(
         private_key_path: Ed25519 private key (PEM).
         workers: hashing threads.
         passphrase: decrypts an encrypted key (`Settings.key_passphrase`).
+        identity: the dataset name and version this is signed as (what `publish_dataset` will
+            tag it; verification by tag refuses a manifest without one).
 
     Returns:
         The manifest digest "sha256:<hex>" of the manifest.json bytes.
@@ -140,7 +171,7 @@ def sign_dataset(
     """
     private_key = load_private_key(private_key_path, passphrase)  # fail before hashing gigabytes
     root = _require_folder(root)
-    payload = manifest_bytes(build_manifest(root, workers))
+    payload = manifest_bytes(build_manifest(root, workers, identity))
     envelope = sign_envelope(payload, MANIFEST_PAYLOAD_TYPE, private_key)
     # manifest.json first: a crash in between leaves a signature that no longer matches,
     # which fails closed.
@@ -149,13 +180,20 @@ def sign_dataset(
     return "sha256:" + hashlib.sha256(payload).hexdigest()
 
 
-def verify_dataset(root: Path, keyring: Keyring, workers: int | None = None) -> VerifiedManifest:
+def verify_dataset(
+    root: Path,
+    keyring: Keyring,
+    workers: int | None = None,
+    expected: DatasetIdentity | None = None,
+) -> VerifiedManifest:
     """Check that `root` holds exactly the files a trusted key signed, byte for byte.
 
     Args:
         root: the dataset folder.
         keyring: keys trusted to sign datasets.
         workers: hashing threads (default: `default_workers()`).
+        expected: the dataset version asked for (pulled by its tag): the manifest must have
+            been signed as exactly that one.
 
     Returns:
         The verified manifest's digest, signer, file count and total bytes.
@@ -164,7 +202,8 @@ def verify_dataset(root: Path, keyring: Keyring, workers: int | None = None) -> 
         DataError: `root` is not a folder.
         IntegrityError: manifest.sig or manifest.json missing, malformed or a symlink; the
             signature is bad or by an untrusted key; manifest.json was edited; the manifest
-            is malformed or names a path outside the folder.
+            is malformed or names a path outside the folder; it was signed as another dataset
+            or version than `expected` (or names none).
         DatasetTampered: (an IntegrityError) files differ: content changed, size changed,
             unexpected file, missing file, symlink or special file. `problems` lists all.
     """
@@ -186,21 +225,28 @@ def verify_dataset(root: Path, keyring: Keyring, workers: int | None = None) -> 
         )
 
     # From here on the manifest is authentic, so its fields may steer the checks.
-    expected = _parse_manifest(payload, root / MANIFEST_NAME)
+    identity = _parse_identity(payload, root / MANIFEST_NAME)
+    if expected is not None and identity != expected:
+        signed_as = f"signed as {identity.tag}" if identity else "names no dataset version"
+        raise IntegrityError(
+            f"{root / MANIFEST_NAME}: {signed_as}, but {expected.tag} was asked for: another "
+            "signed dataset or an older version replayed under this tag; refused"
+        )
+    signed_files = _parse_manifest(payload, root / MANIFEST_NAME)
     files, problems = _scan(root)
     present = set(files)
     for path in files:
-        if path not in expected:
+        if path not in signed_files:
             problems.append(f"{path}: unexpected file (not in the signed manifest)")
-    for path in expected:
+    for path in signed_files:
         if path not in present:
             problems.append(f"{path}: missing file (listed in the signed manifest)")
     to_hash = sorted(
-        (p for p in expected if p in present), key=lambda p: expected[p][0], reverse=True
+        (p for p in signed_files if p in present), key=lambda p: signed_files[p][0], reverse=True
     )
-    results = _hash_all(root, [(p, expected[p][0]) for p in to_hash], workers)
+    results = _hash_all(root, [(p, signed_files[p][0]) for p in to_hash], workers)
     for path, (size, digest, error) in zip(to_hash, results, strict=True):
-        want_size, want_digest = expected[path]
+        want_size, want_digest = signed_files[path]
         if error is not None:
             problems.append(f"{path}: {error}")
         elif size != want_size:
@@ -215,8 +261,9 @@ def verify_dataset(root: Path, keyring: Keyring, workers: int | None = None) -> 
         root=root,
         digest="sha256:" + hashlib.sha256(payload).hexdigest(),
         key_id=verified.key_id,
-        file_count=len(expected),
-        total_bytes=sum(size for size, _ in expected.values()),
+        file_count=len(signed_files),
+        total_bytes=sum(size for size, _ in signed_files.values()),
+        dataset=identity,
     )
 
 
@@ -273,6 +320,22 @@ def _parse_manifest(payload: bytes, source: Path) -> dict[str, tuple[int, str]]:
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise IntegrityError(f"{source}: malformed manifest ({exc})") from None
     return expected
+
+
+def _parse_identity(payload: bytes, source: Path) -> DatasetIdentity | None:
+    """The `dataset` a signed manifest names, or None for a manifest that names none."""
+    try:
+        dataset = json.loads(payload).get("dataset")
+        if dataset is None:
+            return None
+        name, version = dataset["name"], dataset["version"]
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            raise ValueError(f"bad dataset name {name!r}")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ValueError(f"bad dataset version {version!r}")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise IntegrityError(f"{source}: malformed manifest ({exc})") from None
+    return DatasetIdentity(name, version)
 
 
 def _check_manifest_path(path: Any, source: Path) -> None:

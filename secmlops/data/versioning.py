@@ -23,9 +23,13 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from secmlops.errors import DataError
 from secmlops.fsutil import staged_directory
+
+if TYPE_CHECKING:
+    from secmlops.data.manifest import DatasetIdentity
 
 TAG_PATTERN = re.compile(r"^data/(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)/v(?P<version>[1-9][0-9]*)$")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -93,6 +97,28 @@ def init_registry(registry: Path, remote: str | None, endpoint_url: str | None =
     return registry
 
 
+def parse_tag(rev: str) -> DatasetIdentity:
+    """The dataset name and version of a tag `data/<name>/v<K>`.
+
+    Raises:
+        DataError: not such a tag.
+    """
+    from secmlops.data.manifest import DatasetIdentity
+
+    match = TAG_PATTERN.match(rev)
+    if not match:
+        raise DataError(f"--rev must be a dataset tag like data/<name>/v<K>, got {rev!r}")
+    return DatasetIdentity(match["name"], int(match["version"]))
+
+
+def next_version(registry: Path, name: str) -> int:
+    """The version number the next `publish_dataset` of `name` gets (1 for a new registry)."""
+    if not (Path(registry) / ".git").exists():
+        return 1
+    versions = list_versions(registry, name)
+    return parse_tag(versions[-1]).version + 1 if versions else 1
+
+
 def list_versions(registry: Path, name: str | None = None) -> list[str]:
     """Tags `data/<name>/v<K>` in the registry, oldest version first."""
     tags = _run(["git", "tag", "--list", "data/*"], Path(registry)).split()
@@ -110,7 +136,9 @@ def publish_dataset(
     """Publish `source` as the next version of dataset `name`: dvc add, git commit, tag, dvc push.
 
     A registry that does not exist yet is created with `remote` (on `endpoint_url`) as its
-    DVC remote (`init_registry`); an existing one keeps its own remote.
+    DVC remote (`init_registry`); an existing one keeps its own remote. A signed dataset must
+    have been signed as this very version (`sign_dataset(..., identity=...)` with `name` and
+    `next_version`), so its signature binds the tag it is published under.
 
     Raises:
         DataError: a bad name, a missing source, or a git/dvc failure (with the tool's message).
@@ -120,9 +148,9 @@ def publish_dataset(
         raise DataError(f"dataset name {name!r} must be letters, digits, '.', '_' or '-'")
     if not (source / "annotations.json").is_file():
         raise DataError(f"{source}: not a dataset folder (no annotations.json)")
+    version = next_version(registry, name)
+    _check_signed_identity(source, name, version)
     registry = init_registry(registry, remote, endpoint_url)
-    versions = list_versions(registry, name)
-    version = int(TAG_PATTERN.match(versions[-1])["version"]) + 1 if versions else 1  # type: ignore[index]
     target = registry / "datasets" / name
     with staged_directory(target, overwrite=True) as staging:
         shutil.copytree(source, staging, dirs_exist_ok=True)
@@ -138,6 +166,30 @@ def publish_dataset(
     _run(["dvc", "push", "--quiet", f"{relative}.dvc"], registry)
     commit = _run(["git", "rev-parse", "HEAD"], registry)
     return PublishedVersion(name, version, tag, commit, registry)
+
+
+def _check_signed_identity(source: Path, name: str, version: int) -> None:
+    """A dataset folder with a manifest must be signed as `name` v`version` (verification of
+    the signature itself happens at every pull)."""
+    import json
+
+    from secmlops.data.manifest import MANIFEST_NAME
+
+    manifest = source / MANIFEST_NAME
+    if not manifest.is_file():
+        return  # unsigned: publishable, but no verification will accept it
+    try:
+        dataset = json.loads(manifest.read_bytes()).get("dataset")
+    except (ValueError, AttributeError):
+        raise DataError(f"{manifest}: not a manifest (not a JSON object)") from None
+    want = {"name": name, "version": version}
+    if dataset != want:
+        signed = f"{dataset['name']} v{dataset['version']}" if isinstance(dataset, dict) and {
+            "name", "version"} <= set(dataset) else "no dataset version"  # fmt: skip
+        raise DataError(
+            f"{manifest}: signed as {signed}, would be published as data/{name}/v{version}: "
+            f"re-sign it with `secmlops data sign --name {name} --version {version}`"
+        )
 
 
 def pull_dataset(rev: str, to: Path, registry: Path | str, overwrite: bool = False) -> Path:

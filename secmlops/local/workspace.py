@@ -64,9 +64,9 @@ def create_workspace(
         DataError: the dataset cannot be generated, signed or published.
     """
     from secmlops.audit import AuditLog
-    from secmlops.data.manifest import sign_dataset
+    from secmlops.data.manifest import DatasetIdentity, sign_dataset
     from secmlops.data.synthetic import generate_scenes
-    from secmlops.data.versioning import publish_dataset
+    from secmlops.data.versioning import next_version, publish_dataset
     from secmlops.policy import apply_override, load_policy
     from secmlops.supplychain.keys import generate_keypair, key_id, load_public_key
 
@@ -92,7 +92,9 @@ def create_workspace(
     source = generate_scenes(
         root / "incoming" / "street", images, seed, width=width, height=height, overwrite=True
     )
-    sign_dataset(source, keys / "data-owner.key")
+    registry = root / "data-registry"
+    identity = DatasetIdentity("street", next_version(registry, "street"))
+    sign_dataset(source, keys / "data-owner.key", identity=identity)
     published = publish_dataset(source, "street", root / "data-registry", str(root / "dvc-remote"))
     env = {
         "SECMLOPS_WORKDIR": str(root),

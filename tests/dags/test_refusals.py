@@ -38,7 +38,7 @@ def poisoned_workspace(tmp_path_factory, airflow_db):
     """A workspace whose newest published version (v2) carries a BadDet trigger in 10% of its
     training images, signed by the data owner (the poison went in before signing)."""
     from secmlops.attacks.backdoor import poison_dataset
-    from secmlops.data.manifest import sign_dataset
+    from secmlops.data.manifest import DatasetIdentity, sign_dataset
     from secmlops.data.versioning import publish_dataset
     from secmlops.local.workspace import create_workspace
 
@@ -49,7 +49,8 @@ def poisoned_workspace(tmp_path_factory, airflow_db):
     )  # fmt: skip
     poisoned = root / "poisoned"
     poison_dataset(space.root / "incoming" / "street", poisoned, "oda", 0.1, trigger_size=10)
-    sign_dataset(poisoned, space.root / "keys" / "data-owner.key")
+    owner_key = space.root / "keys" / "data-owner.key"
+    sign_dataset(poisoned, owner_key, identity=DatasetIdentity("street", 2))
     published = publish_dataset(
         poisoned, "street", space.root / "data-registry", space.env["SECMLOPS_DVC_REMOTE"]
     )

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from secmlops.audit import verify_audit_log
-from secmlops.data.manifest import sign_dataset
+from secmlops.data.manifest import DatasetIdentity, sign_dataset
 from secmlops.errors import IntegrityError
 from secmlops.lifecycle import screen_data, validate_data, verify_data
 from secmlops.settings import Settings
@@ -24,11 +24,14 @@ def signed(tmp_path_factory, tiny_scenes):
     stranger_key, _ = generate_keypair(root / "keys-stranger", "stranger")
     data = root / "clean"
     shutil.copytree(tiny_scenes, data)
-    sign_dataset(data, owner_key)
+    sign_dataset(data, owner_key, identity=STREET_V1)
     policy = yaml.safe_load((REPO_ROOT / "policy.yaml").read_text())
     policy["data"]["trusted_data_keys"] = [key_id(load_public_key(owner_pub))]
     (root / "policy.yaml").write_text(yaml.safe_dump(policy))
     return {"root": root, "data": data, "pub": owner_pub, "stranger": stranger_key}
+
+
+STREET_V1 = DatasetIdentity("street", 1)
 
 
 def check_data(data, policy, trusted_key, audit):
@@ -108,7 +111,7 @@ def test_tampering_halts_the_data_stage_with_file_and_reason(signed, tmp_path, t
 def test_untrusted_signer_halts_the_data_stage(signed, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(signed["data"], data)
-    sign_dataset(data, signed["stranger"])
+    sign_dataset(data, signed["stranger"], identity=STREET_V1)
     with pytest.raises(IntegrityError, match="untrusted key"):
         check_data(data, signed["root"] / "policy.yaml", signed["pub"], tmp_path / "audit.jsonl")
 
