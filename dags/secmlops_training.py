@@ -66,7 +66,9 @@ DOC = """
    **train_baseline** (the same without the defence, for the gate's defence-cost check), seeded
    and checkpointed; a retried task resumes. Training runs on `$SECMLOPS_TRAINING_QUEUE`.
 4. **evaluate_model**: the run policy's attack suite (PGD, FGSM, patch, corruptions; ART as the
-   independent reference); **evaluate_production**: the same on the model in production.
+   independent reference); **evaluate_production**: the same on the model in production, after
+   refusing a dataset version older than the one production was trained on (unless
+   `older_data_reason` says why; audited).
 5. **gate_model**: the robustness gate under the run policy. A failed gate fails the run with
    the gate's message, and nothing after it runs.
 6. **sign_model** (screener calibration, provenance naming the run policy's digest, signature)
@@ -130,6 +132,12 @@ A refused control fails its task once, without retries; every decision is in the
         "override_reason": Param(
             "", type="string", description="Why (required with overrides; audited)."
         ),
+        "older_data_reason": Param(
+            "",
+            type="string",
+            description="Why train on an older dataset version than production's (audited); "
+            "empty: such a run is refused.",
+        ),
     },
 )
 def secmlops_training():
@@ -141,7 +149,7 @@ def secmlops_training():
         params = context["params"]
         return plan_training(
             lifecycle_settings(), context["run_id"], params, params["policy_overrides"],
-            params["override_reason"], params["max_eval_images"],
+            params["override_reason"], params["max_eval_images"], params["older_data_reason"],
         )  # fmt: skip
 
     @lifecycle_task(execution_timeout=timedelta(hours=6), queue=DEPLOYMENT.training_queue)
@@ -180,7 +188,7 @@ def secmlops_training():
 
         return evaluate_production(
             lifecycle_settings(), plan["policy"], data, get_current_context()["run_id"],
-            plan["max_eval_images"],
+            plan["max_eval_images"], plan["older_data_reason"],
         )  # fmt: skip
 
     @lifecycle_task(execution_timeout=timedelta(minutes=10))

@@ -57,6 +57,11 @@ class PoisoningSuspected(DataError, Refusal):
         self.flagged = flagged or []
 
 
+class OlderDataRefused(Refusal):
+    """A training run would release a model trained on an older dataset version than the one
+    production was trained on (a rollback of the data), and no audited reason allows it."""
+
+
 class InvalidRequest(ModelError, Refusal):
     """A run's parameters (trigger form, command line) are invalid: the same ones fail again."""
 

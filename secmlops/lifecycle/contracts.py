@@ -160,3 +160,4 @@ class TrainingPlan(TypedDict):
     request: dict[str, Any]
     policy: RunPolicy
     max_eval_images: int | None
+    older_data_reason: str  # why training on older data than production's is wanted ("": no)

@@ -39,7 +39,7 @@ REQUEST_FILE = "training-request.json"
 
 def plan_training(
     settings: Settings, run_id: str, params: Mapping[str, Any], overrides: Sequence[str] = (),
-    reason: str = "", max_eval_images: int | None = None,
+    reason: str = "", max_eval_images: int | None = None, older_data_reason: str = "",
 ) -> TrainingPlan:  # fmt: skip
     """Fix what a training run trains and under which policy, before anything is trained.
 
@@ -51,6 +51,8 @@ def plan_training(
         params: the run's training parameters (`TrainingRequest` field names; None = default).
         overrides: `KEY.PATH=VALUE` policy overrides for this run; `reason` says why.
         max_eval_images: cap on attacked test images (None: all).
+        older_data_reason: why this run may train on an older dataset version than the
+            production model's (audited when used; empty: such a run is refused).
 
     Raises:
         InvalidRequest: a parameter is invalid.
@@ -65,7 +67,8 @@ def plan_training(
     run_policy = resolve_run_policy(settings, run_id, overrides, reason)
     atomic_write_json(settings.run_dir(run_id) / REQUEST_FILE, request.to_json())
     return {"request": request.to_json(), "policy": run_policy,
-            "max_eval_images": max_eval_images}  # fmt: skip
+            "max_eval_images": max_eval_images,
+            "older_data_reason": older_data_reason.strip()}  # fmt: skip
 
 
 def train(
@@ -155,6 +158,34 @@ def evaluate(
     )  # fmt: skip
 
 
+def check_not_older(
+    settings: Settings, rev: str, production_rev: str | None, reason: str, run_id: str
+) -> None:
+    """Refuse training on an older version of the dataset production was trained on (an
+    attacker, or a mistake, rolling the data back), unless `reason` says why (audited).
+
+    Raises:
+        OlderDataRefused: older, and no reason given.
+    """
+    from secmlops.data.versioning import TAG_PATTERN, parse_tag
+    from secmlops.errors import OlderDataRefused
+
+    if not production_rev or not TAG_PATTERN.match(production_rev):
+        return  # production was not trained on a published dataset version: nothing to compare
+    new, old = parse_tag(rev), parse_tag(production_rev)
+    if new.name != old.name or new.version >= old.version:
+        return
+    if not reason:
+        raise OlderDataRefused(
+            f"{rev} is older than {production_rev}, the data production was trained on; give "
+            "older_data_reason (audited) to train on it anyway"
+        )
+    settings.audit().append(
+        "training", "older_data", "override", run_id,
+        {"rev": rev, "production_rev": production_rev, "reason": reason},
+    )  # fmt: skip
+
+
 def evaluate_like(
     suite: AttackSuitePolicy, model_dir: Path, candidate_report: Path, out: Path
 ) -> Evaluation:
@@ -180,13 +211,20 @@ def evaluate_like(
 
 def evaluate_production(
     settings: Settings, run_policy: RunPolicy, data: VerifiedData, run_id: str,
-    max_images: int | None = None,
+    max_images: int | None = None, older_data_reason: str = "",
 ) -> ProductionEvaluation | None:  # fmt: skip
-    """Attack the model now in production the same way, for the gate's regression check.
+    """Attack the model now in production the same way, for the gate's regression check; first
+    refuse a run on an older dataset version than production was trained on.
+
+    Args:
+        older_data_reason: why training on older data is wanted (audited); empty: refused.
 
     Returns:
         The evaluation plus "version", or None when nothing is in production yet (the gate
         records "no production report: not checked").
+
+    Raises:
+        OlderDataRefused: `data` is an older version of production's dataset, without a reason.
     """
     from secmlops.registry import RegistryError
 
@@ -196,7 +234,11 @@ def evaluate_production(
     except RegistryError:
         return None
     folder = settings.run_dir(run_id) / "production"
-    registry.pull(settings.model_name, version, folder, settings.keyring(), overwrite=True)
+    verified = registry.pull(
+        settings.model_name, version, folder, settings.keyring(), overwrite=True
+    )
+    check_not_older(settings, data["rev"], verified.predicate.get("dvc_revision"),
+                    older_data_reason, run_id)  # fmt: skip
     out = settings.run_dir(run_id) / "robustness-production.json"
     evaluation = evaluate(run_policy, str(folder), data, out, max_images=max_images)
     return {**evaluation, "version": version}

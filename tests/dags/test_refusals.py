@@ -125,6 +125,7 @@ def fake_payloads(workdir: Path) -> dict[str, Any]:
             "request": TrainingRequest().to_json(),
             "policy": policy,
             "max_eval_images": None,
+            "older_data_reason": "",
         },
         "train": trained,
         "evaluate": evaluation,

@@ -145,3 +145,30 @@ def test_publish_refuses_data_signed_as_another_version(owner, tmp_path):
         publish_dataset(data, "street", registry)
     sign_dataset(data, owner["key"], identity=DatasetIdentity("street", 1))
     assert publish_dataset(data, "street", registry).tag == "data/street/v1"
+
+
+def test_training_on_older_data_than_production_needs_an_audited_reason(tmp_path):
+    from secmlops.audit import read_audit_log
+    from secmlops.errors import OlderDataRefused
+    from secmlops.lifecycle.release import check_not_older
+
+    settings = Settings.from_env({"SECMLOPS_AUDIT_LOG": str(tmp_path / "audit.jsonl")})
+    with pytest.raises(OlderDataRefused, match="data/street/v2 is older than data/street/v3"):
+        check_not_older(settings, "data/street/v2", "data/street/v3", "", "run-1")
+    # The same or a newer version, another dataset, or a production model trained elsewhere.
+    for rev, production in (
+        ("data/street/v3", "data/street/v3"),
+        ("data/street/v4", "data/street/v3"),
+        ("data/camera2/v1", "data/street/v3"),
+        ("data/street/v1", None),
+    ):
+        check_not_older(settings, rev, production, "", "run-1")  # fmt: skip
+    assert not (tmp_path / "audit.jsonl").exists()
+    check_not_older(settings, "data/street/v2", "data/street/v3", "v3 mislabelled", "run-2")
+    (entry,) = read_audit_log(tmp_path / "audit.jsonl")
+    assert (entry["action"], entry["decision"], entry["subject"]) == (
+        "older_data",
+        "override",
+        "run-2",
+    )
+    assert entry["details"]["reason"] == "v3 mislabelled"
