@@ -96,6 +96,7 @@ def main() -> None:
             make_files(root, args.small, args.small_kb, args.large, args.large_mb)
         private_key, public_key = generate_keypair(base / "keys", "bench")
         keyring = Keyring.from_paths([public_key])
+        keyring = keyring.with_roles({"data_owner": keyring.ids})  # the data owner's key
         sign_dataset(root, private_key)
 
         files = build_manifest(root)["files"]

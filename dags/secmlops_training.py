@@ -21,6 +21,7 @@ from secmlops.airflow_support import (
     DATASET_ASSET,
     MODEL_ASSET,
     RETRAINING_REQUEST_ASSET,
+    ProductionApproval,
     data_rev_param,
     lifecycle_asset,
     lifecycle_default_args,
@@ -71,8 +72,15 @@ DOC = """
    `older_data_reason` says why; audited).
 5. **gate_model**: the robustness gate under the run policy. A failed gate fails the run with
    the gate's message, and nothing after it runs.
-6. **sign_model** (screener calibration, provenance naming the run policy's digest, signature)
-   -> **push_model** -> **promote_model** (the `production` alias, compare-and-swap) -> `model`.
+6. **sign_model** (screener calibration, provenance naming the run policy's digest, signed with
+   the trainer's key) -> **push_model** -> **summarize_release** (the gate's evidence, the
+   figures beside production's, the run's overrides).
+7. **approve_release** waits (Human-in-the-loop, "Required Actions" in the UI) for a person to
+   approve the release for production. The user who triggered the run cannot approve it; a
+   rejection, or no answer within `$SECMLOPS_APPROVAL_TIMEOUT_HOURS`, fails the run with
+   production unchanged; every decision is audited with the user.
+8. **promote_model**: the whole trust chain verified again, the `production` move signed with
+   the approver's key (naming the approver) and compare-and-swapped -> `model`.
 
 A refused control fails its task once, without retries; every decision is in the audit log.
 """
@@ -213,11 +221,22 @@ def secmlops_training():
 
         return push(lifecycle_settings(), signed, get_current_context()["run_id"])
 
-    @lifecycle_task(execution_timeout=timedelta(minutes=10), outlets=[MODEL])
-    def promote_model(release: Release) -> Promotion:
+    @lifecycle_task(execution_timeout=timedelta(minutes=5))
+    def summarize_release(
+        plan: TrainingPlan, release: Release, gated: GateResult, evaluated: Evaluation,
+        production: ProductionEvaluation | None,
+    ) -> str:  # fmt: skip
+        from secmlops.lifecycle import release_evidence
+
+        return release_evidence(release, gated, evaluated, production, plan["policy"])
+
+    @lifecycle_task(
+        execution_timeout=timedelta(minutes=10), outlets=[MODEL], queue=DEPLOYMENT.release_queue
+    )
+    def promote_model(release: Release, approved: dict[str, Any]) -> Promotion:
         from secmlops.lifecycle import promote
 
-        promoted = promote(lifecycle_settings(), release)
+        promoted = promote(lifecycle_settings(), release, approved["approval"])
         extra: dict[str, Any] = {k: promoted[k] for k in ("name", "version", "weights_sha256")}
         get_current_context()["outlet_events"][MODEL].extra = extra
         return promoted
@@ -226,8 +245,18 @@ def secmlops_training():
     data = pull_and_verify_data(DATASET)
     trained = train_model(plan, data)
     evaluated = evaluate_model(plan, data, trained, train_baseline(plan, data))
-    gated = gate_model(plan, evaluated, evaluate_production(plan, data))
-    promote_model(push_model(sign_model(plan, data, trained, gated)))
+    production = evaluate_production(plan, data)
+    gated = gate_model(plan, evaluated, production)
+    release = push_model(sign_model(plan, data, trained, gated))
+    approval = ProductionApproval(
+        task_id="approve_release",
+        release_task_id="push_model",
+        subject="Promote {{ ti.xcom_pull(task_ids='push_model')['version'] }} to production?",
+        body="{{ ti.xcom_pull(task_ids='summarize_release') }}",
+        response_timeout=timedelta(hours=DEPLOYMENT.approval_timeout_hours),
+    )
+    summarize_release(plan, release, gated, evaluated, production) >> approval
+    promote_model(release, approval.output)
 
 
 secmlops_training()

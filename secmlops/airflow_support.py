@@ -1,10 +1,12 @@
 """The one module of the library that talks to Airflow (`secmlops` never imports Airflow
 elsewhere; docs/architecture.md). Airflow is imported inside the functions, so importing this
-module stays cheap at DAG parse time.
+module stays cheap at DAG parse time; only the approval operator's base class (the standard
+provider's Human-in-the-loop `ApprovalOperator`) is imported with the module.
 
 What the DAGs share lives here: `lifecycle_task` (every task: a refusal fails it without
 retries), `lifecycle_settings` (the deployment's settings inside a task, with the S3 Connection
-applied), the lifecycle's assets, and the wiring of pull + verify.
+applied), the lifecycle's assets, the wiring of pull + verify, and `ProductionApproval` (a
+person approves a release before production; `secmlops.lifecycle.approval`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, TypeVar
+
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 
 from secmlops.errors import DataError
 from secmlops.lifecycle.contracts import PulledData, VerifiedData
@@ -226,3 +230,31 @@ def pull_and_verify_data(dataset_asset: Any = None) -> Any:
         return verify_data(lifecycle_settings(), pulled)
 
     return verify_data(pull_data())
+
+
+# ------------------------------------------------------------------ human approval
+class ProductionApproval(ApprovalOperator):
+    """Wait for a person to approve the release for production, then judge and audit the answer
+    (`secmlops.lifecycle.approval.decide`): a rejection, a timeout, or an approval by the user who
+    triggered the run fails the task (no retries, so no second request), and nothing downstream
+    (the promotion) runs. The approver reads the gate evidence in `body` (a rendered template).
+
+    Args:
+        release_task_id: the task whose XCom is the `Release` asking to be promoted.
+        response_timeout: how long to wait (`Settings.approval_timeout_hours`).
+    """
+
+    def __init__(self, *, release_task_id: str, **kwargs: Any) -> None:
+        kwargs.setdefault("retries", 0)
+        super().__init__(fail_on_reject=True, **kwargs)
+        self.release_task_id = release_task_id
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        from secmlops.lifecycle.approval import decide
+
+        release = context["ti"].xcom_pull(task_ids=self.release_task_id)
+        triggered_by = getattr(context["dag_run"], "triggering_user_name", None)
+        with refusals_fail_the_task():
+            approval = decide(lifecycle_settings(), release, event, triggered_by)
+        result = super().execute_complete(context=context, event=event)
+        return {**dict(result), "approval": approval}

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 ANCHOR_PREDICATE_TYPE = "https://secmlops.dev/audit-anchor/v1"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
+ANCHOR_ROLES = ("gate", "approver")
 
 
 @dataclass(frozen=True)
@@ -105,9 +106,11 @@ def latest_anchor(registry: Registry, keyring: Keyring) -> tuple[Anchor | None, 
         if data is None:
             continue
         try:
+            # The roles that move aliases sign anchors (promotion writes them).
             verified = verify_envelope_signer(
-                envelope_from_bytes(data, name), keyring, PAYLOAD_TYPE
-            )
+                envelope_from_bytes(data, name), keyring, PAYLOAD_TYPE, role=ANCHOR_ROLES,
+                what="audit anchor",
+            )  # fmt: skip
             statement = json.loads(verified.payload)
             anchor = _anchor(statement, verified.key_id, name)
         except (IntegrityError, ValueError, KeyError, TypeError) as exc:

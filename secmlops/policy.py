@@ -8,10 +8,11 @@ the exact key path. Changing a threshold for one run goes through `apply_overrid
 written reason and returns the record that the caller appends to the audit log; decisions record
 `policy_digest` so an audit shows which thresholds they were made under.
 
-Layout: one model per lifecycle stage, each a required field of `Policy`: `data:` (validation,
-leakage and poisoning screens, trusted manifest keys) and `gate:` (the robustness validation gate:
-the attack suite its evidence must come from, clean and robust mAP floors, the accuracy a defence
-may cost, the regression allowed against production) and `monitoring:` (drift and attack signals
+Layout: one model per lifecycle stage, each a required field of `Policy`: `roles:` (which keys
+may act in which role of the release chain), `data:` (validation, leakage and poisoning screens)
+and `gate:` (the robustness validation gate: the attack suite its evidence must come from, clean
+and robust mAP floors, the accuracy a defence may cost, the regression allowed against
+production, how long a gate record stays valid) and `monitoring:` (drift and attack signals
 that request retraining, and the cooldown between requests).
 """
 
@@ -26,6 +27,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -33,11 +35,12 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from secmlops.errors import PolicyError
 
-POLICY_VERSION = 1
+POLICY_VERSION = 2
 KEY_ID_PATTERN = r"^ed25519:[0-9a-f]{32}$"
 
 ATTACK_NAME_PATTERN = r"^[a-z0-9_]+$"
@@ -74,18 +77,51 @@ class DataPolicy(_Section):
     max_flagged_fraction: float = Field(
         ge=0, le=1, description="the screen fails when more than this share of images is flagged"
     )
-    trusted_data_keys: list[KeyId] = Field(
-        min_length=1, description="ids of the Ed25519 keys whose dataset manifests are trusted"
-    )
 
-    @field_validator("trusted_data_keys")
-    @classmethod
-    def _no_repeated_keys(cls, keys: list[str]) -> list[str]:
-        # A repeated id is harmless by itself but usually means a key was meant to be replaced.
-        repeated = sorted({k for k in keys if keys.count(k) > 1})
-        if repeated:
-            raise ValueError(f"key ids listed more than once: {', '.join(repeated)}")
-        return keys
+
+def _unique_key_ids(keys: list[str]) -> list[str]:
+    # A repeated id is harmless by itself but usually means a key was meant to be replaced.
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"key ids listed more than once: {', '.join(repeated)}")
+    return keys
+
+
+RoleKeys = Annotated[list[KeyId], Field(min_length=1), AfterValidator(_unique_key_ids)]
+
+
+class RolesPolicy(_Section):
+    """Which keys act in which role of the release chain (separation of duties).
+
+    Each role signs one kind of document, and a verifier accepts that document only when its
+    signer's key id is listed under that role: `data_owner` signs dataset manifests, `trainer`
+    the provenance of a trained model, `gate` gate decisions (and non-production alias moves),
+    `approver` the move of the production alias. A key id listed under two roles is refused, so
+    that no single key can walk a model from data to production alone.
+    """
+
+    data_owner: RoleKeys = Field(description="key ids trusted to sign dataset manifests")
+    trainer: RoleKeys = Field(description="key ids trusted to sign trained models' provenance")
+    gate: RoleKeys = Field(description="key ids trusted to sign gate decisions and staging moves")
+    approver: RoleKeys = Field(description="key ids trusted to approve promotion to production")
+
+    @model_validator(mode="after")
+    def _one_role_per_key(self) -> RolesPolicy:
+        holders: dict[str, list[str]] = {}
+        for role, keys in self.model_dump().items():
+            for kid in keys:
+                holders.setdefault(kid, []).append(role)
+        shared = {kid: roles for kid, roles in holders.items() if len(roles) > 1}
+        if shared:
+            described = "; ".join(
+                f"{kid} in {' and '.join(roles)}" for kid, roles in sorted(shared.items())
+            )
+            raise ValueError(f"a key may hold one role only (separation of duties): {described}")
+        return self
+
+    def role_of(self, kid: str) -> str | None:
+        """The role key id `kid` holds, or None."""
+        return next((role for role, keys in self.model_dump().items() if kid in keys), None)
 
 
 class AttackSuitePolicy(_Section):
@@ -126,6 +162,9 @@ class GatePolicy(_Section):
     )
     max_regression: Fraction = Field(
         description="how far below the production model any gated metric may fall"
+    )
+    record_validity_days: int = Field(
+        ge=1, le=366, description="days a passed gate record may be used to promote its model"
     )
 
     @field_validator("min_robust_map50")
@@ -176,7 +215,8 @@ class MonitoringPolicy(_Section):
 class Policy(_Section):
     """The whole policy file: its format version and one section per lifecycle stage."""
 
-    version: Literal[1]
+    version: Literal[2]
+    roles: RolesPolicy
     data: DataPolicy
     gate: GatePolicy
     monitoring: MonitoringPolicy
@@ -187,6 +227,12 @@ class Policy(_Section):
         # `True == 1` in Python, so Literal[1] alone would accept `version: yes`.
         if isinstance(value, bool):
             raise ValueError(f"must be {POLICY_VERSION}, got {value!r}")
+        if value == 1:
+            raise ValueError(
+                f"must be {POLICY_VERSION}: version 1 trusted data keys in "
+                "data.trusted_data_keys; version 2 moves them to roles.data_owner and adds "
+                "roles.trainer, roles.gate, roles.approver and gate.record_validity_days"
+            )
         return value
 
 
@@ -242,7 +288,8 @@ def load_policy(path: Path | str) -> Policy:
     if not isinstance(raw, dict):
         got = "an empty file" if raw is None else f"a {type(raw).__name__}"
         raise PolicyError(
-            f"{path}: expected a mapping with 'version', 'data' and 'gate', got {got}"
+            f"{path}: expected a mapping with 'version', 'roles', 'data', 'gate' and "
+            f"'monitoring', got {got}"
         )
     return _validate(raw, str(path))
 
@@ -290,7 +337,7 @@ def parse_overrides(assignments: Sequence[str], reason: str) -> list[tuple[str, 
 
 
 def apply_override(
-    policy: Policy, path: str, value: Any, reason: str
+    policy: Policy, path: str, value: Any, reason: str, *, roles: bool = False
 ) -> tuple[Policy, dict[str, Any]]:
     """Change one threshold for this run, with a written reason.
 
@@ -299,6 +346,9 @@ def apply_override(
         path: dotted key path of one threshold, e.g. "data.max_empty_image_ratio".
         value: the new value, validated as strictly as the policy file.
         reason: why; recorded in the audit log by the caller.
+        roles: allow changing `roles.*` (who is trusted): only when writing a new policy file
+            (`secmlops policy override`, the embedded workspace), never for one run, where the
+            person triggering it could otherwise trust their own key.
 
     Returns:
         The new validated policy and the record {"path", "old", "new", "reason"} to audit.
@@ -313,6 +363,11 @@ def apply_override(
     raw = policy.model_dump(mode="python")
     if keys == ["version"]:
         raise PolicyError("override version: the policy format version cannot be overridden")
+    if keys[0] == "roles" and not roles:
+        raise PolicyError(
+            f"override {path}: who holds a role is not a per-run threshold; change it in the "
+            "policy file (`secmlops policy override --set roles.<role>=[...]` writes a new one)"
+        )
     parent: Any = raw
     for depth, key in enumerate(keys):
         if not isinstance(parent, dict) or key not in parent:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from secmlops.audit import AuditLog
+    from secmlops.policy import Policy
     from secmlops.registry import Registry
     from secmlops.supplychain.keys import Keyring
 
@@ -59,11 +60,16 @@ class Settings:
         dvc_remote: the DVC remote new data registries push to (default: a folder beside it).
         s3_endpoint_url: an S3-compatible endpoint (MinIO, a loopback test server); unset: AWS.
         s3_connection: inside Airflow tasks, the `aws` Connection holding the S3 credentials.
-        signing_key: the private key that signs gate records and model provenance.
+        trainer_key: the trainer role's private key: signs the provenance of trained models.
+        gate_key: the gate role's private key: signs gate decisions and staging moves.
+        approver_key: the approver role's private key: signs the move of the production alias
+            once a person other than the one who triggered the run approved it.
         key_passphrase: decrypts encrypted private keys and encrypts new ones (secret).
         trusted_keys: the trusted public keys: PEM text, or os.pathsep-separated files/folders.
         serving_token: the bearer token `secmlops serve` demands (secret).
         training_queue: the Celery queue training tasks go to (GPU workers, if any).
+        release_queue: the Celery queue of the production move: the worker that holds the
+            approver's key (and no other role's).
         data_pull_schedule: the data-pull DAG's cadence (`none`: manual and REST only).
         monitoring_schedule: the monitoring DAG's cadence (`none`: manual and REST only).
         training_epochs: epochs of scheduled training runs (unset: from the data size).
@@ -72,6 +78,10 @@ class Settings:
         monitoring_reports: where drift reports go, a folder or `s3://bucket/prefix`.
         monitoring_state: the cooldown state shared by `secmlops monitor` and the monitoring DAG.
         tradeoffs_dir: where trade-off studies are written (the Airflow view shows the latest).
+        approval_timeout_hours: how long a training run waits for a person to approve its
+            release for production before it fails (production unchanged); default 24.
+        trust_state: the highest signed alias sequence this installation has accepted, per
+            registry, model and alias (a replayed older alias record is refused).
         git_commit: the code version provenance records when the code is not a git checkout.
     """
 
@@ -86,11 +96,14 @@ class Settings:
     dvc_remote: str
     s3_endpoint_url: str | None
     s3_connection: str | None
-    signing_key: Path | None
+    trainer_key: Path | None
+    gate_key: Path | None
+    approver_key: Path | None
     key_passphrase: str | None
     trusted_keys: str | None
     serving_token: str | None
     training_queue: str
+    release_queue: str
     data_pull_schedule: str | None
     monitoring_schedule: str | None
     training_epochs: int | None
@@ -99,6 +112,8 @@ class Settings:
     monitoring_reports: str
     monitoring_state: Path
     tradeoffs_dir: Path
+    approval_timeout_hours: float
+    trust_state: Path
     git_commit: str | None
 
     @classmethod
@@ -132,11 +147,14 @@ class Settings:
             dvc_remote=get("dvc_remote") or str(data_registry.parent / "dvc-remote"),
             s3_endpoint_url=get("s3_endpoint_url"),
             s3_connection=get("s3_connection"),
-            signing_key=Path(key) if (key := get("signing_key")) else None,
+            trainer_key=Path(key) if (key := get("trainer_key")) else None,
+            gate_key=Path(key) if (key := get("gate_key")) else None,
+            approver_key=Path(key) if (key := get("approver_key")) else None,
             key_passphrase=get("key_passphrase"),
             trusted_keys=get("trusted_keys"),
             serving_token=get("serving_token"),
             training_queue=get("training_queue") or "default",
+            release_queue=get("release_queue") or "default",
             data_pull_schedule=_schedule(get("data_pull_schedule"), "@daily"),
             monitoring_schedule=_schedule(get("monitoring_schedule"), "@hourly"),
             training_epochs=_count("training_epochs", get("training_epochs")),
@@ -147,6 +165,8 @@ class Settings:
             ),
             monitoring_state=path("monitoring_state", workdir / "monitoring" / "state.json"),
             tradeoffs_dir=path("tradeoffs_dir", workdir / "runs" / "tradeoffs"),
+            approval_timeout_hours=_hours("approval_timeout_hours", get("approval_timeout_hours")),
+            trust_state=path("trust_state", workdir / "trust" / "alias-sequences.json"),
             git_commit=get("git_commit"),
         )
 
@@ -162,15 +182,22 @@ class Settings:
 
         return AuditLog(self.audit_log, actor=actor or self.actor)
 
-    def keyring(self) -> Keyring:
-        """The trusted public keys.
+    def keyring(self, policy: Policy | None = None) -> Keyring:
+        """The trusted public keys, each with the role the policy gives it.
+
+        Args:
+            policy: whose `roles:` to use (default: the policy file `self.policy`).
 
         Raises:
             DataError: no trusted keys are set, or a key file cannot be read.
+            PolicyError: the policy file is missing or invalid.
         """
+        from secmlops.policy import load_policy
         from secmlops.supplychain.keys import Keyring
 
-        return Keyring.from_setting(self.trusted_keys, env_name("trusted_keys"))
+        policy = policy or load_policy(self.policy)
+        ring = Keyring.from_setting(self.trusted_keys, env_name("trusted_keys"))
+        return ring.with_roles(policy.roles.model_dump())
 
     def model_registry(self) -> Registry:
         """The model registry (on the S3 endpoint, for an `s3://` registry)."""
@@ -178,18 +205,20 @@ class Settings:
 
         return Registry.open(self.registry, self.s3_endpoint_url)
 
-    def private_key(self, path: Path | None = None) -> Ed25519PrivateKey:
-        """The signing key at `path`, default `self.signing_key`, decrypted with the passphrase.
+    def private_key(self, role: str, path: Path | None = None) -> Ed25519PrivateKey:
+        """The private key of `role` ("trainer", "gate", "approver"): `path`, else the role's
+        setting, decrypted with the passphrase.
 
         Raises:
-            DataError: no key is set, or it cannot be read or decrypted.
+            DataError: no key is set for the role, or it cannot be read or decrypted.
         """
         from secmlops.errors import DataError
         from secmlops.supplychain.keys import load_private_key
 
-        path = path or self.signing_key
+        field = f"{role}_key"
+        path = path or getattr(self, field, None)
         if path is None:
-            raise DataError(f"no signing key: set {env_name('signing_key')} or pass --key")
+            raise DataError(f"no {role} key: set {env_name(field)} or pass --key")
         return load_private_key(path, self.key_passphrase)
 
     def shown(self) -> dict[str, Any]:
@@ -227,3 +256,15 @@ def _count(name: str, value: str | None) -> int | None:
     if count < 1:
         raise SettingsError(f"{env_name(name)}={value!r}: expected a positive integer")
     return count
+
+
+def _hours(name: str, value: str | None, default: float = 24.0) -> float:
+    if value is None:
+        return default
+    try:
+        hours = float(value)
+    except ValueError:
+        hours = 0.0
+    if not 0 < hours < float("inf"):
+        raise SettingsError(f"{env_name(name)}={value!r}: expected a positive number of hours")
+    return hours

@@ -31,6 +31,14 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    """One real key per role of the release chain, and a rogue key (tests/trust.py)."""
+    from .trust import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("role-keys"))
+
+
+@pytest.fixture(scope="session")
 def tiny_scenes(tmp_path_factory) -> Path:
     """48 small synthetic scenes (160x128), generated once per test session."""
     from secmlops.data.synthetic import generate_scenes

@@ -366,10 +366,22 @@ def test_airflow_runs_the_celery_executor_on_postgres_and_redis():
             "http://airflow-apiserver:8080/"
         )
         assert env["SECMLOPS_REGISTRY"].startswith("s3://"), name
-    # Only the workers, which run the task bodies, hold the model-signing key.
+    # Only the workers, which run the task bodies, hold private keys, one role's key per
+    # service kind: the training workers sign as trainer and gate, the release worker (the
+    # production move, after a person approved) as approver only.
+    trainers = ("airflow-worker", "airflow-worker-gpu")
     for name, service in services.items():
-        signs = "SECMLOPS_SIGNING_KEY" in environment(service)
-        assert signs == (name in ("airflow-worker", "airflow-worker-gpu")), name
+        env, secrets = environment(service), service.get("secrets", [])
+        for role in ("trainer", "gate"):
+            assert (f"SECMLOPS_{role.upper()}_KEY" in env) == (name in trainers), (name, role)
+            assert (f"{role}_key" in secrets) == (name in trainers), (name, role)
+        approves = name == "airflow-worker-release"
+        assert ("SECMLOPS_APPROVER_KEY" in env) == approves, name
+        assert ("approver_key" in secrets) == approves, name
+        assert "SECMLOPS_SIGNING_KEY" not in env, name
+    release = services["airflow-worker-release"]
+    assert "release" in command_args(release)
+    assert environment(release)["SECMLOPS_RELEASE_QUEUE"] == "release"
 
 
 def test_serving_follows_the_registry_and_logs_where_monitoring_reads():
@@ -382,9 +394,10 @@ def test_serving_follows_the_registry_and_logs_where_monitoring_reads():
     for key in ("SECMLOPS_INFERENCE_LOG", "SECMLOPS_REGISTRY", "SECMLOPS_MODEL_NAME"):
         assert serving[key] == worker[key], key
     assert serving["SECMLOPS_SERVING_TOKEN"].startswith("${SECMLOPS_SERVING_TOKEN:?")
-    # Serving trusts the model-signing key alone, and holds no private key.
-    assert serving["SECMLOPS_TRUSTED_KEYS"] == "/run/secrets/model_signer_pub"
-    assert services["serving"]["secrets"] == ["model_signer_pub"]
+    # Serving verifies the whole chain (every role's public key), and holds no private key.
+    pubs = ["data_owner_pub", "trainer_pub", "gate_pub", "approver_pub"]
+    assert serving["SECMLOPS_TRUSTED_KEYS"] == ":".join(f"/run/secrets/{p}" for p in pubs)
+    assert services["serving"]["secrets"] == pubs
 
 
 def test_no_credential_is_written_in_the_compose_file():

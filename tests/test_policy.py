@@ -23,11 +23,18 @@ from secmlops.policy import (
 
 REPO_POLICY = Path(__file__).resolve().parents[1] / "policy.yaml"
 KEY = "ed25519:0123456789abcdef0123456789abcdef"
+ROLE_KEYS = {
+    "data_owner": [KEY],
+    "trainer": ["ed25519:1123456789abcdef0123456789abcdef"],
+    "gate": ["ed25519:2123456789abcdef0123456789abcdef"],
+    "approver": ["ed25519:3123456789abcdef0123456789abcdef"],
+}
 
 
 def valid() -> dict[str, Any]:
     return {
-        "version": 1,
+        "version": 2,
+        "roles": {role: list(keys) for role, keys in ROLE_KEYS.items()},
         "data": {
             "min_box_width": 4,
             "min_box_height": 8,
@@ -35,7 +42,6 @@ def valid() -> dict[str, Any]:
             "max_near_duplicate_distance": 4,
             "poisoning_score_threshold": 3.0,
             "max_flagged_fraction": 0.0,
-            "trusted_data_keys": [KEY],
         },
         "gate": {
             "attacks": {
@@ -48,6 +54,7 @@ def valid() -> dict[str, Any]:
             "min_robust_map50": {"pgd_linf_4": 0.3, "patch": 0.4},
             "max_defence_cost": 0.1,
             "max_regression": 0.02,
+            "record_validity_days": 14,
         },
         "monitoring": {
             "drift_p_value": 0.01,
@@ -77,12 +84,13 @@ def test_valid_file_loads(tmp_path):
     policy = load_policy(write(tmp_path, valid()))
     assert isinstance(policy, Policy)
     assert policy.data.min_box_height == 8
-    assert policy.data.trusted_data_keys == [KEY]
+    assert policy.roles.data_owner == [KEY]
+    assert policy.roles.role_of(ROLE_KEYS["gate"][0]) == "gate"
 
 
 def test_repo_policy_loads():
     policy = load_policy(REPO_POLICY)
-    assert policy.version == 1
+    assert policy.version == 2
     assert 0 < policy.data.max_empty_image_ratio < 1
     assert 0 < policy.gate.min_clean_map50 < 1
     assert policy.gate.min_robust_map50  # every gated attack is one the suite runs (schema)
@@ -152,9 +160,6 @@ def test_every_problem_is_reported_at_once(tmp_path):
         ("max_near_duplicate_distance", -1, "greater than or equal to 0"),
         ("poisoning_score_threshold", 0, "greater than 0"),
         ("max_flagged_fraction", -0.1, "greater than or equal to 0"),
-        ("trusted_data_keys", [], "at least 1 item"),
-        ("trusted_data_keys", KEY, "valid list"),
-        ("trusted_data_keys", [KEY, KEY], "listed more than once"),
     ],
 )
 def test_wrong_values_name_the_key(tmp_path, field, value, expected):
@@ -187,6 +192,8 @@ def test_wrong_values_name_the_key(tmp_path, field, value, expected):
         ("min_robust_map50.pgd_linf_4", True, "valid number"),
         ("max_defence_cost", -0.1, "greater than or equal to 0"),
         ("max_regression", float("nan"), "finite"),
+        ("record_validity_days", 0, "greater than or equal to 1"),
+        ("record_validity_days", 1.5, "valid integer"),
     ],
 )
 def test_wrong_gate_values_name_the_key(tmp_path, field, value, expected):
@@ -223,14 +230,56 @@ def test_gated_linf_attack_must_be_in_the_suite(tmp_path):
 )
 def test_malformed_key_id_names_its_position(tmp_path, key):
     content = valid()
-    content["data"]["trusted_data_keys"] = [KEY.replace("0123", "4567"), key]
-    assert "data.trusted_data_keys[1]: string should match pattern" in error_of(
-        write(tmp_path, content)
-    )
+    content["roles"]["data_owner"] = [KEY.replace("0123", "4567"), key]
+    assert "roles.data_owner[1]: string should match pattern" in error_of(write(tmp_path, content))
 
 
-@pytest.mark.parametrize("version", [2, True, "1"])
-def test_only_version_1_is_read(tmp_path, version):
+@pytest.mark.parametrize(
+    ("role", "value", "expected"),
+    [
+        ("data_owner", [], "at least 1 item"),
+        ("trainer", KEY, "valid list"),
+        ("gate", [KEY, KEY], "listed more than once"),
+    ],
+)
+def test_wrong_role_values_name_the_role(tmp_path, role, value, expected):
+    content = valid()
+    content["roles"][role] = value
+    message = error_of(write(tmp_path, content))
+    assert f"policy.yaml: roles.{role}" in message
+    assert expected in message
+
+
+def test_one_key_may_hold_one_role_only(tmp_path):
+    content = valid()
+    content["roles"]["approver"] = [KEY]  # the data owner's key, also as approver
+    message = error_of(write(tmp_path, content))
+    assert "a key may hold one role only (separation of duties)" in message
+    assert f"{KEY} in data_owner and approver" in message
+
+
+def test_a_missing_role_is_an_error(tmp_path):
+    content = valid()
+    del content["roles"]["approver"]
+    assert "roles.approver: field required" in error_of(write(tmp_path, content))
+
+
+def test_roles_cannot_be_overridden_for_one_run():
+    policy = load_policy(REPO_POLICY)
+    with pytest.raises(PolicyError, match="who holds a role is not a per-run threshold"):
+        apply_override(policy, "roles.gate", [KEY], "my own key")
+    changed, record = apply_override(policy, "roles.gate", [KEY], "new gate key", roles=True)
+    assert changed.roles.gate == [KEY] and record["old"] != [KEY]
+
+
+def test_version_1_policy_gets_a_migration_hint(tmp_path):
+    content = valid()
+    content["version"] = 1
+    assert "version 2 moves them to roles.data_owner" in error_of(write(tmp_path, content))
+
+
+@pytest.mark.parametrize("version", [3, True, "2"])
+def test_only_version_2_is_read(tmp_path, version):
     content = valid()
     content["version"] = version
     assert "policy.yaml: version: " in error_of(write(tmp_path, content))
@@ -245,7 +294,7 @@ def test_malformed_yaml_names_file_and_line(tmp_path, text):
 
 
 def test_repeated_yaml_key_is_an_error(tmp_path):
-    text = yaml.safe_dump(valid()) + "version: 1\n"
+    text = yaml.safe_dump(valid()) + "version: 2\n"
     assert "key 'version' appears twice" in error_of(write(tmp_path, text))
 
 

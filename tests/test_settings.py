@@ -26,27 +26,31 @@ def test_defaults_live_under_the_workdir(tmp_path):
     assert settings.monitoring_state == tmp_path / "monitoring" / "state.json"
     assert settings.tradeoffs_dir == tmp_path / "runs" / "tradeoffs"
     assert settings.data_pull_schedule == "@daily" and settings.monitoring_schedule == "@hourly"
-    assert settings.training_epochs is None and settings.signing_key is None
+    assert settings.training_epochs is None
+    assert (settings.trainer_key, settings.gate_key, settings.approver_key) == (None, None, None)
+    assert settings.trust_state == tmp_path / "trust" / "alias-sequences.json"
 
 
 def test_every_field_is_read_from_its_variable(tmp_path):
     env = {env_name(f.name): str(tmp_path / f.name) for f in fields(Settings)}
     env["SECMLOPS_TRAINING_EPOCHS"], env["SECMLOPS_EVAL_MAX_IMAGES"] = "7", "12"
+    env["SECMLOPS_APPROVAL_TIMEOUT_HOURS"] = "0.5"
     env["SECMLOPS_DATA_PULL_SCHEDULE"], env["SECMLOPS_MONITORING_SCHEDULE"] = "none", "@daily"
     settings = Settings.from_env(env)
     for field in fields(Settings):
         value = getattr(settings, field.name)
         if field.name in ("training_epochs", "eval_max_images", "data_pull_schedule",
-                          "monitoring_schedule"):  # fmt: skip
+                          "monitoring_schedule", "approval_timeout_hours"):  # fmt: skip
             continue
         assert str(value) == str(tmp_path / field.name), field.name
     assert (settings.training_epochs, settings.eval_max_images) == (7, 12)
+    assert settings.approval_timeout_hours == 0.5
     assert settings.data_pull_schedule is None and settings.monitoring_schedule == "@daily"
 
 
 def test_empty_values_count_as_unset(tmp_path):
-    settings = Settings.from_env({"SECMLOPS_WORKDIR": str(tmp_path), "SECMLOPS_SIGNING_KEY": " "})
-    assert settings.signing_key is None
+    settings = Settings.from_env({"SECMLOPS_WORKDIR": str(tmp_path), "SECMLOPS_GATE_KEY": " "})
+    assert settings.gate_key is None
 
 
 @pytest.mark.parametrize("value", ["ten", "0", "-3", "1.5"])
@@ -89,3 +93,10 @@ def test_only_the_settings_module_reads_secmlops_variables():
         if ("os.environ" in line or "getenv" in line) and "SECMLOPS_" in line
     ]
     assert offenders == []
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "inf"])
+def test_the_approval_timeout_must_be_a_positive_number_of_hours(value):
+    with pytest.raises(SettingsError, match="SECMLOPS_APPROVAL_TIMEOUT_HOURS"):
+        Settings.from_env({"SECMLOPS_APPROVAL_TIMEOUT_HOURS": value})
+    assert Settings.from_env({}).approval_timeout_hours == 24.0

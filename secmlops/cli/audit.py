@@ -9,6 +9,7 @@ import typer
 from secmlops.cli.common import console, current_settings, err_console, exits_on_user_error
 from secmlops.cli.options import (
     AuditOption,
+    PolicyOption,
     RegistryOption,
     TrustedKeysOption,
     audit_log,
@@ -28,6 +29,7 @@ def audit_verify(
     ] = None,
     registry: RegistryOption = None,
     trusted_keys: TrustedKeysOption = None,
+    policy: PolicyOption = None,
 ) -> None:
     """Check the audit log's hash chain (any edit, deletion, reordering or non-canonical line),
     and the newest signed anchor of its head found in the registry (tail truncation, a chain
@@ -41,7 +43,7 @@ def audit_verify(
         console.print(f"{path}: {count} entries, hash chain intact (no trusted keys: anchors "
                       "not checked)")  # fmt: skip
         return
-    anchor, skipped = latest_anchor(model_registry(registry), keyring(trusted_keys))
+    anchor, skipped = latest_anchor(model_registry(registry), keyring(trusted_keys, policy=policy))
     for reason in skipped:
         err_console.print(f"warning: anchor passed over: {reason}", highlight=False)
     if anchor is None:

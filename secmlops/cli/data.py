@@ -219,8 +219,7 @@ def data_verify(
 
     expected = parse_tag(rev) if rev is not None else None
     result = verify_signed_dataset(
-        folder, keyring(trusted_keys), load_policy_option(policy).data, audit_log(audit_log_path),
-        expected,
+        folder, keyring(trusted_keys, policy=policy), audit_log(audit_log_path), expected,
     )  # fmt: skip
     console.print(
         f"verified {folder}: {result['files']} files, manifest {result['manifest_digest']}, "

@@ -22,7 +22,14 @@ from secmlops.cli.common import (
     exits_on_user_error,
     progress_bar,
 )
-from secmlops.cli.options import AuditOption, DeviceOption, PolicyOption, audit_log, policy_path
+from secmlops.cli.options import (
+    AuditOption,
+    DeviceOption,
+    PolicyOption,
+    audit_log,
+    keyring,
+    policy_path,
+)
 from secmlops.errors import GateFailed, PolicyError
 
 EXIT_GATE_FAILED = 1
@@ -173,7 +180,7 @@ def gate_command(
     ] = None,
     key: Annotated[
         Path | None,
-        typer.Option(help="Private key signing the gate record (default: $SECMLOPS_SIGNING_KEY)."),
+        typer.Option(help="The gate's private key (default: $SECMLOPS_GATE_KEY)."),
     ] = None,
     record: Annotated[
         Path | None,
@@ -201,7 +208,10 @@ def gate_command(
     if production is not None and production_report is not None:
         raise PolicyError("give --production or --production-report, not both")
     policy_file = policy_path(policy)
-    signing_key = current_settings().private_key(key)  # before any attack runs
+    from secmlops.registry.trust_chain import signer_holds
+
+    signing_key = current_settings().private_key("gate", key)  # before any attack runs
+    signer_holds(keyring(None, policy=policy_file), signing_key, "gate", "the gate record")
     if production is not None:
         suite = load_policy(policy_file).gate.attacks
         out = report.with_name(f"{report.stem}.production.json")

@@ -12,6 +12,7 @@ from secmlops.cli.common import console, current_settings, exits_on_user_error
 from secmlops.cli.options import (
     AuditOption,
     ConnectionOption,
+    PolicyOption,
     TrustedKeysOption,
     audit_log,
     keyring,
@@ -59,12 +60,16 @@ def import_command(
 @exits_on_user_error
 def sign_command(
     model: Annotated[Path, typer.Option(help="Model directory.")],
-    key: Annotated[Path, typer.Option(help="The model-signing private key (.key).")],
+    key: Annotated[
+        Path | None,
+        typer.Option(help="The trainer's private key (.key; default: $SECMLOPS_TRAINER_KEY)."),
+    ] = None,
     data: Annotated[
         Path | None,
         typer.Option(help="The dataset it was trained on: verified now, its digest recorded."),
     ] = None,
     trusted_keys: TrustedKeysOption = None,
+    policy: PolicyOption = None,
     dvc_revision: Annotated[
         str | None, typer.Option(help="Data registry revision the data was pulled at.")
     ] = None,
@@ -73,18 +78,29 @@ def sign_command(
     ] = None,
     audit_log_path: AuditOption = None,
 ) -> None:
-    """Sign an in-toto provenance statement over every file of the model directory."""
-    from secmlops.supplychain.keys import Keyring
+    """Sign an in-toto provenance statement over every file of the model directory, as the
+    trainer: refused for a key of another role, a dataset that does not verify, or a gate
+    record that is not a passed one for these weights."""
+    from secmlops.models import read_card
+    from secmlops.registry.trust_chain import signer_holds
+    from secmlops.supplychain.keys import Keyring, key_id
     from secmlops.supplychain.provenance import sign_model, verify_model
 
     settings = current_settings()
-    private_key = settings.private_key(key)  # read once (a passphrase is asked for once)
+    private_key = settings.private_key("trainer", key)  # read once (one passphrase prompt)
+    trusted = keyring(trusted_keys, policy=policy)
+    signer_holds(trusted, private_key, "trainer", "the model provenance")
     manifest_digest = signer = None
     if data is not None:
         from secmlops.data.manifest import verify_dataset
 
-        verified_data = verify_dataset(data, keyring(trusted_keys))
+        verified_data = verify_dataset(data, trusted)
         manifest_digest, signer = verified_data.digest, verified_data.key_id
+    if gate_record is not None:
+        from secmlops.evaluation.gate import verify_gate_record
+
+        # A failed (or another model's) record must not travel signed with the release.
+        verify_gate_record(gate_record, trusted, read_card(model).weights_sha256)
     sign_model(
         model, private_key,
         data_manifest_digest=manifest_digest, data_signer=signer, dvc_revision=dvc_revision,
@@ -92,7 +108,8 @@ def sign_command(
     )  # fmt: skip
     # Verify what was just written with the signer's own public key: a release that does not
     # verify must not leave this command looking successful.
-    verified = verify_model(model, Keyring([private_key.public_key()]))
+    own = Keyring([private_key.public_key()])
+    verified = verify_model(model, own.with_roles({"trainer": [key_id(private_key.public_key())]}))
     audit_log(audit_log_path).append(
         "supplychain", "sign_model", "info", verified.weights_sha256,
         {"model_dir": str(model), "signer": verified.signer, "files": sorted(verified.subjects)},
@@ -109,6 +126,7 @@ def verify_command(
     model: Annotated[Path, typer.Option(help="Model directory.")],
     trusted_keys: TrustedKeysOption = None,
     connection: ConnectionOption = None,
+    policy: PolicyOption = None,
     audit_log_path: AuditOption = None,
 ) -> None:
     """Check a model directory against its signed provenance (every file, signer trusted)."""
@@ -116,7 +134,7 @@ def verify_command(
 
     audit = audit_log(audit_log_path)
     try:
-        verified = verify_model(model, keyring(trusted_keys, connection))
+        verified = verify_model(model, keyring(trusted_keys, connection, policy))
     except SecMLOpsError as exc:
         audit.append("supplychain", "verify_model", "fail", str(model), {"error": str(exc)})
         raise

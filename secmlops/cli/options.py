@@ -65,15 +65,21 @@ def audit_log(path: Path | None) -> AuditLog:
     return AuditLog(path, actor=settings.actor) if path else settings.audit()
 
 
-def keyring(paths: list[Path] | None, connection: str | None = None) -> Keyring:
-    """The trusted keys: an Airflow Connection's, the given files, else the settings'."""
+def keyring(
+    paths: list[Path] | None, connection: str | None = None, policy: Path | None = None
+) -> Keyring:
+    """The trusted keys (an Airflow Connection's, the given files, else the settings'), each
+    with the role the policy (`--policy`, else the settings') gives it."""
     from secmlops.supplychain.keys import Keyring
 
+    roles = load_policy_option(policy).roles.model_dump()
     if connection is not None:
         from secmlops.airflow_support import keyring_from_connection
 
-        return keyring_from_connection(connection)
-    return Keyring.from_paths(paths) if paths else current_settings().keyring()
+        return keyring_from_connection(connection).with_roles(roles)
+    if paths:
+        return Keyring.from_paths(paths).with_roles(roles)
+    return current_settings().keyring(load_policy_option(policy))
 
 
 def model_registry(uri: str | None) -> Registry:

@@ -43,7 +43,7 @@ def policy_override(
     policy = load_policy(path)
     records = []
     for key, value, why in parse_overrides(set_, reason):
-        policy, record = apply_override(policy, key, value, why)
+        policy, record = apply_override(policy, key, value, why, roles=True)
         records.append(record)
     text = yaml.safe_dump(policy.model_dump(mode="json"), sort_keys=False)
     header = f"# Derived from {path} by `secmlops policy override`: {reason}\n"

@@ -13,17 +13,21 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from secmlops.cli.common import console, current_settings, err_console, exits_on_user_error
+from secmlops.cli.common import console, current_settings, exits_on_user_error
 from secmlops.cli.options import (
     AuditOption,
+    PolicyOption,
     RegistryOption,
     TrustedKeysOption,
     audit_log,
     keyring,
+    load_policy_option,
     model_registry,
 )
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from secmlops.audit import AuditLog
     from secmlops.registry import Registry
     from secmlops.supplychain.keys import Keyring
@@ -33,12 +37,14 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-AnchorKeyOption = Annotated[
+MoveKeyOption = Annotated[
     Path | None,
     typer.Option(
+        "--approver-key",
         "--key",
-        help="Private key signing the audit anchor written after the move "
-        "(default: $SECMLOPS_SIGNING_KEY).",
+        help="Private key that signs the alias move and the audit anchor after it: the "
+        "approver's for production (default: $SECMLOPS_APPROVER_KEY), the gate's for other "
+        "aliases (default: $SECMLOPS_GATE_KEY).",
     ),
 ]
 NameArgument = Annotated[str, typer.Argument(help="Model name.")]
@@ -57,11 +63,15 @@ def registry_push(
     version: Annotated[str, typer.Option(help="Version name (immutable once pushed).")],
     registry: RegistryOption = None,
     trusted_keys: TrustedKeysOption = None,
+    policy: PolicyOption = None,
     audit_log_path: AuditOption = None,
 ) -> None:
-    """Verify a signed model's provenance, then store it as a new immutable version."""
+    """Verify a signed model's provenance (by a trainer key), then store it as a new immutable
+    version."""
     reg = model_registry(registry)
-    record = reg.push(model_dir, name, version, keyring(trusted_keys), audit_log(audit_log_path))
+    record = reg.push(
+        model_dir, name, version, keyring(trusted_keys, policy=policy), audit_log(audit_log_path)
+    )
     console.print(
         f"pushed {name}@{version} to {reg.uri}: weights {record['weights_sha256']}, "
         f"signed by {record['signer']}"
@@ -110,13 +120,14 @@ def registry_show(
     ref: Annotated[str, typer.Argument(help="Version or alias.")],
     registry: RegistryOption = None,
     trusted_keys: TrustedKeysOption = None,
+    policy: PolicyOption = None,
     verify: Annotated[
         bool, typer.Option(help="Fetch and verify provenance and gate record (needs keys).")
     ] = True,
 ) -> None:
     """Show a version: files and digests, signer, gate status, aliases pointing at it."""
     reg = model_registry(registry)
-    keyring = _optional_keyring(trusted_keys) if verify else None
+    keyring = _optional_keyring(trusted_keys, policy) if verify else None
     info = reg.show(name, ref, keyring)
     table = Table(
         title=f"{info['name']}@{info['version']} in {info['registry']}", show_header=False
@@ -152,11 +163,11 @@ def registry_show(
     console.print(files)
 
 
-def _optional_keyring(paths: list[Path] | None) -> Keyring | None:
+def _optional_keyring(paths: list[Path] | None, policy: Path | None) -> Keyring | None:
     """Keys for `show`: given ones, else the settings' if set, else None (unverified)."""
     if not paths and not current_settings().trusted_keys:
         return None
-    return keyring(paths)
+    return keyring(paths, policy=policy)
 
 
 @app.command("promote")
@@ -171,22 +182,39 @@ def registry_promote(
             help="Version the alias must point at now ('' = must not exist); refused otherwise."
         ),
     ] = None,
+    policy_exception: Annotated[
+        str | None,
+        typer.Option(
+            help="Why a gate record made under another policy is accepted (signed into the "
+            "move, audited); without it such a record is refused."
+        ),
+    ] = None,
     registry: RegistryOption = None,
     trusted_keys: TrustedKeysOption = None,
+    policy: PolicyOption = None,
     audit_log_path: AuditOption = None,
-    key: AnchorKeyOption = None,
+    key: MoveKeyOption = None,
 ) -> None:
-    """Move an alias to a version that has a passed, trusted gate record (compare-and-swap);
-    then anchor the audit log's head in the registry."""
+    """Move an alias to a version after walking its whole trust chain (provenance, passed and
+    unexpired gate record under the policy in force, dataset signer); the move is signed by the
+    alias's role (approver for production) and compare-and-swapped; then the audit log's head
+    is anchored in the registry."""
+    from secmlops.registry.trust_chain import SequenceState, alias_role
+
+    settings = current_settings()
     reg, audit = model_registry(registry), audit_log(audit_log_path)
+    signing_key = settings.private_key(alias_role(alias), key)
     record = reg.promote(
-        name, version, alias, keyring(trusted_keys), audit, expected_current=expect_current
-    )
+        name, version, alias, keyring(trusted_keys, policy=policy), audit, key=signing_key,
+        policy=load_policy_option(policy), state=SequenceState(settings.trust_state),
+        expected_current=expect_current, policy_exception=policy_exception,
+    )  # fmt: skip
     previous = record["previous"][0] if record["previous"] else "(none)"
     console.print(
-        f"{name}: {alias} -> {version} (was {previous}; generation {record['generation']})"
+        f"{name}: {alias} -> {version} (was {previous}; sequence {record['generation']}, "
+        f"signed as {alias_role(alias)})"
     )
-    _anchor(reg, audit, key)
+    _anchor(reg, audit, signing_key)
 
 
 @app.command("rollback")
@@ -196,32 +224,32 @@ def registry_rollback(
     alias: AliasOption = "production",
     registry: RegistryOption = None,
     trusted_keys: TrustedKeysOption = None,
+    policy: PolicyOption = None,
     audit_log_path: AuditOption = None,
-    key: AnchorKeyOption = None,
+    key: MoveKeyOption = None,
 ) -> None:
-    """Move an alias back to its previous version, re-verified as for promote; then anchor the
-    audit log's head in the registry."""
-    reg, audit = model_registry(registry), audit_log(audit_log_path)
-    record = reg.rollback(name, alias, keyring(trusted_keys), audit)
-    console.print(
-        f"{name}: {alias} rolled back to {record['version']} (generation {record['generation']})"
-    )
-    _anchor(reg, audit, key)
-
-
-def _anchor(reg: Registry, audit: AuditLog, key: Path | None) -> None:
-    """Anchor the audit head after an alias move, when a signing key is at hand."""
-    from secmlops.audit_anchors import write_anchor
+    """Move an alias back to the previous version of its signed history: a new signed move
+    (higher sequence), the target's chain re-verified; then anchor the audit log's head."""
+    from secmlops.registry.trust_chain import SequenceState, alias_role
 
     settings = current_settings()
-    if key is None and settings.signing_key is None:
-        err_console.print(
-            "note: audit head not anchored (no --key and no SECMLOPS_SIGNING_KEY): "
-            "`secmlops audit verify` cannot detect entries cut off after this move",
-            highlight=False,
-        )
-        return
-    anchor = write_anchor(reg, audit, settings.private_key(key))
+    reg, audit = model_registry(registry), audit_log(audit_log_path)
+    signing_key = settings.private_key(alias_role(alias), key)
+    record = reg.rollback(
+        name, alias, keyring(trusted_keys, policy=policy), audit, key=signing_key,
+        policy=load_policy_option(policy), state=SequenceState(settings.trust_state),
+    )  # fmt: skip
+    console.print(
+        f"{name}: {alias} rolled back to {record['version']} (sequence {record['generation']})"
+    )
+    _anchor(reg, audit, signing_key)
+
+
+def _anchor(reg: Registry, audit: AuditLog, key: Ed25519PrivateKey) -> None:
+    """Anchor the audit head after an alias move, with the key that signed the move."""
+    from secmlops.audit_anchors import write_anchor
+
+    anchor = write_anchor(reg, audit, key)
     if anchor is not None:
         console.print(f"audit head anchored: seq {anchor.seq} ({anchor.name})", highlight=False)
 
@@ -235,11 +263,23 @@ def registry_pull(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
     registry: RegistryOption = None,
     trusted_keys: TrustedKeysOption = None,
+    policy: PolicyOption = None,
+    audit_log_path: AuditOption = None,
 ) -> None:
-    """Download a version or an alias's version; it appears only once its signature verifies."""
+    """Download a version or an alias's version; it appears only once its whole trust chain
+    verifies (through an alias: the signed move and its sequence too)."""
+    from secmlops.registry.trust_chain import SequenceState
+
+    settings = current_settings()
     reg = model_registry(registry)
-    verified = reg.pull(name, ref, to, keyring(trusted_keys), overwrite=overwrite)
+    release = reg.pull(
+        name, ref, to, keyring(trusted_keys, policy=policy), load_policy_option(policy),
+        audit=audit_log(audit_log_path), state=SequenceState(settings.trust_state),
+        overwrite=overwrite,
+    )  # fmt: skip
+    model, move = release.model, release.move
+    moved = f" (sequence {move.sequence}, moved by {move.signer})" if move else ""
     console.print(
-        f"{name}@{ref} -> {verified.model_dir}: weights {verified.weights_sha256}, "
-        f"signed by {verified.signer}"
+        f"{name}@{ref} -> {model.model_dir}: weights {model.weights_sha256}, "
+        f"signed by {model.signer}; gate passed{moved}"
     )

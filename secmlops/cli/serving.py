@@ -50,8 +50,9 @@ def serve_command(
 ) -> None:
     """Serve POST /v1/detect (bearer token from $SECMLOPS_SERVING_TOKEN) and GET /healthz.
 
-    Only a model whose signature and provenance verify is ever loaded; when the alias moves, the
-    new version is verified before it replaces the running one.
+    Only a release whose whole trust chain verifies (signed alias move, provenance, passed gate
+    record under the policy in force, dataset signer) is ever loaded; when the alias moves, the
+    new release is verified before it replaces the running one.
     """
     import uvicorn
 
@@ -68,11 +69,18 @@ def serve_command(
         raise SecMLOpsError(
             f"set {env_name('serving_token')} to a bearer token of at least 16 characters"
         )
+    from secmlops.policy import load_policy
+    from secmlops.registry.trust_chain import SequenceState
+
+    policy = load_policy(settings.policy)
     source = ModelSource(
         model_registry(registry), model_name or settings.model_name, alias,
-        keyring(trusted_keys, connection), audit_log(audit_log_path),
-        device=str(pick_device(device)),
+        keyring(trusted_keys, connection), policy, audit_log(audit_log_path),
+        state=SequenceState(settings.trust_state), device=str(pick_device(device)),
     )  # fmt: skip
+    # Verify and load before the server starts: a broken chain is one `error:` line, not a
+    # traceback from inside uvicorn's startup.
+    source.refresh()
     log = InferenceLog(
         inference_log or settings.inference_log, endpoint_url=settings.s3_endpoint_url
     )

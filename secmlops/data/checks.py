@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from secmlops.audit import AuditLog
 from secmlops.data.manifest import DatasetIdentity
-from secmlops.errors import IntegrityError, SecMLOpsError
+from secmlops.errors import SecMLOpsError
 from secmlops.fsutil import atomic_write_json
 from secmlops.policy import DataPolicy
 from secmlops.supplychain.keys import Keyring
@@ -47,28 +47,24 @@ def audited(
 def verify_signed_dataset(
     root: Path,
     keyring: Keyring,
-    policy: DataPolicy,
     audit: AuditLog,
     expected: DatasetIdentity | None = None,
 ) -> dict[str, Any]:
-    """Verify the dataset's signed manifest; the signer must also be trusted by the policy, and
-    (given `expected`, the version pulled) it must have been signed as that dataset version.
+    """Verify the dataset's signed manifest: signed by a key of the policy's data_owner role
+    (`keyring` carries the roles), and (given `expected`, the version pulled) signed as that
+    dataset version.
 
     Returns:
-        {"manifest_digest", "signer", "files", "bytes"}
+        {"manifest_digest", "signer", "files", "bytes", "dataset"}
 
     Raises:
-        IntegrityError: any tampering, an unsigned dataset, or a signer the policy does not trust.
+        IntegrityError: any tampering, an unsigned dataset, a signer that is not trusted or holds
+            another role, or another dataset version than `expected`.
     """
     from secmlops.data.manifest import verify_dataset
 
     def run() -> dict[str, Any]:
         verified = verify_dataset(Path(root), keyring, expected=expected)
-        if verified.key_id not in policy.trusted_data_keys:
-            raise IntegrityError(
-                f"{root}/manifest.sig: signer {verified.key_id} is in the keyring but not in the "
-                "policy's trusted_data_keys"
-            )
         return {
             "manifest_digest": verified.digest,
             "signer": verified.key_id,

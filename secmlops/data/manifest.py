@@ -213,7 +213,9 @@ def verify_dataset(
     sig_path = root / SIGNATURE_NAME
     try:
         envelope = envelope_from_bytes(signature, str(sig_path))
-        verified = verify_envelope_signer(envelope, keyring, MANIFEST_PAYLOAD_TYPE)
+        verified = verify_envelope_signer(
+            envelope, keyring, MANIFEST_PAYLOAD_TYPE, role="data_owner", what="dataset manifest"
+        )
     except IntegrityError as exc:
         message = str(exc)
         prefix = "" if message.startswith(str(sig_path)) else f"{sig_path}: "

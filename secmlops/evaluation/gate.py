@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,7 @@ def run_gate(
     """
     if signing_key is None:
         raise DataError(
-            "no signing key: the gate record must be signed; pass --key or set SECMLOPS_SIGNING_KEY"
+            "no signing key: the gate record must be signed; pass --key or set SECMLOPS_GATE_KEY"
         )
     key = (
         signing_key
@@ -140,6 +140,7 @@ def run_gate(
     weights = get_path(report, "model", "weights_sha256")
     weights = weights if isinstance(weights, str) and SHA256_HEX.match(weights) else None
     digest = policy_digest(policy)
+    decided_at = datetime.now(UTC)
     statement: dict[str, Any] = {
         "_type": STATEMENT_TYPE,
         # No subject when the report names no valid digest: the failed record binds nothing.
@@ -158,7 +159,9 @@ def run_gate(
                 if production_bytes is not None
                 else None
             ),
-            "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "decided_at": decided_at.isoformat(timespec="seconds"),
+            # Promotion refuses the record after this (policy gate.record_validity_days).
+            "valid_until": gate_validity(decided_at, policy.gate.record_validity_days),
         },
     }
     payload = json.dumps(statement, sort_keys=True, separators=(",", ":")).encode()
@@ -191,6 +194,11 @@ def run_gate(
         checks = [check.to_dict() for check in decision.checks]
         raise GateFailed(decision.message(), failures, checks, str(record_path))
     return decision
+
+
+def gate_validity(decided_at: datetime, days: int) -> str:
+    """`valid_until` of a gate record decided at `decided_at` under a validity of `days`."""
+    return (decided_at + timedelta(days=days)).astimezone(UTC).isoformat(timespec="seconds")
 
 
 def _read_report(path: Path) -> tuple[bytes, dict[str, Any]]:
@@ -242,7 +250,9 @@ def verify_gate_record(
     envelope = envelope_from_bytes(data, str(path))  # its errors name the file already
     try:
         statement = json.loads(
-            verify_envelope_signer(envelope, keyring, RECORD_PAYLOAD_TYPE).payload
+            verify_envelope_signer(
+                envelope, keyring, RECORD_PAYLOAD_TYPE, role="gate", what="gate record"
+            ).payload
         )
     except IntegrityError as exc:
         raise IntegrityError(f"{path}: {exc}") from None

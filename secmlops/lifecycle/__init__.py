@@ -8,6 +8,7 @@ fails without retries and nothing downstream of it runs. The same functions run 
 (tests, `make demo`).
 """
 
+from secmlops.lifecycle.approval import ApprovalRefused, decide, release_evidence
 from secmlops.lifecycle.contracts import TrainingRequest
 from secmlops.lifecycle.data import (
     pull_data,
@@ -37,8 +38,10 @@ from secmlops.lifecycle.watch import monitor, tradeoff_study
 __all__ = [
     "BASELINE",
     "CANDIDATE",
+    "ApprovalRefused",
     "TrainingRequest",
     "attack_model",
+    "decide",
     "evaluate",
     "evaluate_like",
     "evaluate_production",
@@ -49,6 +52,7 @@ __all__ = [
     "promote",
     "pull_data",
     "push",
+    "release_evidence",
     "release_version",
     "resolve_data_rev",
     "resolve_run_policy",

@@ -127,10 +127,19 @@ class Release(TypedDict):
     weights_sha256: str
 
 
+class Approval(TypedDict):
+    """A person's approval of a release for production (Human-in-the-loop, audited)."""
+
+    approved_by: str
+    triggered_by: str | None
+    responded_at: str
+
+
 class Promotion(Release):
     """A release the alias now points at, and the audit anchor written after the move."""
 
     alias: str
+    sequence: int  # the signed alias move's sequence
     audit_anchor: str | None
 
 

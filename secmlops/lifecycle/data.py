@@ -44,8 +44,8 @@ def pull_data(settings: Settings, rev: str | None, run_id: str) -> PulledData:
 
 
 def verify_data(settings: Settings, pulled: PulledData) -> VerifiedData:
-    """Verify the pulled dataset's signed manifest (signer trusted by keyring and policy, signed
-    as the very version the tag names).
+    """Verify the pulled dataset's signed manifest (signer a trusted data_owner key, signed as
+    the very version the tag names).
 
     Raises:
         IntegrityError: any changed, missing or extra file, an untrusted signer, or a dataset
@@ -53,11 +53,9 @@ def verify_data(settings: Settings, pulled: PulledData) -> VerifiedData:
     """
     from secmlops.data.checks import verify_signed_dataset
     from secmlops.data.versioning import parse_tag
-    from secmlops.policy import load_policy
 
-    policy = load_policy(settings.policy).data
     verified = verify_signed_dataset(
-        Path(pulled["data_dir"]), settings.keyring(), policy, settings.audit(),
+        Path(pulled["data_dir"]), settings.keyring(), settings.audit(),
         expected=parse_tag(pulled["rev"]),
     )  # fmt: skip
     return {

@@ -11,9 +11,10 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from secmlops.lifecycle.contracts import (
+    Approval,
     Evaluation,
     GateResult,
     ProductionEvaluation,
@@ -29,6 +30,9 @@ from secmlops.lifecycle.contracts import (
 from secmlops.lifecycle.run_policy import load_run_policy, resolve_run_policy
 from secmlops.policy import AttackSuitePolicy
 from secmlops.settings import PRODUCTION_ALIAS, Settings
+
+if TYPE_CHECKING:
+    from secmlops.registry.trust_chain import VerifiedRelease
 
 log = logging.getLogger(__name__)
 
@@ -227,21 +231,51 @@ def evaluate_production(
         OlderDataRefused: `data` is an older version of production's dataset, without a reason.
     """
     from secmlops.registry import RegistryError
+    from secmlops.registry.trust_chain import ChainBroken, SequenceState
 
     registry = settings.model_registry()
     try:
-        version, _ = registry.resolve(settings.model_name, PRODUCTION_ALIAS)
+        registry.resolve(settings.model_name, PRODUCTION_ALIAS)
     except RegistryError:
+        # No production yet, unless this installation already accepted a production move: then
+        # the alias was deleted from the store (which would skip the regression check).
+        seen = SequenceState(settings.trust_state).highest(
+            registry.uri, settings.model_name, PRODUCTION_ALIAS
+        )
+        if seen:
+            raise ChainBroken(
+                "alias record",
+                f"{settings.model_name}@{PRODUCTION_ALIAS} is gone from {registry.uri}, but "
+                f"sequence {seen} was accepted here: the alias was deleted from the store",
+            ) from None
         return None
     folder = settings.run_dir(run_id) / "production"
-    verified = registry.pull(
-        settings.model_name, version, folder, settings.keyring(), overwrite=True
-    )
-    check_not_older(settings, data["rev"], verified.predicate.get("dvc_revision"),
+    # Through the alias, whole chain: an alias an intruder pointed elsewhere is refused here too.
+    verified = pull_production(settings, folder)
+    check_not_older(settings, data["rev"], verified.model.predicate.get("dvc_revision"),
                     older_data_reason, run_id)  # fmt: skip
     out = settings.run_dir(run_id) / "robustness-production.json"
     evaluation = evaluate(run_policy, str(folder), data, out, max_images=max_images)
+    version = verified.move.version if verified.move else ""
     return {**evaluation, "version": version}
+
+
+def pull_production(settings: Settings, folder: Path) -> VerifiedRelease:
+    """Pull what the production alias names into `folder`, its signed move and whole chain
+    verified under the deployment's policy (`Registry.pull`).
+
+    Raises:
+        ChainBroken: a link does not hold (the refusal is audited, naming it).
+        RegistryError: no production alias.
+    """
+    from secmlops.policy import load_policy
+    from secmlops.registry.trust_chain import SequenceState
+
+    policy = load_policy(settings.policy)
+    return settings.model_registry().pull(
+        settings.model_name, PRODUCTION_ALIAS, folder, settings.keyring(policy), policy,
+        audit=settings.audit(), state=SequenceState(settings.trust_state), overwrite=True,
+    )  # fmt: skip
 
 
 def gate(
@@ -256,11 +290,14 @@ def gate(
         PolicyError: the effective policy changed since the run resolved it.
     """
     from secmlops.evaluation.gate import run_gate
+    from secmlops.registry.trust_chain import signer_holds
 
     record = Path(evaluation["report"]).with_name("gate-record.json")
+    key = settings.private_key("gate")
+    signer_holds(settings.keyring(), key, "gate", "the gate record")
     decision = run_gate(
         evaluation["report"], run_policy["path"],
-        signing_key=settings.private_key(), audit_log=settings.audit(), record_path=record,
+        signing_key=key, audit_log=settings.audit(), record_path=record,
         production_report=production["report"] if production else None,
         applied_overrides=run_policy["overrides"], expected_policy_digest=run_policy["digest"],
     )  # fmt: skip
@@ -280,6 +317,7 @@ def sign(
     """
     from secmlops.errors import PolicyError
     from secmlops.models import read_card
+    from secmlops.registry.trust_chain import signer_holds
     from secmlops.serving.calibration import calibrate_model
     from secmlops.supplychain.provenance import sign_model
 
@@ -289,7 +327,8 @@ def sign(
             f"the run's policy is {run_policy['digest']}"
         )
     model_dir = Path(trained["model_dir"])
-    key = settings.private_key()
+    key = settings.private_key("trainer")
+    signer_holds(settings.keyring(), key, "trainer", "the model provenance")
     calibrate_model(model_dir, Path(data["data_dir"]), "val")
     provenance = sign_model(
         model_dir, key,
@@ -333,15 +372,43 @@ def push(settings: Settings, signed: SignedModel, run_id: str) -> Release:
             "weights_sha256": signed["weights_sha256"]}  # fmt: skip
 
 
-def promote(settings: Settings, release: Release) -> Promotion:
-    """Move the `production` alias to the release (needs its passed gate record), then anchor
-    the audit log's head in the registry (`secmlops.audit_anchors`), promotion entry included."""
+def promote(
+    settings: Settings, release: Release, approval: Approval | None = None,
+    alias: str = PRODUCTION_ALIAS,
+) -> Promotion:  # fmt: skip
+    """Move `alias` to the release with a signed move (the approver's key for production, the
+    gate's otherwise) after walking its whole chain under the deployment's policy, then anchor
+    the audit log's head in the registry (`secmlops.audit_anchors`), the move's entry included.
+
+    Args:
+        approval: the person's approval (`lifecycle.approval.decide`); production needs one.
+
+    Raises:
+        ApprovalRefused: production without an approval, or approved by the run's trigger.
+        ChainBroken: a link of the release's chain does not hold (named; audited).
+        IntegrityError: the role's key is not a trusted key of that role.
+    """
+    from secmlops.lifecycle.approval import ApprovalRefused
+
+    if alias == PRODUCTION_ALIAS and (
+        approval is None or approval["approved_by"] == approval["triggered_by"]
+    ):
+        raise ApprovalRefused(
+            f"{release['name']}@{release['version']}: production needs the approval of a person "
+            "other than the one who triggered the run"
+        )
     from secmlops.audit_anchors import write_anchor
+    from secmlops.policy import load_policy
+    from secmlops.registry.trust_chain import SequenceState, alias_role
 
     registry, audit = settings.model_registry(), settings.audit()
-    registry.promote(
-        release["name"], release["version"], PRODUCTION_ALIAS, settings.keyring(), audit
-    )
-    anchor = write_anchor(registry, audit, settings.private_key())
-    return {**release, "alias": PRODUCTION_ALIAS,
+    policy = load_policy(settings.policy)
+    key = settings.private_key(alias_role(alias))
+    record = registry.promote(
+        release["name"], release["version"], alias, settings.keyring(policy), audit,
+        key=key, policy=policy, state=SequenceState(settings.trust_state),
+        approved_by=approval["approved_by"] if approval else None,
+    )  # fmt: skip
+    anchor = write_anchor(registry, audit, key)
+    return {**release, "alias": alias, "sequence": record["generation"],
             "audit_anchor": anchor.name if anchor else None}  # fmt: skip

@@ -24,13 +24,13 @@ def monitor(settings: Settings, window_minutes: float) -> WindowVerdict:
     Raises:
         DataError: too few requests in the window to judge it, or a malformed record.
     """
+    from secmlops.lifecycle.release import pull_production
     from secmlops.monitoring.window import monitor_window
     from secmlops.policy import load_policy
 
-    registry = settings.model_registry()
-    version, _ = registry.resolve(settings.model_name, PRODUCTION_ALIAS)
-    folder = settings.workdir / "monitoring" / "models" / version
-    registry.pull(settings.model_name, version, folder, settings.keyring(), overwrite=True)
+    folder = settings.workdir / "monitoring" / "models" / PRODUCTION_ALIAS
+    verified = pull_production(settings, folder)
+    version = verified.move.version if verified.move else ""
     result = monitor_window(
         settings.inference_log, folder, load_policy(settings.policy).monitoring,
         settings.monitoring_reports, settings.monitoring_state, settings.audit(),

@@ -47,6 +47,10 @@ NOT_INHERITED = ("AIRFLOW", ENV_PREFIX)
 # The queues a local Celery worker serves: CPU tasks and, on a machine with a GPU, training.
 CELERY_QUEUES = "default,gpu"
 ADMIN = "admin"
+# A second person: approves releases for production (the admin triggers runs, and the one who
+# triggers a run cannot approve it).
+APPROVER = "approver"
+APPROVAL_SETTLE_S = 5.0
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 20.0
 
@@ -61,6 +65,7 @@ class AirflowServer:
     username: str
     password: str
     logs: dict[str, Path]
+    approver_password: str = ""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def command(self, name: str) -> list[str]:
@@ -92,19 +97,22 @@ class AirflowServer:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
 
-    def token(self) -> str:
-        """A fresh JWT from `POST /auth/token` (SimpleAuthManager), for `Authorization: Bearer`."""
+    def token(self, user: str | None = None) -> str:
+        """A fresh JWT from `POST /auth/token` (SimpleAuthManager), for `Authorization: Bearer`,
+        as the admin (default) or as `APPROVER`."""
+        password = self.approver_password if user == APPROVER else self.password
         response = httpx.post(
             f"{self.base_url}/auth/token",
-            json={"username": self.username, "password": self.password},
+            json={"username": user or self.username, "password": password},
             timeout=30,
         )
         response.raise_for_status()
         return response.json()["access_token"]
 
-    def client(self, token: str | None = None) -> httpx.Client:
-        """An HTTP client on `base_url` that sends a bearer token (a fresh one by default)."""
-        headers = {"Authorization": f"Bearer {token or self.token()}"}
+    def client(self, token: str | None = None, user: str | None = None) -> httpx.Client:
+        """An HTTP client on `base_url` that sends a bearer token (a fresh one of `user`,
+        default the admin)."""
+        headers = {"Authorization": f"Bearer {token or self.token(user)}"}
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=60)
 
     def health(self) -> dict[str, Any]:
@@ -201,7 +209,9 @@ def airflow_env(
             "AIRFLOW__CORE__AUTH_MANAGER": (
                 "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
             ),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin,{APPROVER}:op",
+            # Never every request as an anonymous admin: who approved must be a real user.
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(password_file),
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(48),
             "AIRFLOW__API__SECRET_KEY": secrets.token_hex(32),
@@ -236,11 +246,11 @@ def launch(
         AirflowError: a step failed or the server did not come up in time (with logs).
     """
     port = free_port() if port is None else port
-    password = secrets.token_urlsafe(16)
+    password, approver_password = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     password_file = home / "simple_auth_manager_passwords.json.generated"
     password_file.unlink(missing_ok=True)  # a new one, readable by this user only
     password_file.touch(mode=0o600)
-    password_file.write_text(json.dumps({ADMIN: password}))
+    password_file.write_text(json.dumps({ADMIN: password, APPROVER: approver_password}))
     env = airflow_env(home, port, password_file, extra_env)
     logs_dir = home / "process-logs"
     logs_dir.mkdir(exist_ok=True)
@@ -250,6 +260,7 @@ def launch(
         env=env,
         username=ADMIN,
         password=password,
+        approver_password=approver_password,
         logs={name: logs_dir / f"{name}.log" for name in ("db-migrate", *components)},
     )
     migrate = subprocess.run(
@@ -320,6 +331,36 @@ def asset_triggered_runs(api: httpx.Client, dag_id: str) -> list[str]:
     ]
 
 
+def pending_approval(api: httpx.Client, dag_id: str, run_id: str) -> dict[str, Any] | None:
+    """The run's Human-in-the-loop request still waiting for an answer, or None."""
+    response = api.get(
+        "/api/v2/dags/~/dagRuns/~/hitlDetails",
+        params={"dag_id_pattern": dag_id, "response_received": False, "state": "awaiting_input"},
+    )
+    response.raise_for_status()
+    waiting = [
+        d for d in response.json()["hitl_details"] if d["task_instance"]["dag_run_id"] == run_id
+    ]
+    return waiting[0] if waiting else None
+
+
+def answer_approval(api: httpx.Client, request: Mapping[str, Any], option: str) -> dict[str, Any]:
+    """Answer a pending request (`pending_approval`) with `option` ("Approve" or "Reject"), as
+    the user `api` logged in as; returns Airflow's record of the answer (who, when).
+
+    Raises:
+        httpx.HTTPStatusError: the user may not answer it, or it was answered already (409).
+    """
+    ti = request["task_instance"]
+    response = api.patch(
+        f"{_run_path(ti['dag_id'], ti['dag_run_id'])}/taskInstances/{ti['task_id']}/"
+        f"{ti['map_index']}/hitlDetails",
+        json={"chosen_options": [option], "params_input": {}},
+    )
+    response.raise_for_status()
+    return dict(response.json())
+
+
 def wait_for_success(
     server: AirflowServer, api: httpx.Client, dag_id: str, run_id: str, timeout_s: float
 ) -> None:
@@ -337,3 +378,45 @@ def wait_for_success(
         return state == "success"
 
     server.wait_until(finished, timeout_s=timeout_s, every_s=3)
+
+
+def wait_for_approval_request(
+    server: AirflowServer, api: httpx.Client, dag_id: str, run_id: str, timeout_s: float
+) -> dict[str, Any]:
+    """Wait until the run asks a person for approval; returns the request (subject, body, ...).
+
+    Raises:
+        AirflowError: the run failed before asking (with its task states and logs), or timed out.
+    """
+
+    def asked() -> dict[str, Any] | None:
+        if run_state(api, dag_id, run_id) == "failed":
+            states = {k: t["state"] for k, t in task_instances(api, dag_id, run_id).items()}
+            raise AirflowError(f"{dag_id} run {run_id} failed: {states}\n{server.log_tails()}")
+        request = pending_approval(api, dag_id, run_id)
+        if request is None:
+            return None
+        task = task_instances(api, dag_id, run_id).get(request["task_instance"]["task_id"], {})
+        return request if task.get("state") == "awaiting_input" else None
+
+    request: dict[str, Any] = server.wait_until(asked, timeout_s=timeout_s, every_s=3)
+    # An answer within about a second of the task parking races Airflow 3.3's scheduler: the
+    # executor's late "success" event for the parked attempt meets the task already re-queued
+    # by the answer, and the scheduler fails it. A person never answers that fast; a script
+    # waits for the scheduler to settle first.
+    time.sleep(APPROVAL_SETTLE_S)
+    return request
+
+
+def approve_as_second_user(
+    server: AirflowServer, api: httpx.Client, dag_id: str, run_id: str, timeout_s: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Wait for the run's approval request and approve it as `APPROVER` (not the admin who
+    triggers runs); returns (the request, Airflow's record of the answer).
+
+    Raises:
+        AirflowError: the run failed before asking, or did not ask in time.
+    """
+    request = wait_for_approval_request(server, api, dag_id, run_id, timeout_s)
+    with server.client(user=APPROVER) as approver:
+        return request, answer_approval(approver, request, "Approve")

@@ -5,7 +5,8 @@
 2. Airflow (`secmlops.local.airflow_runner`: scheduler, dag-processor, api-server;
    LocalExecutor, SQLite). `secmlops_data_pull` is triggered through REST API v2 with a JWT; its
    `dataset` asset schedules `secmlops_training` (adversarial training, attack suite, gate, sign,
-   push, promote).
+   push); the run then waits for a person's approval, which a second Airflow user (`approver`)
+   gives through the REST API, and the release is promoted.
 3. `secmlops serve` serves the promoted model; foggy camera images are sent to it, so its
    inference log drifts; `secmlops_monitoring` is triggered and emits a `retraining-request`.
    The training DAG is paused first, so the requested retraining waits in the queue instead of
@@ -48,6 +49,7 @@ def run_demo(
 
     from secmlops.local.airflow_runner import (
         AirflowError,
+        approve_as_second_user,
         asset_triggered_runs,
         launch,
         task_instances,
@@ -80,7 +82,15 @@ def run_demo(
                 lambda: next(iter(asset_triggered_runs(api, "secmlops_training")), None), 300
             )
             say(f"the dataset asset scheduled secmlops_training ({training}); training...")
-            wait_for_success(server, api, "secmlops_training", training, 4 * 3600)
+            # A second Airflow user approves (the one who triggers a run cannot approve it): the
+            # demo stays unattended, and the approval is a person's answer through the REST API.
+            request, answer = approve_as_second_user(
+                server, api, "secmlops_training", training, 4 * 3600
+            )
+            say(f"the run waited for a person: {request['subject']}")
+            say(_indented(request.get("body") or ""))
+            say(f"approved by {answer['responded_by']['name']!r} through the REST API")
+            wait_for_success(server, api, "secmlops_training", training, 3600)
             # The requested retraining should queue, not start: pause before monitoring fires.
             api.patch("/api/v2/dags/secmlops_training", json={"is_paused": True})
             served = _serve_foggy_traffic(space.env, space.root)
@@ -102,6 +112,10 @@ def run_demo(
         "drift_reports": space.env["SECMLOPS_MONITORING_REPORTS"],
         "env_file": str(space.root / "secmlops.env"),
     }
+
+
+def _indented(text: str) -> str:
+    return "\n".join(f"    {line}" for line in text.splitlines())
 
 
 def _serve_foggy_traffic(env: dict[str, str], root: Path, frames: int = 60) -> int:

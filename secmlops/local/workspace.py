@@ -1,6 +1,6 @@
-"""An embedded workspace for the whole lifecycle on one machine: keys, a signed synthetic dataset
-published to a local DVC data registry, a policy that trusts the data key, and the environment
-the DAGs read (`secmlops.settings.Settings`).
+"""An embedded workspace for the whole lifecycle on one machine: one key per role of the release
+chain, a signed synthetic dataset published to a local DVC data registry, a policy whose
+`roles:` pin those keys, and the environment the DAGs read (`secmlops.settings.Settings`).
 
 This is what `make demo` and the end-to-end tests start from; `make ui` reads its env file back
 (`read_workspace_env`). A production deployment makes the
@@ -52,7 +52,7 @@ def create_workspace(
     Args:
         root: the workspace folder (becomes `$SECMLOPS_WORKDIR`).
         images, seed, width, height: the synthetic dataset.
-        policy_source: the policy to start from; the data-owner key is added to its trusted keys.
+        policy_source: the policy to start from; its `roles:` are set to the workspace's keys.
         policy_overrides: more thresholds to change (dotted path -> value); audited with `reason`.
         reason: why the overrides (required with them).
 
@@ -68,22 +68,23 @@ def create_workspace(
     from secmlops.data.synthetic import generate_scenes
     from secmlops.data.versioning import next_version, publish_dataset
     from secmlops.policy import apply_override, load_policy
-    from secmlops.supplychain.keys import generate_keypair, key_id, load_public_key
+    from secmlops.supplychain.keys import ROLES, generate_keypair, key_id, load_public_key
 
     root = Path(root).resolve()
     keys = root / "keys"
-    for name in ("data-owner", "model-signer"):
-        if not (keys / f"{name}.key").is_file():
-            generate_keypair(keys, name)
+    for role in ROLES:
+        if not (keys / f"{role_file(role)}.key").is_file():
+            generate_keypair(keys, role_file(role))
     audit = AuditLog(root / "audit" / "audit.jsonl", actor="workspace")
     policy = load_policy(policy_source)
-    data_key = key_id(load_public_key(keys / "data-owner.pub"))
     changes: list[tuple[str, object, str]] = [
-        ("data.trusted_data_keys", [data_key], "embedded workspace: trust its data key")
-    ]
+        (f"roles.{role}", [key_id(load_public_key(keys / f"{role_file(role)}.pub"))],
+         f"embedded workspace: its {role} key")
+        for role in ROLES
+    ]  # fmt: skip
     changes += [(path, value, reason) for path, value in (policy_overrides or {}).items()]
     for path, value, why in changes:
-        policy, record = apply_override(policy, path, value, why)
+        policy, record = apply_override(policy, path, value, why, roles=True)
         audit.append("policy", "override", "override", str(root / "policy.yaml"), record)
     header = f"# Derived from {policy_source} for the embedded workspace {root}\n"
     text = yaml.safe_dump(policy.model_dump(mode="json"), sort_keys=False)
@@ -94,7 +95,7 @@ def create_workspace(
     )
     registry = root / "data-registry"
     identity = DatasetIdentity("street", next_version(registry, "street"))
-    sign_dataset(source, keys / "data-owner.key", identity=identity)
+    sign_dataset(source, keys / f"{role_file('data_owner')}.key", identity=identity)
     published = publish_dataset(source, "street", root / "data-registry", str(root / "dvc-remote"))
     env = {
         "SECMLOPS_WORKDIR": str(root),
@@ -104,15 +105,25 @@ def create_workspace(
         "SECMLOPS_DVC_REMOTE": str(root / "dvc-remote"),
         "SECMLOPS_REGISTRY": (root / "registry").as_uri(),
         "SECMLOPS_TRUSTED_KEYS": os.pathsep.join(
-            str(keys / f"{name}.pub") for name in ("data-owner", "model-signer")
+            str(keys / f"{role_file(role)}.pub") for role in ROLES
         ),
-        "SECMLOPS_SIGNING_KEY": str(keys / "model-signer.key"),
+        # The pipeline's keys. The data owner's stays out of the environment: data is signed
+        # before it is published, not by the lifecycle.
+        **{
+            f"SECMLOPS_{role.upper()}_KEY": str(keys / f"{role_file(role)}.key")
+            for role in ("trainer", "gate", "approver")
+        },
         "SECMLOPS_INFERENCE_LOG": str(root / "inference-log"),
         "SECMLOPS_MONITORING_REPORTS": str(root / "runs" / "monitoring" / "reports"),
     }
     lines = [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
     atomic_write_bytes(root / ENV_FILE, ("\n".join(lines) + "\n").encode())
     return Workspace(root, published.tag, env)
+
+
+def role_file(role: str) -> str:
+    """The base name of a role's key files in a workspace: `data_owner` -> `data-owner`."""
+    return role.replace("_", "-")
 
 
 def read_workspace_env(root: Path) -> dict[str, str]:

@@ -7,16 +7,20 @@ under a name that production already trusts. Controls, all failing closed:
 
 - `push` verifies the signed provenance (`verify_model`) of a staged copy before anything is
   written, and a version is written once: a second push of it is refused (`RegistryConflict`);
-- `promote` requires a PASSED gate record, signed by a trusted key, for exactly the weights of
-  that version (`verify_gate_record`), and re-verifies the version's provenance from the bytes
-  the registry holds now;
+- an alias move is a signed record (`trust_chain.sign_alias_move`, by the approver for
+  production, the gate role otherwise) with a sequence that only grows; `promote` signs one only
+  after walking the version's whole chain from the bytes the registry holds now (provenance by
+  a trainer key, a PASSED, unexpired gate record by a gate key made under the policy in force,
+  a dataset signed by a data owner: `trust_chain.verify_chain`);
+- `pull` (and so serving) verifies the same chain, and through an alias also the signed move:
+  an unsigned, edited or replayed (lower sequence) alias record is refused, naming the link;
 - an alias moves only by compare-and-swap against the state read at the start of the move: a
   lost race raises `RegistryConflict` naming the version that won; `expected_current` also
   refuses to move an alias that no longer points where the caller believes;
-- `rollback` returns to the previous version under the same checks (a key since revoked from
-  the keyring cannot come back through a rollback);
+- `rollback` is a signed move forward to the previous version of the signed history, its chain
+  re-verified (a key since revoked from the keyring cannot come back through a rollback);
 - `pull` downloads into a temporary folder, verifies it, and only then renames it into place;
-- every push, promote and rollback, passed or refused, is appended to the audit log.
+- every push, pull, promote and rollback, passed or refused, is appended to the audit log.
 
 Backends: `FileStore` (`file:///abs/path` or a plain path), `S3Store` (`s3://bucket/prefix`).
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -33,7 +38,7 @@ from urllib.parse import unquote, urlparse
 from secmlops.audit import AuditLog, default_actor
 from secmlops.errors import IntegrityError, SecMLOpsError
 from secmlops.fsutil import sha256_file
-from secmlops.registry.aliases import audited, check_expected, next_alias_record
+from secmlops.registry.aliases import MAX_PREVIOUS, audited, check_expected
 from secmlops.registry.file_store import FileStore
 from secmlops.registry.releases import (
     GATE_RECORD_FILE,
@@ -41,7 +46,6 @@ from secmlops.registry.releases import (
     gate_status,
     stage_release,
     verify_release,
-    vet_release,
 )
 from secmlops.registry.store import (
     ALIAS_PATTERN,
@@ -54,10 +58,24 @@ from secmlops.registry.store import (
     check_name,
     now_iso,
 )
+from secmlops.registry.trust_chain import (
+    AliasMove,
+    ChainBroken,
+    SequenceState,
+    VerifiedRelease,
+    alias_role,
+    gate_policy_is_current,
+    sign_alias_move,
+    signer_holds,
+    verify_alias_move,
+    verify_chain,
+)
 from secmlops.supplychain.keys import Keyring
 
 if TYPE_CHECKING:
-    from secmlops.supplychain.provenance import VerifiedModel
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from secmlops.policy import Policy
 
 __all__ = ["Registry", "RegistryConflict", "RegistryError"]
 
@@ -235,35 +253,73 @@ class Registry:
         return audited(audit, "push", lambda: f"{name}@{version}", details, work)
 
     def pull(
-        self, name: str, ref: str, dest: Path, keyring: Keyring, *, overwrite: bool = False
-    ) -> VerifiedModel:
-        """Download a version (or an alias's version) into `dest`, verified before it appears.
+        self,
+        name: str,
+        ref: str,
+        dest: Path,
+        keyring: Keyring,
+        policy: Policy,
+        *,
+        audit: AuditLog | None,
+        state: SequenceState | None = None,
+        overwrite: bool = False,
+    ) -> VerifiedRelease:
+        """Download a version (or an alias's version) into `dest`, its whole chain verified
+        (`trust_chain.verify_chain`) before it appears there.
+
+        Args:
+            keyring: the trusted keys with their roles.
+            policy: the policy in force (judges the gate record of an alias's release).
+            audit: where a refusal (naming the broken link) and an alias pull are recorded.
+            state: the highest alias sequences accepted so far (a replayed older alias record
+                is refused); None: no memory across calls.
 
         Returns:
-            The `VerifiedModel` (its `model_dir` is `dest`).
+            The `VerifiedRelease` (its model's `model_dir` is `dest`).
 
         Raises:
-            IntegrityError: a file differs from the registry's record, the provenance does not
-                verify with `keyring`, or the weights are not the ones the alias was moved to.
+            ChainBroken: (an IntegrityError) a link of the chain does not hold; nothing written.
+            IntegrityError: a file differs from the registry's record.
             RegistryError: no such version or alias, or `dest` is not empty and `overwrite`
                 is False.
         """
         from secmlops.fsutil import staged_directory
 
-        version, alias = self.resolve(name, ref)
-        record = self._record(name, version)
-        dest = Path(dest)
-        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not overwrite:
-            raise RegistryError(f"{dest}: exists and is not empty (pass overwrite to replace it)")
-        with staged_directory(dest, overwrite=overwrite) as staging:
-            self._fetch(name, record, staging)
-            verified = verify_release(staging, keyring)
-            if alias is not None and alias["weights_sha256"] != verified.weights_sha256:
-                raise IntegrityError(
-                    f"{name}@{ref}: alias names weights {alias['weights_sha256']}, but "
-                    f"{version} holds {verified.weights_sha256}"
+        details: dict[str, Any] = {"registry": self.uri, "ref": ref}
+
+        def work() -> VerifiedRelease:
+            version, record_of_alias = self.resolve(name, ref)
+            move = None
+            if record_of_alias is not None:
+                move = verify_alias_move(record_of_alias, keyring, name, ref)
+                (state or SequenceState(None)).check(self.uri, move)
+                version = move.version
+                details["sequence"] = move.sequence
+            details["version"] = version
+            record = self._record(name, version)
+            target = Path(dest)
+            if (
+                target.exists() and (not target.is_dir() or any(target.iterdir()))
+                and not overwrite
+            ):  # fmt: skip
+                raise RegistryError(
+                    f"{target}: exists and is not empty (pass overwrite to replace it)"
                 )
-        return dataclasses.replace(verified, model_dir=Path(dest))
+            with staged_directory(target, overwrite=overwrite) as staging:
+                self._fetch(name, record, staging)
+                chain = verify_chain(
+                    staging, keyring, policy, registry_weights=record["weights_sha256"], move=move
+                )
+            if move is not None and state is not None:
+                state.accept(self.uri, move)
+            details["weights_sha256"] = chain.model.weights_sha256
+            return dataclasses.replace(
+                chain, model=dataclasses.replace(chain.model, model_dir=target)
+            )
+
+        if audit is None:
+            return work()
+        return audited(audit, "pull", lambda: f"{name}@{ref}", details, work)
 
     def _fetch(self, name: str, record: dict[str, Any], dest: Path) -> None:
         """Copy a version's files into `dest`, each checked against the record's digest."""
@@ -275,13 +331,28 @@ class Registry:
                     "digest recorded at push: the registry was tampered with"
                 )
 
-    def _vetted(self, name: str, version: str, keyring: Keyring) -> VerifiedModel:
-        """Fetch a version into a temporary folder and `vet_release` it; the `VerifiedModel`."""
+    def _chain(
+        self, name: str, version: str, keyring: Keyring, policy: Policy, **checks: Any
+    ) -> VerifiedRelease:
+        """Fetch a version into a temporary folder and walk its chain (`verify_chain`)."""
         record = self._record(name, version)
         with tempfile.TemporaryDirectory(prefix="secmlops-promote-") as tmp:
             self._fetch(name, record, Path(tmp))
-            verified, _ = vet_release(Path(tmp), keyring, record["weights_sha256"])
-        return verified
+            return verify_chain(
+                Path(tmp), keyring, policy, registry_weights=record["weights_sha256"], **checks
+            )
+
+    def current_move(
+        self, name: str, alias: str, keyring: Keyring
+    ) -> tuple[AliasMove | None, dict[str, Any] | None, str | None, str | None]:
+        """(verified move or None, raw record, store token, why it did not verify) of an alias."""
+        current, token = self.store.read_alias(name, alias)
+        if current is None:
+            return None, None, None, None
+        try:
+            return verify_alias_move(current, keyring, name, alias), current, token, None
+        except IntegrityError as exc:
+            return None, current, token, str(exc)
 
     def promote(
         self,
@@ -290,55 +361,104 @@ class Registry:
         alias: str,
         keyring: Keyring,
         audit: AuditLog,
+        *,
+        key: Ed25519PrivateKey,
+        policy: Policy,
+        state: SequenceState | None = None,
         expected_current: str | None = None,
+        policy_exception: str | None = None,
+        approved_by: str | None = None,
     ) -> dict[str, Any]:
-        """Point `alias` at `version` after checking its signed provenance and passed gate.
+        """Point `alias` at `version` with a signed move, after walking the version's chain.
 
         Args:
+            key: the private key of the alias's role (`alias_role`: approver for production).
+            policy: the policy in force: the gate record must be made under it (plus its listed
+                overrides) and still valid, unless `policy_exception` gives a written reason.
+            state: alias sequences seen here; the new move's sequence is above all of them.
             expected_current: the version the caller believes the alias points at now ("" for
                 "does not exist yet"); refused if it differs. None: whatever was read at the
                 start of this call (the compare-and-swap still protects the move).
+            policy_exception: why a gate record made under another policy is accepted.
+            approved_by: who approved the move (signed into it; default: the audit actor).
 
         Returns:
-            The new alias record.
+            The new alias record (listed fields and the signed envelope).
 
         Raises:
-            IntegrityError: no gate record, a failed gate, a record for other weights, an
-                untrusted signer, or provenance that no longer verifies.
+            ChainBroken: a link of the version's chain does not hold (named).
+            IntegrityError: `key` is not a trusted key of the alias's role.
             RegistryConflict: the alias moved meanwhile, or is not at `expected_current`.
             RegistryError: invalid names, no such version, or the alias points there already.
         """
         details: dict[str, Any] = {"registry": self.uri, "alias": alias, "new_version": version}
+        if policy_exception:
+            details["policy_exception"] = policy_exception
 
         def work() -> dict[str, Any]:
             check_name("model", name)
             check_name("version", version, VERSION_PATTERN)
             check_name("alias", alias, ALIAS_PATTERN)
-            current, token = self.store.read_alias(name, alias)
+            signer_holds(keyring, key, alias_role(alias), f"moving {name}@{alias}")
+            move, current, token, broken = self.current_move(name, alias, keyring)
             details["old_version"] = current["version"] if current else None
+            if broken:
+                details["replaces_unverified"] = broken  # promotion is how a bad record is fixed
+            elif move is not None and state is not None:
+                try:
+                    state.check(self.uri, move)
+                except ChainBroken as replayed:
+                    details["replaces_replayed"] = str(replayed)  # the move goes above it
             check_expected(name, alias, current, expected_current)
-            if current and current["version"] == version:
+            if move is not None and move.version == version and not policy_exception:
+                # Re-approving the same version is a move only with a new reason to sign (a
+                # policy changed since it was gated): anything else would be a no-op replay.
                 raise RegistryError(f"{name}: {alias} already points at {version}")
             if self.store.read_version_record(name, alias) is not None:
                 raise RegistryError(f"{name}: {alias!r} is a version; pick another alias name")
-            verified = self._vetted(name, version, keyring)
-            details["weights_sha256"] = verified.weights_sha256
-            previous = [current["version"], *current["previous"]] if current else []
-            new = next_alias_record(version, verified.weights_sha256, previous, current, audit)
+            now = datetime.now(UTC)
+            chain = self._chain(
+                name, version, keyring, policy, promoting_at=now,
+                policy_exception=policy_exception,
+            )  # fmt: skip
+            previous = [move.version, *move.previous] if move else []
+            if move is not None and move.version == version:
+                previous = list(move.previous)  # re-approved in place: the history stays
+            new = self._signed_move(
+                name, alias, version, chain, previous, current, move, state, key, audit, now,
+                kind="promote", policy_exception=policy_exception,
+                approved_by=approved_by or audit.actor or default_actor(),
+            )  # fmt: skip
             self._swap(name, alias, new, token)
-            details["generation"] = new["generation"]
+            self._remember(state, new, name, alias, keyring)
+            details.update(weights_sha256=chain.model.weights_sha256, generation=new["generation"])
             return new
 
         return audited(audit, "promote", lambda: f"{name}@{version}", details, work)
 
-    def rollback(self, name: str, alias: str, keyring: Keyring, audit: AuditLog) -> dict[str, Any]:
-        """Move `alias` back to its previous version, re-verified as for `promote`.
+    def rollback(
+        self,
+        name: str,
+        alias: str,
+        keyring: Keyring,
+        audit: AuditLog,
+        *,
+        key: Ed25519PrivateKey,
+        policy: Policy,
+        state: SequenceState | None = None,
+        approved_by: str | None = None,
+    ) -> dict[str, Any]:
+        """Move `alias` back to the previous version of its signed history: a new signed move
+        (higher sequence), the target's chain re-verified (a key since revoked cannot come back
+        through a rollback). Its gate record may have expired or predate the policy: the move
+        names itself a rollback, which the approver signs.
 
         Returns:
             The new alias record (the rolled-back version leaves the history).
 
         Raises:
             RegistryError: no such alias, or no previous version to return to.
+            ChainBroken: the alias's current record or the target's chain does not verify.
             IntegrityError, RegistryConflict: as for `promote`.
         """
         details: dict[str, Any] = {"registry": self.uri, "alias": alias}
@@ -346,27 +466,71 @@ class Registry:
         def work() -> dict[str, Any]:
             check_name("model", name)
             check_name("alias", alias, ALIAS_PATTERN)
-            current, token = self.store.read_alias(name, alias)
+            signer_holds(keyring, key, alias_role(alias), f"moving {name}@{alias}")
+            move, current, token, broken = self.current_move(name, alias, keyring)
             if current is None:
                 raise RegistryError(f"{name}: no alias {alias!r} in {self.uri}")
-            details["old_version"] = current["version"]
-            if not current["previous"]:
+            if move is None:
+                raise ChainBroken("alias record", f"{broken}; promote a version explicitly instead")
+            details["old_version"] = move.version
+            if not move.previous:
                 raise RegistryError(f"{name}: {alias} has no previous version to roll back to")
-            target = current["previous"][0]
+            target = move.previous[0]
             details["new_version"] = target
-            verified = self._vetted(name, target, keyring)
-            details["weights_sha256"] = verified.weights_sha256
-            new = next_alias_record(
-                target, verified.weights_sha256, current["previous"][1:], current, audit
-            )
+            chain = self._chain(name, target, keyring, policy)
+            exception = None
+            if not gate_policy_is_current(chain.gate, policy):
+                exception = f"rollback from {move.version} to a release gated under another policy"
+            new = self._signed_move(
+                name, alias, target, chain, list(move.previous[1:]), current, move, state, key,
+                audit, datetime.now(UTC), kind="rollback", policy_exception=exception,
+                approved_by=approved_by or audit.actor or default_actor(),
+            )  # fmt: skip
             self._swap(name, alias, new, token)
-            details["generation"] = new["generation"]
+            self._remember(state, new, name, alias, keyring)
+            details.update(weights_sha256=chain.model.weights_sha256, generation=new["generation"])
             return new
 
         def subject() -> str:
             return f"{name}@{details.get('new_version') or alias}"
 
         return audited(audit, "rollback", subject, details, work)
+
+    def _signed_move(
+        self, name: str, alias: str, version: str, chain: VerifiedRelease,
+        previous: builtins.list[str],
+        current: dict[str, Any] | None, move: AliasMove | None, state: SequenceState | None,
+        key: Ed25519PrivateKey, audit: AuditLog, now: datetime, *, kind: str,
+        policy_exception: str | None, approved_by: str,
+    ) -> dict[str, Any]:  # fmt: skip
+        """The signed record of the next move; its sequence is above every one seen so far."""
+        seen = [
+            current.get("generation", 0) if current else 0,
+            move.sequence if move else 0,
+            state.highest(self.uri, name, alias) if state else 0,
+        ]
+        history = [v for v in dict.fromkeys(previous) if v != version]
+        return sign_alias_move(
+            {
+                "name": name, "alias": alias, "version": version,
+                "weights_sha256": chain.model.weights_sha256,
+                "gate_record_sha256": chain.model.predicate.get("gate_record_sha256"),
+                "policy_digest": chain.gate.get("policy_digest"),
+                "sequence": max(int(s) for s in seen) + 1,
+                "previous": history[:MAX_PREVIOUS],
+                "moved_at": now.isoformat(timespec="seconds"),
+                "moved_by": audit.actor or default_actor(),
+                "kind": kind, "policy_exception": policy_exception, "approved_by": approved_by,
+            },
+            key,
+        )  # fmt: skip
+
+    def _remember(
+        self, state: SequenceState | None, record: dict[str, Any], name: str, alias: str,
+        keyring: Keyring,
+    ) -> None:  # fmt: skip
+        if state is not None:
+            state.accept(self.uri, verify_alias_move(record, keyring, name, alias))
 
     def _swap(self, name: str, alias: str, new: dict[str, Any], token: str | None) -> None:
         try:

@@ -1,8 +1,9 @@
 """Alias records and the audit trail of every registry change.
 
 An alias record is `{"version", "weights_sha256", "previous", "generation", "moved_at",
-"moved_by"}`: `previous` is the rollback history, newest first; `generation` counts moves, so two
-records that name the same version are still told apart.
+"moved_by", "envelope"}`: `previous` is the rollback history, newest first; `generation` counts
+moves (the signed sequence), so two records that name the same version are still told apart;
+`envelope` signs all of it (`trust_chain.sign_alias_move`).
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from secmlops.audit import AuditLog, default_actor
+from secmlops.audit import AuditLog
 from secmlops.errors import SecMLOpsError
-from secmlops.registry.store import RegistryConflict, now_iso
+from secmlops.registry.store import RegistryConflict
 
 STAGE = "registry"
 MAX_PREVIOUS = 20  # rollback history kept per alias; older entries fall off
@@ -35,25 +36,6 @@ def check_expected(
             f"{name}: alias {alias} points at {actual or '(nothing)'}, not the expected "
             f"{expected or '(nothing)'}: someone else moved it"
         )
-
-
-def next_alias_record(
-    version: str,
-    weights_sha256: str,
-    previous: list[str],
-    current: dict[str, Any] | None,
-    audit: AuditLog,
-) -> dict[str, Any]:
-    """The record that moves an alias from `current` to `version`."""
-    history = [v for v in dict.fromkeys(previous) if v != version][:MAX_PREVIOUS]
-    return {
-        "version": version,
-        "weights_sha256": weights_sha256,
-        "previous": history,
-        "generation": (current["generation"] + 1) if current else 1,
-        "moved_at": now_iso(),
-        "moved_by": audit.actor or default_actor(),
-    }
 
 
 def audited(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from secmlops.errors import IntegrityError
 from secmlops.fsutil import sha256_file
@@ -53,34 +53,6 @@ def stage_release(model_dir: Path, staged: Path) -> None:
         raise IntegrityError(f"{model_dir}: unsigned model (no {PROVENANCE_FILE}); refusing it")
     for name in [*artifact_files(model_dir), PROVENANCE_FILE]:
         shutil.copyfile(model_dir / name, staged / name, follow_symlinks=False)
-
-
-def vet_release(
-    model_dir: Path, keyring: Keyring, weights_sha256: str
-) -> tuple[VerifiedModel, dict[str, Any]]:
-    """Check a fetched version may be deployed: its provenance, then a passed gate record.
-
-    Args:
-        model_dir: the fetched version.
-        keyring: keys trusted to sign models and gate records.
-        weights_sha256: the weights digest the registry recorded for this version at push.
-
-    Returns:
-        (the `VerifiedModel`, the gate record's predicate).
-
-    Raises:
-        IntegrityError: provenance that does not verify, weights other than the recorded ones,
-            no gate record, a failed gate, a record for other weights, or an untrusted signer.
-    """
-    from secmlops.evaluation.gate import verify_gate_record
-
-    verified = verify_release(model_dir, keyring)
-    if verified.weights_sha256 != weights_sha256:
-        raise IntegrityError(f"{model_dir}: weights differ from the registry's version record")
-    gate = verify_gate_record(
-        model_dir / GATE_RECORD_FILE, keyring, weights_sha256=verified.weights_sha256
-    )
-    return verified, gate
 
 
 def gate_status(model_dir: Path, keyring: Keyring, weights_sha256: str) -> dict[str, str]:

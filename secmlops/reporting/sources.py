@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from secmlops.errors import DataError, IntegrityError
+from secmlops.errors import DataError, IntegrityError, PolicyError
 from secmlops.settings import Settings, env_name
 from secmlops.supplychain.keys import Keyring
 
@@ -42,6 +42,7 @@ class Sources:
     tradeoffs_root: Path
     trusted_keys: str | None = None  # `Settings.trusted_keys`
     s3_endpoint_url: str | None = None
+    policy: Path | None = None  # `Settings.policy`: which role each trusted key holds
 
     def to_json(self) -> dict[str, str]:
         """Plain strings, for the JSON API."""
@@ -63,21 +64,28 @@ def sources_from_settings(settings: Settings) -> Sources:
         tradeoffs_root=settings.tradeoffs_dir,
         trusted_keys=settings.trusted_keys,
         s3_endpoint_url=settings.s3_endpoint_url,
+        policy=settings.policy,
     )
 
 
 def trusted_keyring(sources: Sources) -> tuple[Keyring | None, str | None]:
-    """The keys trusted to sign models (`Settings.trusted_keys`).
+    """The trusted keys (`Settings.trusted_keys`), each with the role the policy gives it.
 
     Returns:
-        (keyring, None), or (None, why there is none): unset, or a path or key that cannot be
-        read. Without a keyring the overview still lists versions, marked "unverified".
+        (keyring, None), or (None, why there is none): unset, a path or key that cannot be
+        read, or no valid policy to say the keys' roles. Without a keyring the overview still
+        lists versions, marked "unverified".
     """
+    from secmlops.policy import load_policy
+
     if not sources.trusted_keys:
         return None, f"no trusted keys: set {env_name('trusted_keys')} to verify signatures"
     try:
-        return Keyring.from_setting(sources.trusted_keys), None
-    except (DataError, IntegrityError) as exc:
+        ring = Keyring.from_setting(sources.trusted_keys)
+        if sources.policy is None:
+            return None, f"no policy: set {env_name('policy')} to say which key signs what"
+        return ring.with_roles(load_policy(sources.policy).roles.model_dump()), None
+    except (DataError, IntegrityError, PolicyError) as exc:
         return None, f"trusted keys unusable ({exc})"
 
 

@@ -1,9 +1,11 @@
 """Which model serving runs: the registry alias, verified at every load, hot-swapped when it moves.
 
-The server only ever runs a model that verified (signature by a trusted key, every file's digest,
-provenance) at the moment it was loaded. When the alias moves, the new version is pulled into a
-fresh folder and verified there; only then does it replace the running model. A version that
-fails to verify is refused, audited, and the old model keeps serving.
+The server only ever runs a model whose whole trust chain verified at the moment it was loaded
+(`Registry.pull` through the alias: the signed alias move by the alias's role and its sequence,
+the provenance, the passed gate record under the policy in force, the dataset's signer role;
+`secmlops.registry.trust_chain`). When the alias record changes, the release it names is pulled
+into a fresh folder and verified there; only then does it replace the running model. A release
+that fails is refused, audited with the broken link named, and the old model keeps serving.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from typing import Any
 from torch import nn
 
 from secmlops.audit import AuditLog
-from secmlops.errors import ModelError, SecMLOpsError
+from secmlops.errors import IntegrityError, ModelError, SecMLOpsError
+from secmlops.fsutil import safe_name
 from secmlops.monitoring.embedding import EmbeddingProjection
-from secmlops.registry import Registry
+from secmlops.policy import Policy
+from secmlops.registry import Registry, RegistryError
+from secmlops.registry.trust_chain import SequenceState
 from secmlops.supplychain.keys import Keyring
 
 
@@ -32,6 +37,8 @@ class LoadedModel:
     version: str
     weights_sha256: str
     signer: str
+    sequence: int  # the signed alias move's sequence
+    alias_token: str  # identifies the alias record it was loaded through (its bytes' digest/ETag)
     screener: Any = None  # a calibrated `Screener` when the release carries screening.json
     # The reference profile's embedding PCA (signed with the model): serving logs the projection.
     projection: EmbeddingProjection | None = None
@@ -44,8 +51,11 @@ class ModelSource:
         registry: the model registry (`Settings.model_registry()`).
         name: the model name in the registry.
         alias: the alias to serve (`production`).
-        keyring: trusted model-signing keys.
+        keyring: the trusted keys with their roles (`Settings.keyring()`).
+        policy: the policy in force (the gate record must be made under it).
         audit: where loads and refusals are recorded.
+        state: the highest alias sequences accepted (`Settings.trust_state`); a replayed older
+            alias record is refused. Serving also remembers the one it runs in memory.
         device: where the model runs.
     """
 
@@ -55,16 +65,19 @@ class ModelSource:
         name: str,
         alias: str,
         keyring: Keyring,
+        policy: Policy,
         audit: AuditLog,
+        state: SequenceState | None = None,
         device: str = "cpu",
     ) -> None:
         self.registry = registry
         self.name, self.alias, self.keyring, self.audit = name, alias, keyring, audit
+        self.policy, self.state = policy, state or SequenceState(None)
         self.device = device
         self.current: LoadedModel | None = None
         self.last_error: str | None = None
-        # The version last refused: not retried (and not re-audited) every interval while the
-        # alias still names it; versions are immutable, so it would fail the same way.
+        # The alias record last refused: not retried (and not re-audited) every interval while
+        # the alias still holds exactly those bytes; it would fail the same way.
         self._refused: str | None = None
         self._lock = threading.Lock()
         self._cache = Path(tempfile.mkdtemp(prefix="secmlops-serving-"))
@@ -80,18 +93,21 @@ class ModelSource:
                 one); later failures keep the old model and are reported in `last_error`.
         """
         with self._lock:
-            version: str | None = None
+            token: str | None = None
             try:
-                version, _ = self.registry.resolve(self.name, self.alias)
-                if self.current is not None and version in (self.current.version, self._refused):
+                _, token = self.registry.store.read_alias(self.name, self.alias)
+                if token is None:
+                    raise RegistryError(f"{self.name}: no alias {self.alias!r} to serve")
+                if self.current is not None and token in (self.current.alias_token, self._refused):
                     return False
-                loaded = self._load(version)
+                loaded = self._load(token)
             except SecMLOpsError as exc:
                 self.last_error = str(exc)
-                self._refused = version
+                self._refused = token
                 self.audit.append(
                     "serving", "load_model", "fail", f"{self.name}@{self.alias}",
-                    {"error": str(exc), "kept": self.current.version if self.current else None},
+                    {"error": str(exc), "link": getattr(exc, "link", None),
+                     "kept": self.current.version if self.current else None},
                 )  # fmt: skip
                 if self.current is None:
                     raise
@@ -100,19 +116,26 @@ class ModelSource:
             self.current, self.last_error = loaded, None
             self.audit.append(
                 "serving", "load_model", "pass", loaded.weights_sha256,
-                {"model": self.name, "version": version, "alias": self.alias,
-                 "previous": previous, "signer": loaded.signer},
+                {"model": self.name, "version": loaded.version, "alias": self.alias,
+                 "sequence": loaded.sequence, "previous": previous, "signer": loaded.signer},
             )  # fmt: skip
             return True
 
-    def _load(self, version: str) -> LoadedModel:
+    def _load(self, token: str) -> LoadedModel:
         from secmlops.models import load
         from secmlops.monitoring.reference import load_projection
         from secmlops.serving.calibration import SCREENING_FILE
         from secmlops.serving.screening import Screener, ScreenerCalibration
 
-        folder = self._cache / version
-        verified = self.registry.pull(self.name, version, folder, self.keyring, overwrite=True)
+        folder = self._cache / safe_name(token)
+        release = self.registry.pull(
+            self.name, self.alias, folder, self.keyring, self.policy, audit=None,
+            state=self.state, overwrite=True,
+        )  # fmt: skip
+        verified, move = release.model, release.move
+        if move is None:  # pull through an alias always verifies its move; never serve without
+            raise IntegrityError(f"{self.name}@{self.alias}: no verified alias move")
+        version = move.version
         model = load(folder, device=self.device)
         screener = None
         if (folder / SCREENING_FILE).is_file():  # signed with the model: verified above
@@ -128,7 +151,14 @@ class ModelSource:
         except SecMLOpsError as exc:
             raise ModelError(f"{self.name}@{version}: bad reference profile ({exc})") from None
         return LoadedModel(
-            model, version, verified.weights_sha256, verified.signer, screener, projection
+            model,
+            version,
+            verified.weights_sha256,
+            verified.signer,
+            move.sequence,
+            token,
+            screener,
+            projection,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -138,6 +168,7 @@ class ModelSource:
             "model": self.name,
             "alias": self.alias,
             "version": current.version if current else None,
+            "sequence": current.sequence if current else None,
             "weights_sha256": current.weights_sha256 if current else None,
             "last_refusal": self.last_error,
         }

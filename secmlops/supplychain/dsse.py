@@ -74,29 +74,39 @@ class VerifiedPayload:
     key_id: str
 
 
-def verify_envelope(envelope: Any, keyring: Keyring, expected_type: str) -> bytes:
+def verify_envelope(
+    envelope: Any, keyring: Keyring, expected_type: str, *, role: str | tuple[str, ...] | None
+) -> bytes:
     """Check a DSSE envelope and return its payload.
 
     Args:
         envelope: the parsed JSON envelope.
-        keyring: the keys trusted to sign this kind of payload.
+        keyring: the trusted keys (with their roles, `Keyring.with_roles`).
         expected_type: the payload type the caller is about to parse.
+        role: the role whose keys sign this kind of payload (`keys.ROLES`), or several roles
+            that may; None only for a payload no role owns (a verifier's own test documents).
 
     Returns:
         The payload bytes (only after a trusted key's signature verified).
 
     Raises:
         IntegrityError: malformed envelope, wrong payload type, no signatures, signer key not
-            trusted (naming its key id), or bad signature.
+            trusted (naming its key id), bad signature, or a signer of another role.
     """
-    return verify_envelope_signer(envelope, keyring, expected_type).payload
+    return verify_envelope_signer(envelope, keyring, expected_type, role=role).payload
 
 
-def verify_envelope_signer(envelope: Any, keyring: Keyring, expected_type: str) -> VerifiedPayload:
+def verify_envelope_signer(
+    envelope: Any, keyring: Keyring, expected_type: str, *,
+    role: str | tuple[str, ...] | None, what: str | None = None,
+) -> VerifiedPayload:  # fmt: skip
     """As `verify_envelope`, also reporting which trusted key signed.
 
-    One valid signature by a trusted key suffices; other signatures (for example by keys this
-    verifier does not know) are ignored, as the envelope spec allows.
+    `what` names the document in a role refusal (default: its payload type).
+
+    One valid signature by a trusted key of `role` suffices; other signatures (for example by
+    keys this verifier does not know) are ignored, as the envelope spec allows. A valid signature
+    by a trusted key of another role is refused, naming that role.
 
     Raises:
         IntegrityError: as `verify_envelope`.
@@ -115,6 +125,7 @@ def verify_envelope_signer(envelope: Any, keyring: Keyring, expected_type: str) 
     message = pae(payload_type, payload)
     untrusted: list[str] = []
     failed: list[str] = []
+    wrong_role: list[IntegrityError] = []
     for claimed, sig in signatures:
         trusted = keyring.get(claimed)
         # keyid is a hint only: with no hint, or an unknown one, every trusted key is tried.
@@ -124,9 +135,18 @@ def verify_envelope_signer(envelope: Any, keyring: Keyring, expected_type: str) 
                 public_key.verify(sig, message)
             except InvalidSignature:
                 continue
+            try:
+                if role is not None:
+                    keyring.require_role(kid, role, what or f"a {payload_type} document")
+            except IntegrityError as exc:
+                wrong_role.append(exc)  # another signature may still be by the right role
+                break
             return VerifiedPayload(payload=payload, payload_type=payload_type, key_id=kid)
-        (failed if trusted is not None else untrusted).append(claimed or "<no keyid>")
+        else:
+            (failed if trusted is not None else untrusted).append(claimed or "<no keyid>")
 
+    if wrong_role:
+        raise wrong_role[0]
     if failed:
         raise IntegrityError(
             f"bad signature by trusted key {failed[0]}: the payload or the signature was "

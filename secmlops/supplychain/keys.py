@@ -7,6 +7,11 @@ recomputes it; a signature does, provided the verifier decides *which* keys it t
 deployment's settings (`Settings.trusted_keys`: PEM text or key files, fed by Airflow Connections
 and secret stores), never from the artifact being verified.
 
+A keyring also knows which role each key holds (`with_roles`, from the policy's `roles:`
+section): a verifier accepts a document only from a key of the role that signs that kind of
+document (`require_role`), so a data owner's key cannot sign a gate decision, nor a gate key
+approve production.
+
 Private keys are written with mode 0600 and, given a passphrase (`Settings.key_passphrase`),
 encrypted with it, so a copied key file alone does not let anyone sign.
 """
@@ -18,7 +23,7 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -28,6 +33,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from secmlops.errors import DataError, IntegrityError
 
 KEY_ID_PREFIX = "ed25519:"
+# The roles of the release chain, in the order a model passes them (policy `roles:`).
+ROLES = ("data_owner", "trainer", "gate", "approver")
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.DOTALL)
 
@@ -88,6 +95,11 @@ def generate_keypair(out_dir: Path, name: str, passphrase: str | None = None) ->
         private_path.unlink(missing_ok=True)
         raise
     return private_path, public_path
+
+
+def _a(word: str) -> str:
+    """The indefinite article for `word` ("an approver", "a gate")."""
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def _write_new_file(path: Path, data: bytes, mode: int) -> None:
@@ -206,8 +218,47 @@ class Keyring:
     def __init__(self, keys: Iterable[Ed25519PublicKey] = ()) -> None:
         self._keys: dict[str, Ed25519PublicKey] = {}
         self.sources: dict[str, str] = {}
+        self.roles: dict[str, str] = {}  # key id -> role; empty: no role may be verified
         for key in keys:
             self.add(key)
+
+    def with_roles(self, assignment: Mapping[str, Sequence[str]]) -> Keyring:
+        """A copy of this keyring that knows each key's role (policy `roles:`: role -> key ids).
+
+        Raises:
+            DataError: an unknown role name, or a key id listed under two roles.
+        """
+        ring = Keyring()
+        ring._keys, ring.sources = dict(self._keys), dict(self.sources)
+        for role, kids in assignment.items():
+            if role not in ROLES:
+                raise DataError(f"unknown role {role!r} (roles: {', '.join(ROLES)})")
+            for kid in kids:
+                if ring.roles.setdefault(kid, role) != role:
+                    raise DataError(f"{kid}: listed as {ring.roles[kid]} and as {role}")
+        return ring
+
+    def require_role(self, kid: str, role: str | tuple[str, ...], what: str) -> None:
+        """Refuse unless trusted key `kid` holds `role` (or one of several); `what` names the
+        signed document.
+
+        Raises:
+            IntegrityError: no roles are configured (fail closed), or the key holds another
+                role or none (the message names both roles).
+        """
+        if not self.roles:
+            raise IntegrityError(
+                f"{what}: no key roles configured; the policy's roles section says which keys "
+                f"may sign it (a {role} key)"
+            )
+        wanted = (role,) if isinstance(role, str) else role
+        held = self.roles.get(kid)
+        if held not in wanted:
+            holds = f"{_a(held)} {held} key" if held else "a key that holds no role in the policy"
+            raise IntegrityError(
+                f"{what}: signed by {kid}, {holds}; only {_a(wanted[0])} {' or '.join(wanted)} "
+                "key may sign it"
+            )
 
     def add(self, key: Ed25519PublicKey, source: str = "<memory>") -> str:
         """Trust `key`; returns its key id."""

@@ -7,7 +7,7 @@ in-toto Statement v1 (https://github.com/in-toto/attestation/blob/main/spec/v1/s
 whose subjects are the digests of EVERY artifact file of the model directory, and whose predicate
 records the inputs: the verified data manifest and its signer, the DVC revision, the git commit,
 the training parameters, the gate record, and the environment lock. It is signed with Ed25519 in
-a DSSE envelope (`provenance.json`) by the pipeline's model-signing key.
+a DSSE envelope (`provenance.json`) by the trainer role's key.
 
 `verify_model` checks the signature against trusted keys first, then that the directory holds
 exactly the signed files with exactly the signed digests: a changed byte, a missing file or an
@@ -93,7 +93,7 @@ def sign_model(
 
     Args:
         model_dir: the trained model (`model.safetensors`, `model.json`).
-        private_key: the model-signing key.
+        private_key: the trainer role's key.
         data_manifest_digest, data_signer: the data version the data stage verified
             (`verify_signed_dataset`'s `manifest_digest` and `signer`).
         dvc_revision: the data registry revision the data was pulled at.
@@ -162,8 +162,9 @@ def verify_model(model_dir: Path, keyring: Keyring) -> VerifiedModel:
     if not path.is_file():
         raise IntegrityError(f"{model_dir}: unsigned model (no {PROVENANCE_FILE}); refusing it")
     verified = verify_envelope_signer(
-        envelope_from_bytes(path.read_bytes(), str(path)), keyring, PAYLOAD_TYPE
-    )
+        envelope_from_bytes(path.read_bytes(), str(path)), keyring, PAYLOAD_TYPE,
+        role="trainer", what=f"{path} (model provenance)",
+    )  # fmt: skip
     try:
         statement = json.loads(verified.payload)
         if statement["_type"] != STATEMENT_TYPE or statement["predicateType"] != PREDICATE_TYPE:

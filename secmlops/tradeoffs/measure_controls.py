@@ -90,6 +90,7 @@ def measure_data_verification(
     private, public = generate_keypair(scratch / "keys", "study-data-owner")
     sign_dataset(copy, private)
     keyring = Keyring.from_paths([public])
+    keyring = keyring.with_roles({"data_owner": keyring.ids})
     seconds, peaks, refused = [], [], 0
     for _ in range(repeats):
         with measured(torch.device("cpu")) as usage:
@@ -233,6 +234,7 @@ def measure_model_loading(
     attacker, _ = generate_keypair(scratch / "keys", "study-attacker")
     sign_model(release, load_private_key(private))
     keyring = Keyring.from_paths([public])
+    keyring = keyring.with_roles({"trainer": keyring.ids})
     loaders: dict[str, Callable[[Path], object]] = {
         "plain": lambda d: models.load(d),
         "verified": lambda d: load_verified(d, keyring),

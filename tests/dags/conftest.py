@@ -4,6 +4,7 @@ Airflow reads its configuration when first imported, so the environment is set h
 collection time, before any test module imports airflow.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -16,8 +17,24 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DAGS_FOLDER = REPO_ROOT / "dags"
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="secmlops-airflow-"))
 
+# The approvals' users (SimpleAuthManager): `dag_test` is who `dag.test()` records as having
+# triggered a run, `approver` a second person. Known passwords, so a test logs in as either.
+APPROVAL_PASSWORDS = {"dag_test": "dag-test-password", "approver": "approver-password"}
+PASSWORD_FILE = AIRFLOW_HOME / "simple_auth_manager_passwords.json.generated"
+PASSWORD_FILE.write_text(json.dumps(APPROVAL_PASSWORDS))
+# A short approval timeout: no scheduler runs under dag.test(), so it only fires when a test
+# runs the scheduler's timeout sweep itself (tests/dags/approvals.py).
+APPROVAL_TIMEOUT_S = 2.0
+
 os.environ.update(
     {
+        "AIRFLOW__CORE__AUTH_MANAGER": (
+            "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+        ),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "dag_test:admin,approver:op",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(PASSWORD_FILE),
+        "SECMLOPS_APPROVAL_TIMEOUT_HOURS": str(APPROVAL_TIMEOUT_S / 3600),
         "AIRFLOW_HOME": str(AIRFLOW_HOME),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -41,3 +58,11 @@ def dagbag(airflow_db):
     from airflow.dag_processing.dagbag import DagBag
 
     return DagBag(dag_folder=str(DAGS_FOLDER))
+
+
+@pytest.fixture(scope="session")
+def approvals(airflow_db):
+    """Answers a run's pending approval through Airflow's REST API (tests/dags/approvals.py)."""
+    from .approvals import Approvals
+
+    return Approvals(APPROVAL_PASSWORDS, APPROVAL_TIMEOUT_S)

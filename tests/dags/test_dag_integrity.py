@@ -12,6 +12,7 @@ DAG_FILES = sorted(DAGS_FOLDER.glob("*.py"))
 TASK_VERBS = {
     "plan", "prepare", "train", "evaluate", "pull", "verify", "validate", "screen", "gate", "sign",
     "push", "promote", "monitor", "emit", "check", "read", "request", "deploy", "run", "report",
+    "summarize", "approve",
 }  # fmt: skip
 
 
@@ -86,13 +87,33 @@ def test_trigger_forms_have_typed_params_and_tasks_have_retries_and_timeouts(dag
 
 
 def test_every_task_turns_a_refusal_into_a_failure_without_retries(dagbag):
-    """Every task is a `lifecycle_task`: a new control's refusal needs no wiring of its own."""
-    from secmlops.airflow_support import REFUSALS_FAIL_MARK
+    """Every task is a `lifecycle_task` (or the approval, which judges its answer under the same
+    `refusals_fail_the_task` and never retries): a new control's refusal needs no wiring."""
+    from secmlops.airflow_support import REFUSALS_FAIL_MARK, ProductionApproval
 
     for dag in dagbag.dags.values():
         for task in dag.tasks:
+            if isinstance(task, ProductionApproval):
+                assert task.retries == 0 and task.fail_on_reject, task.task_id
+                continue
             callable_ = getattr(task, "python_callable", None)
             assert getattr(callable_, REFUSALS_FAIL_MARK, False), f"{dag.dag_id}.{task.task_id}"
+
+
+def test_production_is_promoted_only_after_a_person_approves(dagbag):
+    """The gate passes, then a person approves (Human-in-the-loop), then production moves."""
+    from secmlops.airflow_support import ProductionApproval
+
+    training = dagbag.get_dag("secmlops_training")
+    approvals = [t for t in training.tasks if isinstance(t, ProductionApproval)]
+    assert [t.task_id for t in approvals] == ["approve_release"]
+    approval = approvals[0]
+    assert approval.response_timeout is not None  # no answer fails the run, never waits forever
+    upstream = approval.get_flat_relative_ids(upstream=True)
+    assert {"gate_model", "push_model", "summarize_release"} <= upstream
+    assert "approve_release" in training.get_task("promote_model").get_flat_relative_ids(
+        upstream=True
+    )
 
 
 def test_the_trigger_form_refuses_an_eps_the_trainer_would_refuse(dagbag):

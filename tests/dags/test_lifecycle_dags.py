@@ -64,11 +64,14 @@ def task_states(run) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def released(dagbag, workspace):
-    """data pull -> training, as the `dataset` asset would chain them."""
+def released(dagbag, workspace, approvals):
+    """data pull -> training, as the `dataset` asset would chain them; a second person (not
+    `dag_test`, who triggered the run) approves the release through the REST API."""
     pulled = dagbag.get_dag("secmlops_data_pull").test(run_conf={})
     assert pulled.state == "success", task_states(pulled)
+    answer = approvals.answer("approver", "Approve")
     trained = dagbag.get_dag("secmlops_training").test(run_conf=TRAINING_CONF)
+    assert answer.done.wait(10) and answer.error is None and answer.status == 200, answer
     assert trained.state == "success", task_states(trained)
     return {"pulled": pulled, "trained": trained}
 
@@ -85,6 +88,7 @@ def test_data_pull_verifies_and_emits_the_dataset_asset(released, workspace):
 
 def test_training_gates_signs_pushes_and_promotes(released, workspace):
     from secmlops.registry import Registry
+    from secmlops.settings import Settings
 
     registry = Registry.open(workspace.env["SECMLOPS_REGISTRY"])
     version, _ = registry.resolve("pedestrian-detector", "production")
@@ -96,9 +100,26 @@ def test_training_gates_signs_pushes_and_promotes(released, workspace):
     # The release carries what serving and monitoring need, signed with it.
     files = set(registry.show("pedestrian-detector", version)["files"])
     assert {"reference-profile.json", "screening.json", "gate-record.json"} <= files
+    # The run waited for a person: the approval is audited with who triggered and who answered,
+    # and the signed production move names the approver.
+    from secmlops.audit import read_audit_log
+    from secmlops.registry.trust_chain import verify_alias_move
+
+    entries = read_audit_log(Path(workspace.env["SECMLOPS_AUDIT_LOG"]))
+    (approval,) = [e for e in entries if e["action"] == "approve_production"]
+    assert approval["decision"] == "pass" and approval["subject"].endswith(version)
+    assert approval["details"]["responded_by"] == "approver"
+    assert approval["details"]["triggered_by"] == "dag_test"
+    move = verify_alias_move(
+        registry.aliases("pedestrian-detector")["production"],
+        Settings.from_env().keyring(), "pedestrian-detector", "production",
+    )  # fmt: skip
+    from secmlops.policy import load_policy
+
+    assert move.approved_by == "approver" and move.kind == "promote" and move.sequence == 1
+    assert [move.signer] == load_policy(Settings.from_env().policy).roles.approver
     # The promotion anchored the audit head in the registry, its own entry included.
     from secmlops.audit_anchors import latest_anchor, verify_with_anchor
-    from secmlops.settings import Settings
 
     settings = Settings.from_env()
     anchor, skipped = latest_anchor(settings.model_registry(), settings.keyring())
@@ -162,7 +183,7 @@ def test_a_failing_gate_stops_promotion(dagbag, released, workspace):
     states = task_states(run)
     assert run.state == "failed"
     assert states["gate_model"] == "failed"
-    for task_id in ("sign_model", "push_model", "promote_model"):
+    for task_id in ("sign_model", "push_model", "approve_release", "promote_model"):
         assert states[task_id] == "upstream_failed", states
     after, _ = registry.resolve("pedestrian-detector", "production")
     assert after == before
@@ -180,14 +201,16 @@ def test_monitoring_a_drifted_window_emits_a_retraining_request(dagbag, released
 
     from secmlops.models import load
     from secmlops.monitoring.reference import describe_images, load_profile, load_split_images
+    from secmlops.policy import load_policy
     from secmlops.registry import Registry
     from secmlops.serving.inference_log import InferenceLog
     from secmlops.settings import Settings
 
     registry = Registry.open(workspace.env["SECMLOPS_REGISTRY"])
     folder = workspace.root / "served-model"
-    registry.pull("pedestrian-detector", "production", folder, Settings.from_env().keyring(),
-                  overwrite=True)  # fmt: skip
+    settings = Settings.from_env()
+    registry.pull("pedestrian-detector", "production", folder, settings.keyring(),
+                  load_policy(settings.policy), audit=settings.audit(), overwrite=True)  # fmt: skip
     model, (_, projection) = load(folder), load_profile(folder)
     images = load_split_images(workspace.root / "incoming" / "street", "test", 40)
     fog = [(image * 0.4 + 0.45).clamp(0, 1) for image in images]

@@ -142,7 +142,8 @@ def fake_payloads(workdir: Path) -> dict[str, Any]:
             "provenance": str(workdir / "model" / "provenance.json"),
         },
         "push": release,
-        "promote": {**release, "alias": "production"},
+        "release_evidence": "**Release** 1-abc: the gate's evidence",
+        "promote": {**release, "alias": "production", "sequence": 1, "audit_anchor": None},
         "monitor": {
             "version": "1-abc",
             "records": 50,
@@ -176,7 +177,10 @@ CASES = [
     ("secmlops_training", "gate_model", "gate", GateFailed("clean mAP below 0.7")),
     ("secmlops_training", "sign_model", "sign", PolicyError("gate under another policy")),
     ("secmlops_training", "push_model", "push", IntegrityError("unsigned")),
-    ("secmlops_training", "promote_model", "promote", IntegrityError("no passed gate record")),
+    ("secmlops_training", "summarize_release", "release_evidence",
+     IntegrityError("gate record unreadable")),
+    ("secmlops_training", "promote_model", "promote",
+     IntegrityError("trust chain broken at the gate record")),
     ("secmlops_monitoring", "check_window", "monitor", IntegrityError("tampered profile")),
     ("secmlops_tradeoffs", "pull_data", "pull_data", PolicyError("no such dataset tag")),
     ("secmlops_tradeoffs", "verify_data", "verify_data", IntegrityError("tampered manifest")),
@@ -189,6 +193,8 @@ def test_every_task_is_covered(dagbag):
     no_library_call = {
         ("secmlops_data_pull", "emit_dataset"),
         ("secmlops_monitoring", "request_retraining"),
+        # Refuses only once a person answered: its refusals are in test_approval.py.
+        ("secmlops_training", "approve_release"),
     }
     every = {(dag.dag_id, task.task_id) for dag in dagbag.dags.values() for task in dag.tasks}
     assert every == {(dag_id, task_id) for dag_id, task_id, _, _ in CASES} | no_library_call
@@ -198,7 +204,7 @@ def test_every_task_is_covered(dagbag):
     ("dag_id", "task_id", "function", "refusal"), CASES, ids=[f"{c[0]}.{c[1]}" for c in CASES]
 )
 def test_a_refusal_fails_the_task_once_and_is_audited_once(
-    dagbag, tmp_path, monkeypatch, dag_id, task_id, function, refusal
+    dagbag, approvals, tmp_path, monkeypatch, dag_id, task_id, function, refusal
 ):
     import secmlops.lifecycle as lifecycle
 
@@ -223,6 +229,8 @@ def test_a_refusal_fails_the_task_once_and_is_audited_once(
     for name in payloads:
         monkeypatch.setattr(lifecycle, name, stage(name))
     dag = dagbag.get_dag(dag_id)
+    if task_id == "promote_model":  # a person approves first (not the run's trigger)
+        approvals.answer("approver", "Approve")
     run = dag.test(run_conf={})
     tis = task_instances(run)
     assert run.state == "failed"

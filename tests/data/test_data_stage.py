@@ -4,31 +4,23 @@ import json
 import shutil
 
 import pytest
-import yaml
 
 from secmlops.audit import verify_audit_log
 from secmlops.data.manifest import DatasetIdentity, sign_dataset
 from secmlops.errors import IntegrityError
 from secmlops.lifecycle import screen_data, validate_data, verify_data
 from secmlops.settings import Settings
-from secmlops.supplychain.keys import generate_keypair, key_id, load_public_key
-
-from ..conftest import REPO_ROOT
 
 
 @pytest.fixture(scope="module")
-def signed(tmp_path_factory, tiny_scenes):
-    """The tiny set signed by its owner, a stranger's key, and a policy trusting the owner."""
+def signed(tmp_path_factory, tiny_scenes, pki):
+    """The tiny set signed by its data owner, and a policy whose roles pin the role keys."""
     root = tmp_path_factory.mktemp("stage")
-    owner_key, owner_pub = generate_keypair(root / "keys", "owner")
-    stranger_key, _ = generate_keypair(root / "keys-stranger", "stranger")
     data = root / "clean"
     shutil.copytree(tiny_scenes, data)
-    sign_dataset(data, owner_key, identity=STREET_V1)
-    policy = yaml.safe_load((REPO_ROOT / "policy.yaml").read_text())
-    policy["data"]["trusted_data_keys"] = [key_id(load_public_key(owner_pub))]
-    (root / "policy.yaml").write_text(yaml.safe_dump(policy))
-    return {"root": root, "data": data, "pub": owner_pub, "stranger": stranger_key}
+    sign_dataset(data, pki["data_owner"].private, identity=STREET_V1)
+    pki.write_policy(root / "policy.yaml")
+    return {"root": root, "data": data, "pub": pki.trusted_keys}
 
 
 STREET_V1 = DatasetIdentity("street", 1)
@@ -38,7 +30,7 @@ def check_data(data, policy, trusted_key, audit):
     """The data DAG's controls in its order: verify -> validate -> screen (reports beside the
     data), with the settings a deployment would give."""
     settings = Settings.from_env({"SECMLOPS_POLICY": str(policy), "SECMLOPS_AUDIT_LOG": str(audit),
-                                  "SECMLOPS_TRUSTED_KEYS": str(trusted_key)})  # fmt: skip
+                                  "SECMLOPS_TRUSTED_KEYS": trusted_key})  # fmt: skip
     verified = verify_data(settings, {"rev": "data/street/v1", "data_dir": str(data)})
     validate_data(settings, verified)
     screen_data(settings, verified)
@@ -108,12 +100,31 @@ def test_tampering_halts_the_data_stage_with_file_and_reason(signed, tmp_path, t
     verify_audit_log(audit)
 
 
-def test_untrusted_signer_halts_the_data_stage(signed, tmp_path):
+def test_untrusted_signer_halts_the_data_stage(signed, tmp_path, pki):
     data = tmp_path / "data"
     shutil.copytree(signed["data"], data)
-    sign_dataset(data, signed["stranger"], identity=STREET_V1)
+    sign_dataset(data, pki["rogue"].private, identity=STREET_V1)
     with pytest.raises(IntegrityError, match="untrusted key"):
         check_data(data, signed["root"] / "policy.yaml", signed["pub"], tmp_path / "audit.jsonl")
+
+
+def test_data_signed_by_the_gate_key_halts_the_data_stage_naming_the_role(signed, tmp_path, pki):
+    # The attacker writes the data and holds one trusted key, the gate's: they poison an image
+    # and sign the manifest (as the very version the tag names) with it.
+    data = tmp_path / "data"
+    shutil.copytree(signed["data"], data)
+    flip_byte(data)
+    sign_dataset(data, pki["gate"].private, identity=STREET_V1)
+    audit = tmp_path / "audit.jsonl"
+    with pytest.raises(IntegrityError) as caught:
+        check_data(data, signed["root"] / "policy.yaml", signed["pub"], audit)
+    assert f"signed by {pki['gate'].id}, a gate key; only a data_owner key may sign it" in str(
+        caught.value
+    )
+    assert not (tmp_path / "validation.json").exists()
+    (entry,) = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert (entry["action"], entry["decision"]) == ("verify_manifest", "fail")
+    assert "a gate key" in json.dumps(entry["details"])
 
 
 def test_clean_signed_data_passes_every_control_and_is_audited(signed, tmp_path):

@@ -24,18 +24,17 @@ from secmlops.data.versioning import init_registry, publish_dataset, pull_datase
 from secmlops.errors import DataError, IntegrityError
 from secmlops.lifecycle import verify_data
 from secmlops.settings import Settings
-from secmlops.supplychain.keys import Keyring, generate_keypair, key_id, load_public_key
-
-from ..conftest import REPO_ROOT
 
 
 @pytest.fixture
-def owner(tmp_path):
-    key, pub = generate_keypair(tmp_path / "keys", "data-owner")
-    policy = yaml.safe_load((REPO_ROOT / "policy.yaml").read_text())
-    policy["data"]["trusted_data_keys"] = [key_id(load_public_key(pub))]
-    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(policy))
-    return {"key": key, "pub": pub, "policy": tmp_path / "policy.yaml"}
+def owner(tmp_path, pki):
+    """The data owner's key, the deployment's trusted keys and a policy whose roles pin them."""
+    return {
+        "key": pki["data_owner"].private,
+        "trusted_keys": pki.trusted_keys,
+        "keyring": pki.keyring,
+        "policy": pki.write_policy(tmp_path / "policy.yaml"),
+    }
 
 
 def signed_versions(tmp_path, owner, registry, remote, endpoint=None):
@@ -72,7 +71,7 @@ def fresh_clone(registry: Path, tmp_path: Path) -> Path:
 
 def verify_pulled(owner, tmp_path, rev, data_dir):
     settings = Settings.from_env({"SECMLOPS_POLICY": str(owner["policy"]),
-                                  "SECMLOPS_TRUSTED_KEYS": str(owner["pub"]),
+                                  "SECMLOPS_TRUSTED_KEYS": owner["trusted_keys"],
                                   "SECMLOPS_AUDIT_LOG": str(tmp_path / "audit.jsonl")})  # fmt: skip
     return verify_data(settings, {"rev": rev, "data_dir": str(data_dir)})
 
@@ -91,7 +90,7 @@ def test_an_older_signed_version_replayed_at_the_local_remote_is_refused(owner, 
         "data/street/v2", tmp_path / "replayed", fresh_clone(registry, tmp_path / "c2")
     )
     # Every byte is v1's, signed by the owner: only the identity tells.
-    verify_dataset(replayed, Keyring.from_paths([owner["pub"]]))
+    verify_dataset(replayed, owner["keyring"])
     with pytest.raises(IntegrityError, match="signed as data/street/v1, but data/street/v2"):
         verify_pulled(owner, tmp_path, "data/street/v2", replayed)
     entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
@@ -121,7 +120,7 @@ def test_an_older_signed_version_replayed_at_the_s3_remote_is_refused(owner, tmp
 
 def test_another_datasets_signed_data_and_an_unnamed_manifest_are_refused(owner, tmp_path):
     data = generate_scenes(tmp_path / "cam2", 4, seed=3, width=96, height=96, workers=1)
-    keyring = Keyring.from_paths([owner["pub"]])
+    keyring = owner["keyring"]
     sign_dataset(data, owner["key"], identity=DatasetIdentity("camera2", 2))
     assert verify_dataset(data, keyring, expected=DatasetIdentity("camera2", 2)).dataset == (
         DatasetIdentity("camera2", 2)

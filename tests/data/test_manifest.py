@@ -24,24 +24,28 @@ from secmlops.data.manifest import (
 from secmlops.errors import DataError, IntegrityError
 from secmlops.fsutil import atomic_write_bytes
 from secmlops.supplychain.dsse import envelope_to_bytes, sign_envelope
-from secmlops.supplychain.keys import Keyring, generate_keypair, key_id, load_private_key
+from secmlops.supplychain.keys import Keyring, key_id, load_private_key
 
 IMAGES = ("a.jpg", "b.jpg", "c.png")
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A small signed dataset (2 JPEG + 1 PNG + annotations) and the keys, built once."""
+def pristine(tmp_path_factory: pytest.TempPathFactory, pki) -> dict[str, Path]:
+    """A small signed dataset (2 JPEG + 1 PNG + annotations), signed by the data owner's key,
+    built once; "evil" is a key no policy trusts, "gate" a trusted key of another role."""
     base = tmp_path_factory.mktemp("manifest")
     rng = np.random.default_rng(0)
     with write_dataset(base / "ds") as writer:
         for name in IMAGES:
             pixels = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
             writer.add(name, 64, 48, [(4.0, 5.0, 30.0, 40.0)], image=pixels)
-    private_path, public_path = generate_keypair(base / "keys", "data")
-    attacker_path, _ = generate_keypair(base / "attacker", "evil")
-    sign_dataset(base / "ds", private_path)
-    return {"ds": base / "ds", "key": private_path, "pub": public_path, "evil": attacker_path}
+    sign_dataset(base / "ds", pki["data_owner"].private)
+    return {
+        "ds": base / "ds",
+        "key": pki["data_owner"].private,
+        "evil": pki["rogue"].private,
+        "gate": pki["gate"].private,
+    }
 
 
 @pytest.fixture
@@ -51,8 +55,9 @@ def ds(pristine: dict[str, Path], tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def ring(pristine: dict[str, Path]) -> Keyring:
-    return Keyring.from_paths([pristine["pub"]])
+def ring(pki) -> Keyring:
+    """The deployment's trusted keys, each bound to its policy role."""
+    return pki.keyring
 
 
 def tampered(ds: Path, ring: Keyring) -> DatasetTampered:
@@ -151,6 +156,37 @@ def test_signed_by_an_untrusted_key(ds: Path, ring: Keyring, pristine: dict[str,
     evil_id = key_id(load_private_key(pristine["evil"]).public_key())
     with pytest.raises(IntegrityError, match=rf"manifest\.sig: untrusted key {evil_id}"):
         verify_dataset(ds, ring)
+
+
+@pytest.mark.parametrize(
+    ("role", "held"),
+    [("gate", "a gate key"), ("trainer", "a trainer key"), ("approver", "an approver key")],
+)
+def test_a_manifest_signed_by_a_key_of_another_role_is_refused(
+    ds: Path, ring: Keyring, pki, role: str, held: str
+) -> None:
+    # The attacker can write the dataset folder and holds one trusted key, of another role
+    # (here the gate's): a poisoned image, re-signed with it, must not pass as the owner's data.
+    (ds / "images" / "a.jpg").write_bytes(b"poisoned")
+    sign_dataset(ds, pki[role].private)
+    with pytest.raises(IntegrityError) as info:
+        verify_dataset(ds, ring)
+    message = str(info.value)
+    assert message.startswith(f"{ds / 'manifest.sig'}: dataset manifest: ")
+    assert f"signed by {pki[role].id}, {held}; only a data_owner key may sign it" in message
+
+
+def test_the_data_owner_re_signing_changed_data_passes(ds: Path, ring: Keyring, pki) -> None:
+    # The good twin of the test above: the same change, signed by the data owner's key.
+    (ds / "images" / "a.jpg").write_bytes(b"relabelled")
+    sign_dataset(ds, pki["data_owner"].private)
+    assert verify_dataset(ds, ring).key_id == pki["data_owner"].id
+
+
+def test_a_keyring_without_roles_refuses_even_the_owners_manifest(ds: Path, pki) -> None:
+    # Fail closed: trusted keys with no policy roles bound verify nothing.
+    with pytest.raises(IntegrityError, match="no key roles configured"):
+        verify_dataset(ds, pki.trusted_keyring())
 
 
 def test_missing_signature_and_missing_manifest(ds: Path, ring: Keyring) -> None:

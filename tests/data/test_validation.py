@@ -28,7 +28,6 @@ POLICY = DataPolicy(
     max_near_duplicate_distance=4,
     poisoning_score_threshold=3.0,
     max_flagged_fraction=0.0,
-    trusted_data_keys=["ed25519:0123456789abcdef0123456789abcdef"],
 )
 W, H = 64, 48
 

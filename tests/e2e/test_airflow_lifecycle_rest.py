@@ -5,13 +5,19 @@ schedule `secmlops_training`, whose run succeeds and promotes a model.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 
 from secmlops.local.airflow_runner import (
+    answer_approval,
+    approve_as_second_user,
     asset_triggered_runs,
+    run_state,
     task_instances,
     trigger_run,
+    wait_for_approval_request,
     wait_for_success,
 )
 
@@ -24,6 +30,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 def test_rest_trigger_of_data_pull_schedules_training_which_promotes(start_airflow, tmp_path):
+    """...and waits for a second person's approval; the admin cannot approve a run it
+    triggered."""
     from secmlops.local.workspace import create_workspace
     from secmlops.registry import Registry
 
@@ -56,6 +64,18 @@ def test_rest_trigger_of_data_pull_schedules_training_which_promotes(start_airfl
             return triggered[0] if triggered else None
 
         training = server.wait_until(asset_triggered_run, 120)
+        # The run asks a person; the approver (a second Airflow user) answers through REST.
+        request, answer = approve_as_second_user(
+            server, api, "secmlops_training", training, timeout_s=900
+        )
+        assert request["subject"].startswith("Promote ") and "| clean mAP@0.5 |" in request["body"]
+        assert answer["responded_by"]["name"] == "approver"
+        again = api.patch(
+            f"/api/v2/dags/secmlops_training/dagRuns/{training}/taskInstances/approve_release/-1"
+            "/hitlDetails",
+            json={"chosen_options": ["Reject"]},
+        )
+        assert again.status_code == 409  # answered once: nobody overrides the decision
         wait_for_success(server, api, "secmlops_training", training, timeout_s=900)
         tasks = task_instances(api, "secmlops_training", training)
         states = {task_id: t["state"] for task_id, t in tasks.items()}
@@ -66,3 +86,31 @@ def test_rest_trigger_of_data_pull_schedules_training_which_promotes(start_airfl
     registry = Registry.open(space.env["SECMLOPS_REGISTRY"])
     version, _ = registry.resolve("pedestrian-detector", "production")
     assert model_events[0]["extra"]["version"] == version
+    from secmlops.audit import read_audit_log
+
+    entries = read_audit_log(Path(space.env["SECMLOPS_AUDIT_LOG"]))
+    (approval,) = [e for e in entries if e["action"] == "approve_production"]
+    assert approval["decision"] == "pass" and approval["details"]["responded_by"] == "approver"
+    # A run the admin triggers through REST: the admin's own approval is refused (separation of
+    # duties), the run fails, production stays where the approver put it, and it is audited.
+    with server.client() as api:
+        quick = {
+            "epochs": 2, "max_eval_images": 4, "adversarial": "none",
+            "policy_overrides": ["gate.min_clean_map50=0.0", "gate.max_regression=1.0"],
+            "override_reason": "e2e test: a 2-epoch model, only to reach the approval step",
+        }  # fmt: skip
+        run_id = trigger_run(api, "secmlops_training", quick)
+        request = wait_for_approval_request(server, api, "secmlops_training", run_id, 900)
+        answer_approval(api, request, "Approve")  # as the admin, who triggered it
+        server.wait_until(
+            lambda: run_state(api, "secmlops_training", run_id) == "failed", 300, every_s=2
+        )
+        states = {
+            k: t["state"] for k, t in task_instances(api, "secmlops_training", run_id).items()
+        }
+    assert states["approve_release"] == "failed" and states["promote_model"] == "upstream_failed"
+    assert registry.resolve("pedestrian-detector", "production")[0] == version
+    entries = read_audit_log(Path(space.env["SECMLOPS_AUDIT_LOG"]))
+    refused = [e for e in entries if e["action"] == "approve_production"][-1]
+    assert refused["decision"] == "fail" and refused["details"]["refused"] == "self-approval"
+    assert refused["details"]["responded_by"] == refused["details"]["triggered_by"] == "admin"

@@ -20,7 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from secmlops.local.airflow_runner import task_instances, trigger_run, wait_for_success
+from secmlops.local.airflow_runner import (
+    approve_as_second_user,
+    task_instances,
+    trigger_run,
+    wait_for_success,
+)
 
 from ..conftest import REPO_ROOT
 from ..dags.test_lifecycle_dags import SMALL_POLICY
@@ -104,6 +109,7 @@ def test_training_runs_on_a_celery_worker_backed_by_postgres_and_redis(celery_ai
         health = api.get("/api/v2/monitor/health").json()
         assert health["metadatabase"]["status"] == "healthy"
         run_id = trigger(api, {"epochs": 12, "max_eval_images": 12})
+        approve_as_second_user(server, api, DAG, run_id, timeout_s=900)
         wait_for_success(server, api, DAG, run_id, timeout_s=900)
         tasks = tasks_of(api, run_id)
     assert {t["state"] for t in tasks.values()} == {"success"}
@@ -136,6 +142,7 @@ def test_killed_worker_mid_training_retries_resumes_and_releases_once(celery_air
         server.kill("celery-worker")
         time.sleep(2)
         server.start_process("celery-worker")
+        approve_as_second_user(server, api, DAG, run_id, timeout_s=1200)
         wait_for_success(server, api, DAG, run_id, timeout_s=1200)
         train = tasks_of(api, run_id)["train_model"]
         xcom = api.get(

@@ -49,7 +49,7 @@ def test_failed_threshold_exits_1_and_is_recorded(setup):
 
 
 def test_signing_key_from_the_environment(setup, monkeypatch, tmp_path):
-    monkeypatch.setenv("SECMLOPS_SIGNING_KEY", str(setup["key"]))
+    monkeypatch.setenv("SECMLOPS_GATE_KEY", str(setup["key"]))
     result = gate(setup, "--record", tmp_path / "out.json")
     assert result.exit_code == 0, result.output
     assert verify_gate_record(tmp_path / "out.json", setup["keyring"], WEIGHTS)
@@ -89,10 +89,37 @@ def test_bad_override_exits_2_and_writes_nothing(setup, extra, expected):
     assert not setup["record"].exists() and not setup["audit"].exists()
 
 
-def test_no_signing_key_exits_2(setup):
+def test_no_signing_key_exits_2(setup, monkeypatch, pki):
+    # The trainer's key in the environment is not the gate's: it is not picked up.
+    monkeypatch.setenv("SECMLOPS_TRAINER_KEY", str(pki["trainer"].private))
     result = gate(setup)
     assert result.exit_code == EXIT_USER_ERROR
-    assert "no signing key" in result.output and "SECMLOPS_SIGNING_KEY" in result.output
+    assert "no gate key" in result.output and "SECMLOPS_GATE_KEY" in result.output
+    assert not setup["record"].exists() and not setup["audit"].exists()
+
+
+@pytest.mark.parametrize(
+    ("role", "held"),
+    [
+        ("data_owner", "a data_owner key"),
+        ("trainer", "a trainer key"),
+        ("approver", "an approver key"),
+    ],
+)
+def test_a_key_of_another_role_is_refused_before_any_decision(setup, pki, role, held):
+    # The attacker holds one trusted key, of another role, and runs the gate with it.
+    result = gate(setup, "--key", pki[role].private)
+    assert result.exit_code == EXIT_USER_ERROR, result.output
+    flat = " ".join(result.output.split())  # the console may wrap long lines
+    assert f"the gate record: signed by {pki[role].id}, {held}; only a gate key may sign it" in flat
+    assert not setup["record"].exists() and not setup["audit"].exists()
+
+
+def test_a_key_no_policy_trusts_is_refused_before_any_decision(setup, pki):
+    result = gate(setup, "--key", pki["rogue"].private)
+    assert result.exit_code == EXIT_USER_ERROR, result.output
+    flat = " ".join(result.output.split())
+    assert f"key {pki['rogue'].id} is not a trusted key; it cannot sign as gate" in flat
     assert not setup["record"].exists() and not setup["audit"].exists()
 
 
@@ -112,7 +139,7 @@ def test_missing_report_exits_2(setup, tmp_path):
     ],
 )  # fmt: skip
 def test_bad_policy_exits_2(setup, gate_section, expected):
-    write_policy(setup["policy"], gate_section)
+    write_policy(setup["policy"], gate_section, roles=setup["roles"])
     result = gate(setup, "--key", setup["key"])
     assert result.exit_code == EXIT_USER_ERROR and expected in result.output
     assert not setup["audit"].exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,7 @@ import yaml
 
 from secmlops.audit import verify_audit_log
 from secmlops.errors import DataError, GateFailed, IntegrityError, PolicyError
-from secmlops.evaluation.gate import run_gate, verify_gate_record
-from secmlops.supplychain.keys import Keyring, generate_keypair
+from secmlops.evaluation.gate import gate_validity, run_gate, verify_gate_record
 
 from .test_gate_checks import BASELINE_WEIGHTS, GATE, WEIGHTS, passing_report
 
@@ -27,9 +27,14 @@ def write_report(path: Path, report: Any) -> Path:
     return path
 
 
-def write_policy(path: Path, gate: dict[str, Any] | None = None) -> Path:
+def write_policy(
+    path: Path, gate: dict[str, Any] | None = None, roles: dict[str, list[str]] | None = None
+) -> Path:
+    """The repository's policy with `gate:` set to GATE (or `gate`) and `roles:` (if given)."""
     content = yaml.safe_load(REPO_POLICY.read_text())
     content["gate"] = copy.deepcopy(GATE if gate is None else gate)
+    if roles is not None:
+        content["roles"] = copy.deepcopy(roles)
     path.write_text(yaml.safe_dump(content))
     return path
 
@@ -172,11 +177,48 @@ def test_tampered_record_is_rejected(setup):
         verify_gate_record(setup["record"], setup["keyring"], WEIGHTS)
 
 
-def test_record_signed_by_an_untrusted_key_is_rejected(setup, tmp_path):
+def test_record_signed_by_an_untrusted_key_is_rejected(setup, pki):
+    # A key no policy trusts signs a passing record for the candidate's weights.
+    gate({**setup, "key": pki["rogue"].key})
+    with pytest.raises(IntegrityError, match=f"untrusted key {pki['rogue'].id}"):
+        verify_gate_record(setup["record"], setup["keyring"], WEIGHTS)
+
+
+@pytest.mark.parametrize(
+    ("role", "held"),
+    [
+        ("data_owner", "a data_owner key"),
+        ("trainer", "a trainer key"),
+        ("approver", "an approver key"),
+    ],
+)
+def test_record_signed_by_a_key_of_another_role_is_rejected_naming_it(setup, pki, role, held):
+    # The attacker holds one trusted key, of another role (e.g. the data owner's), and runs the
+    # gate library with it: a passing, validly signed record for the candidate's weights.
+    assert gate({**setup, "key": pki[role].key}).passed
+    with pytest.raises(IntegrityError) as info:
+        verify_gate_record(setup["record"], setup["keyring"], WEIGHTS)
+    message = str(info.value)
+    assert message.startswith(f"{setup['record']}: gate record: ")
+    assert f"signed by {pki[role].id}, {held}; only a gate key may sign it" in message
+
+
+def test_a_keyring_without_roles_trusts_no_gate_record(setup, pki):
+    gate(setup)  # signed by the gate's key, yet the verifier's keyring binds no roles
+    with pytest.raises(IntegrityError, match="no key roles configured"):
+        verify_gate_record(setup["record"], pki.trusted_keyring(), WEIGHTS)
+
+
+@pytest.mark.parametrize("days", [14, 3])
+def test_the_record_is_valid_for_the_policys_days_after_the_decision(setup, days):
+    write_policy(setup["policy"], {**GATE, "record_validity_days": days}, roles=setup["roles"])
+    before = datetime.now(UTC).replace(microsecond=0)
     gate(setup)
-    _, other_pub = generate_keypair(tmp_path / "other", "stranger")
-    with pytest.raises(IntegrityError, match="untrusted key"):
-        verify_gate_record(setup["record"], Keyring.from_paths([other_pub]), WEIGHTS)
+    predicate = verify_gate_record(setup["record"], setup["keyring"], WEIGHTS)
+    decided_at = datetime.fromisoformat(predicate["decided_at"])
+    assert before <= decided_at <= datetime.now(UTC)
+    assert datetime.fromisoformat(predicate["valid_until"]) - decided_at == timedelta(days=days)
+    assert predicate["valid_until"] == gate_validity(decided_at, days)
 
 
 def test_missing_record_means_no_pass(setup):

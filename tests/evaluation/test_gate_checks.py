@@ -25,6 +25,7 @@ GATE: dict[str, Any] = {
     "min_robust_map50": {"fgsm_linf_4": 0.35, "pgd_linf_4": 0.30, "patch": 0.40, "jpeg": 0.5},
     "max_defence_cost": 0.10,
     "max_regression": 0.02,
+    "record_validity_days": 14,
 }
 POLICY = GatePolicy.model_validate(GATE)
 

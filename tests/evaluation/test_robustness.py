@@ -333,14 +333,14 @@ def test_art_labels_put_ignore_regions_last_with_label_zero():
 
 
 def test_cli_gate_attacks_the_production_model_the_same_way(
-    small_model, scenes, policy_file, tmp_path
+    small_model, scenes, policy_file, tmp_path, pki
 ):
     import base64
 
     from secmlops.cli import app
-    from secmlops.supplychain.keys import generate_keypair
 
-    key, _ = generate_keypair(tmp_path / "keys", "model-signer")
+    key = pki["gate"].private  # the gate's key, trusted in its role by the policy below
+    pki.write_policy(policy_file)
     report = tmp_path / "candidate.json"
     args = ["--data", str(scenes), "--split", "test", "--attacks", "--policy", str(policy_file),
             "--max-images", "2", "--device", "cpu", "--out", str(report)]  # fmt: skip
@@ -349,6 +349,7 @@ def test_cli_gate_attacks_the_production_model_the_same_way(
         app,
         ["gate", "--report", str(report), "--policy", str(policy_file), "--key", str(key),
          "--production", str(small_model), "--audit-log", str(tmp_path / "audit.jsonl")],
+        env={"SECMLOPS_TRUSTED_KEYS": pki.trusted_keys},
     )  # fmt: skip
     # The small model is far below the policy's thresholds, so the gate fails overall; the point
     # here is the production comparison: the same model attacked the same way does not regress.

@@ -54,11 +54,16 @@ def seeded_env(seeded, monkeypatch) -> Seeded:
 def _clear_plugin_caches() -> None:
     from airflow import plugins_manager
     from airflow.api_fastapi.app import purge_cached_app
+    from airflow.api_fastapi.auth.managers.base_auth_manager import BaseAuthManager
 
     for value in vars(plugins_manager).values():
         if callable(getattr(value, "cache_clear", None)):
             value.cache_clear()
     purge_cached_app()
+    # The JWT signer and validator are cached per process: an API app built by an earlier test
+    # (tests/dags answers approvals through one) would keep its secret.
+    BaseAuthManager._get_token_signer.cache_clear()
+    BaseAuthManager._get_token_validator.cache_clear()
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,8 @@ import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import yaml
-
-from ..conftest import REPO_ROOT
 from ..evaluation.test_gate_checks import GATE, passing_report
 
 MODEL = "pds"
@@ -37,6 +35,7 @@ class Seeded:
     reports_root: Path
     tradeoffs_root: Path
     public_key: Path
+    keyring: Any  # the trusted keys with their roles
     versions: dict[str, str]  # version -> weights sha256
     env: dict[str, str]
 
@@ -53,17 +52,16 @@ def seed_workdir(workdir: Path) -> Seeded:
     from secmlops.errors import GateFailed, IntegrityError
     from secmlops.evaluation.gate import run_gate
     from secmlops.models import build, read_card, save
+    from secmlops.policy import load_policy
     from secmlops.registry import Registry
-    from secmlops.supplychain.keys import Keyring, generate_keypair, load_private_key
     from secmlops.supplychain.provenance import sign_model
 
+    from ..trust import make_pki
+
     workdir = Path(workdir)
-    private, public = generate_keypair(workdir / "keys", "release")
-    key, keyring = load_private_key(private), Keyring.from_paths([public])
-    content = yaml.safe_load((REPO_ROOT / "policy.yaml").read_text())
-    content["gate"] = GATE
-    policy = workdir / "policy.yaml"
-    policy.write_text(yaml.safe_dump(content))
+    pki = make_pki(workdir / "keys")
+    keyring = pki.keyring
+    policy = pki.write_policy(workdir / "policy.yaml", gate=GATE)
     audit = AuditLog(workdir / "audit" / "audit.jsonl", actor="ci@secmlops")
     registry = Registry.open(workdir / "registry")
 
@@ -81,14 +79,16 @@ def seed_workdir(workdir: Path) -> Seeded:
         (model_dir.parent / f"{version}-report.json").write_text(json.dumps(report))
         record = model_dir.parent / f"{version}-gate-record.json"
         with contextlib.suppress(GateFailed):  # the failed record is signed and audited too
-            run_gate(model_dir.parent / f"{version}-report.json", policy, signing_key=key,
-                     audit_log=audit, record_path=record)  # fmt: skip
-        sign_model(model_dir, key, gate_record=record)
+            run_gate(model_dir.parent / f"{version}-report.json", policy,
+                     signing_key=pki["gate"].key, audit_log=audit, record_path=record)  # fmt: skip
+        data = {"data_manifest_digest": "sha256:" + "5" * 64, "data_signer": pki["data_owner"].id}
+        sign_model(model_dir, pki["trainer"].key, gate_record=record, **data)
         registry.push(model_dir, MODEL, version, keyring, audit)
         versions[version] = digest
-    registry.promote(MODEL, "v1", "production", keyring, audit)
+    approve = {"key": pki["approver"].key, "policy": load_policy(policy)}
+    registry.promote(MODEL, "v1", "production", keyring, audit, **approve)
     with contextlib.suppress(IntegrityError):  # refused: v2 failed the gate
-        registry.promote(MODEL, "v2", "production", keyring, audit)
+        registry.promote(MODEL, "v2", "production", keyring, audit, **approve)
     stored = workdir / "registry" / "models" / MODEL / "versions" / "v3" / "model.json"
     card = json.loads(stored.read_text())
     card["classes"] = ["person", "anything"]
@@ -105,9 +105,14 @@ def seed_workdir(workdir: Path) -> Seeded:
         audit_log=audit.path,
         reports_root=reports_root,
         tradeoffs_root=tradeoffs_root,
-        public_key=public,
+        public_key=pki["trainer"].public,
+        keyring=keyring,
         versions=versions,
-        env={"SECMLOPS_WORKDIR": str(workdir), "SECMLOPS_TRUSTED_KEYS": str(public)},
+        env={
+            "SECMLOPS_WORKDIR": str(workdir),
+            "SECMLOPS_TRUSTED_KEYS": pki.trusted_keys,
+            "SECMLOPS_POLICY": str(policy),
+        },
     )
 
 

@@ -38,7 +38,7 @@ def by_version(overview):
 
 
 def test_registry_overview_verifies_every_version(seeded):
-    overview = registry_overview(seeded.registry.as_uri(), Keyring.from_paths([seeded.public_key]))
+    overview = registry_overview(seeded.registry.as_uri(), seeded.keyring)
     assert overview.message is None
     versions = by_version(overview)
     assert list(versions) == ["v1", "v2", "v3"]
@@ -90,8 +90,14 @@ def test_trusted_keyring_from_the_environment(seeded, monkeypatch):
     keyring, message = trusted_keyring(sources_from_env())
     assert keyring is None and "SECMLOPS_TRUSTED_KEYS" in message
     monkeypatch.setenv("SECMLOPS_TRUSTED_KEYS", str(seeded.public_key))
+    monkeypatch.setenv("SECMLOPS_POLICY", seeded.env["SECMLOPS_POLICY"])
     keyring, message = trusted_keyring(sources_from_env())
     assert message is None and len(keyring) == 1
+    assert keyring.roles[keyring.ids[0]] == "trainer"  # roles from the policy
+    monkeypatch.setenv("SECMLOPS_POLICY", "/no/such/policy.yaml")
+    keyring, message = trusted_keyring(sources_from_env())
+    assert keyring is None and "policy file not found" in message
+    monkeypatch.setenv("SECMLOPS_POLICY", seeded.env["SECMLOPS_POLICY"])
     monkeypatch.setenv("SECMLOPS_TRUSTED_KEYS", "/no/such/key.pub")
     keyring, message = trusted_keyring(sources_from_env())
     assert keyring is None and "unusable" in message

@@ -13,7 +13,7 @@ from .conftest import NAME, audit_entries, read_alias_bytes, s3_endpoint_setting
 from .race_worker import race
 
 
-def test_two_processes_race_to_push_and_promote(registry_uri, releases, pki, tmp_path):
+def test_two_processes_race_to_push_and_promote(registry_uri, releases, pki, policy_path, tmp_path):
     """Both racers start each step at a barrier; both expect production at v1.
 
     On S3 this runs against moto's real HTTP server, which honours `If-None-Match: *` and
@@ -21,20 +21,29 @@ def test_two_processes_race_to_push_and_promote(registry_uri, releases, pki, tmp
     MinIO do not have); 1,600 concurrent create-only writes to 200 keys all resolved to exactly
     one winner when this was checked, so the window does not make this test flaky in practice.
     """
-    registry, keys = Registry.open(registry_uri, s3_endpoint_setting()), pki["keyring"]
+    from secmlops.policy import load_policy
+
+    registry, keys = Registry.open(registry_uri, s3_endpoint_setting()), pki.keyring
+    policy = load_policy(policy_path)
     setup_audit = AuditLog(tmp_path / "setup-audit.jsonl")
     for version in ("v1", "v2", "v3"):
         registry.push(releases[version], NAME, version, keys, setup_audit)
-    registry.promote(NAME, "v1", "production", keys, setup_audit)
+    registry.promote(NAME, "v1", "production", keys, setup_audit,
+                     key=pki["approver"].key, policy=policy)  # fmt: skip
     audit_path = tmp_path / "audit.jsonl"
 
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(2), context.Queue()
-    public_key = str(pki["release"]["public"])
+    trust = {
+        "public_keys": [str(pki[role].public) for role in pki.roles],
+        "roles": pki.roles,
+        "approver_key": str(pki["approver"].private),
+        "policy": str(policy_path),
+    }
     racers = [
         context.Process(
             target=race,
-            args=(registry_uri, str(releases[v]), v, public_key, str(audit_path), barrier, results),
+            args=(registry_uri, str(releases[v]), v, trust, str(audit_path), barrier, results),
         )
         for v in ("v2", "v3")
     ]
@@ -59,8 +68,11 @@ def test_two_processes_race_to_push_and_promote(registry_uri, releases, pki, tmp
     assert (alias["version"], alias["previous"], alias["generation"]) == (promote_winner, ["v1"], 2)
     winner_digest = registry.show(NAME, promote_winner)["weights_sha256"]
     assert alias["weights_sha256"] == winner_digest
-    rc = registry.pull(NAME, "rc", tmp_path / "rc", keys)
-    assert rc.weights_sha256 == registry.show(NAME, push_winner)["weights_sha256"]
+    rc = registry.pull(NAME, "rc", tmp_path / "rc", keys, policy, audit=None)
+    assert rc.model.weights_sha256 == registry.show(NAME, push_winner)["weights_sha256"]
+    # The winner's signed move is what a consumer follows: it verifies, sequence 2.
+    prod = registry.pull(NAME, "production", tmp_path / "prod", keys, policy, audit=None)
+    assert (prod.move.version, prod.move.sequence) == (promote_winner, 2)
     assert os.listdir(tmp_path / "rc")
 
     entries = audit_entries(audit_path)  # both processes appended to one chain; it verifies

@@ -1,5 +1,6 @@
 """`secmlops serve` as a real process: uvicorn on 127.0.0.1, the registry's production model."""
 
+import json
 import os
 import socket
 import subprocess
@@ -13,7 +14,10 @@ import pytest
 from secmlops.audit import AuditLog
 from secmlops.registry import Registry
 
+from .conftest import NAME, alias_file, load_events
+
 TOKEN = "cli-test-token-" + "y" * 16
+SECMLOPS = str(Path(sys.executable).with_name("secmlops"))
 
 
 def free_port() -> int:
@@ -22,21 +26,41 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_serve_starts_verifies_and_authenticates(tmp_path, pki, releases):
-    audit = AuditLog(tmp_path / "audit.jsonl")
-    registry = Registry.open(tmp_path / "registry")
-    registry.push(releases["v1"], "pds", "v1", pki["keyring"], audit)
-    registry.promote("pds", "v1", "production", pki["keyring"], audit)
-    port = free_port()
-    env = {**os.environ, "SECMLOPS_SERVING_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
-    command = [
-        str(Path(sys.executable).with_name("secmlops")), "serve",
-        "--registry", str(tmp_path / "registry"), "--port", str(port), "--model-name", "pds",
-        "--trusted-keys", str(pki["release"]["public"]),
-        "--inference-log", str(tmp_path / "inference"),
+def serve_env(tmp_path: Path, pki, serving_policy) -> dict[str, str]:
+    """The settings a deployment gives `secmlops serve`: keys, policy, its own trust state."""
+    return {
+        **os.environ, **pki.env(), "SECMLOPS_POLICY": str(serving_policy),
+        "SECMLOPS_WORKDIR": str(tmp_path / "work"),
+        "SECMLOPS_TRUST_STATE": str(tmp_path / "trust" / "alias-sequences.json"),
+        "SECMLOPS_SERVING_TOKEN": TOKEN, "OMP_NUM_THREADS": "1",
+    }  # fmt: skip
+
+
+def serve_command(tmp_path: Path, port: int) -> list[str]:
+    return [
+        SECMLOPS, "serve", "--registry", str(tmp_path / "registry"), "--port", str(port),
+        "--model-name", NAME, "--inference-log", str(tmp_path / "inference"),
         "--audit-log", str(tmp_path / "audit.jsonl"),
     ]  # fmt: skip
-    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def stock(tmp_path: Path, pki, policy, releases) -> Registry:
+    """A registry with v1 in production, moved by the approver."""
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    registry = Registry.open(tmp_path / "registry")
+    registry.push(releases["v1"], NAME, "v1", pki.keyring, audit)
+    registry.promote(NAME, "v1", "production", pki.keyring, audit, key=pki["approver"].key,
+                     policy=policy)  # fmt: skip
+    return registry
+
+
+def test_serve_starts_verifies_and_authenticates(tmp_path, pki, policy, serving_policy, releases):
+    registry = stock(tmp_path, pki, policy, releases)
+    port = free_port()
+    env = serve_env(tmp_path, pki, serving_policy)
+    server = subprocess.Popen(
+        serve_command(tmp_path, port), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -49,6 +73,12 @@ def test_serve_starts_verifies_and_authenticates(tmp_path, pki, releases):
                     pytest.fail(server.stdout.read().decode() if server.stdout else "no output")
                 time.sleep(0.3)
         assert health.json()["version"] == "v1" and health.json()["status"] == "ok"
+        assert health.json()["sequence"] == 1
+        # The accepted sequence is remembered in the installation's trust state.
+        state = json.loads(Path(env["SECMLOPS_TRUST_STATE"]).read_text())
+        (accepted,) = state.values()  # one alias of one registry, as accepted at start
+        assert list(state) == [f"{registry.uri}#{NAME}@production"]
+        assert accepted["sequence"] == 1 and len(accepted["digest"]) == 64
         files = {"image": ("x.png", b"\x89PNG\r\n\x1a\n", "image/png")}
         assert httpx.post(f"{base}/v1/detect", files=files).status_code == 401
         authorised = httpx.post(
@@ -60,10 +90,33 @@ def test_serve_starts_verifies_and_authenticates(tmp_path, pki, releases):
         server.wait(timeout=30)
 
 
+def test_serve_refuses_to_start_on_an_edited_alias_record(
+    tmp_path, pki, policy, serving_policy, releases
+):
+    """Write access to the store only: production's record edited to name an ungated version."""
+    registry = stock(tmp_path, pki, policy, releases)
+    registry.push(
+        releases["nogate"], NAME, "nogate", pki.keyring, AuditLog(tmp_path / "audit.jsonl")
+    )
+    path = alias_file(tmp_path / "registry")
+    record = json.loads(path.read_text())
+    weights = registry.store.read_version_record(NAME, "nogate")["weights_sha256"]
+    path.write_text(json.dumps({**record, "version": "nogate", "weights_sha256": weights}))
+    result = subprocess.run(
+        serve_command(tmp_path, free_port()), env=serve_env(tmp_path, pki, serving_policy),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "trust chain broken at the alias record" in result.stdout + result.stderr
+    assert not Path(tmp_path / "trust" / "alias-sequences.json").exists()  # nothing accepted
+    (fail,) = load_events(tmp_path / "audit.jsonl", "fail")
+    assert fail["details"]["link"] == "alias record" and fail["details"]["kept"] is None
+
+
 def test_serve_refuses_to_start_without_a_token(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "SECMLOPS_SERVING_TOKEN"}
     result = subprocess.run(
-        [str(Path(sys.executable).with_name("secmlops")), "serve", "--registry", str(tmp_path)],
+        [SECMLOPS, "serve", "--registry", str(tmp_path)],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2 and "SECMLOPS_SERVING_TOKEN" in result.stdout + result.stderr

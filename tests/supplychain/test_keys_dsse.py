@@ -100,11 +100,11 @@ def test_the_settings_passphrase_decrypts_the_signing_key(tmp_path: Path) -> Non
     from secmlops.settings import Settings
 
     private_path, public_path = generate_keypair(tmp_path, "enc", passphrase="correct horse")
-    env = {"SECMLOPS_SIGNING_KEY": str(private_path), "SECMLOPS_KEY_PASSPHRASE": "correct horse"}
-    loaded = Settings.from_env(env).private_key()
+    env = {"SECMLOPS_GATE_KEY": str(private_path), "SECMLOPS_KEY_PASSPHRASE": "correct horse"}
+    loaded = Settings.from_env(env).private_key("gate")
     assert key_id(loaded.public_key()) == key_id(load_public_key(public_path))
-    with pytest.raises(DataError, match="no signing key: set SECMLOPS_SIGNING_KEY"):
-        Settings.from_env({}).private_key()
+    with pytest.raises(DataError, match="no trainer key: set SECMLOPS_TRAINER_KEY"):
+        Settings.from_env(env).private_key("trainer")
 
 
 def test_unencrypted_key_loads_with_a_passphrase_set(keys: tuple[Path, Path]) -> None:
@@ -202,26 +202,26 @@ def test_pae_matches_the_spec_example() -> None:
 def test_round_trip_through_a_file(signer, ring: Keyring) -> None:
     envelope = sign_envelope(b'{"a": 1}', TYPE, signer)
     parsed = envelope_from_bytes(envelope_to_bytes(envelope))
-    assert verify_envelope(parsed, ring, TYPE) == b'{"a": 1}'
-    verified = verify_envelope_signer(parsed, ring, TYPE)
+    assert verify_envelope(parsed, ring, TYPE, role=None) == b'{"a": 1}'
+    verified = verify_envelope_signer(parsed, ring, TYPE, role=None)
     assert verified.key_id == ring.ids[0] and verified.payload_type == TYPE
 
 
 def test_wrong_payload_type_is_refused(signer, ring: Keyring) -> None:
     envelope = sign_envelope(b"x", TYPE, signer)
     with pytest.raises(IntegrityError, match="wrong payload type"):
-        verify_envelope(envelope, ring, "application/vnd.other+json")
+        verify_envelope(envelope, ring, "application/vnd.other+json", role=None)
     # Relabelling the type without re-signing breaks the signature (the type is authenticated).
     envelope["payloadType"] = "application/vnd.other+json"
     with pytest.raises(IntegrityError, match="bad signature"):
-        verify_envelope(envelope, ring, "application/vnd.other+json")
+        verify_envelope(envelope, ring, "application/vnd.other+json", role=None)
 
 
 def test_no_signatures_is_refused(signer, ring: Keyring) -> None:
     envelope = sign_envelope(b"x", TYPE, signer)
     envelope["signatures"] = []
     with pytest.raises(IntegrityError, match="no signatures"):
-        verify_envelope(envelope, ring, TYPE)
+        verify_envelope(envelope, ring, TYPE, role=None)
 
 
 def test_untrusted_signer_is_named(tmp_path: Path, ring: Keyring) -> None:
@@ -229,7 +229,7 @@ def test_untrusted_signer_is_named(tmp_path: Path, ring: Keyring) -> None:
     attacker = load_private_key(attacker_path)
     envelope = sign_envelope(b"x", TYPE, attacker)
     with pytest.raises(IntegrityError, match=f"untrusted key {key_id(attacker.public_key())}"):
-        verify_envelope(envelope, ring, TYPE)
+        verify_envelope(envelope, ring, TYPE, role=None)
 
 
 def test_altered_payload_or_signature_is_a_bad_signature(signer, ring: Keyring) -> None:
@@ -237,12 +237,12 @@ def test_altered_payload_or_signature_is_a_bad_signature(signer, ring: Keyring) 
     altered = copy.deepcopy(envelope)
     altered["payload"] = base64.b64encode(b"pay me 99").decode()
     with pytest.raises(IntegrityError, match=f"bad signature by trusted key {ring.ids[0]}"):
-        verify_envelope(altered, ring, TYPE)
+        verify_envelope(altered, ring, TYPE, role=None)
     sig = bytearray(base64.b64decode(envelope["signatures"][0]["sig"]))
     sig[0] ^= 1
     envelope["signatures"][0]["sig"] = base64.b64encode(bytes(sig)).decode()
     with pytest.raises(IntegrityError, match="bad signature"):
-        verify_envelope(envelope, ring, TYPE)
+        verify_envelope(envelope, ring, TYPE, role=None)
 
 
 @pytest.mark.parametrize(
@@ -259,7 +259,7 @@ def test_altered_payload_or_signature_is_a_bad_signature(signer, ring: Keyring) 
 def test_malformed_envelopes_are_refused(signer, ring: Keyring, mutate, reason: str) -> None:
     envelope = mutate(sign_envelope(b"x", TYPE, signer))
     with pytest.raises(IntegrityError, match=f"malformed envelope.*{reason}"):
-        verify_envelope(envelope, ring, TYPE)
+        verify_envelope(envelope, ring, TYPE, role=None)
 
 
 def test_keyid_is_only_a_hint(signer, ring: Keyring, tmp_path: Path) -> None:
@@ -269,17 +269,59 @@ def test_keyid_is_only_a_hint(signer, ring: Keyring, tmp_path: Path) -> None:
     envelope["signatures"][0]["sig"] = sig.replace("+", "-").replace("/", "_").rstrip("=")
     # A missing or wrong key id still verifies against the trusted key that really signed.
     envelope["signatures"][0]["keyid"] = ""
-    assert verify_envelope_signer(envelope, ring, TYPE).key_id == ring.ids[0]
+    assert verify_envelope_signer(envelope, ring, TYPE, role=None).key_id == ring.ids[0]
     envelope["signatures"][0]["keyid"] = "ed25519:" + "0" * 32
-    assert verify_envelope_signer(envelope, ring, TYPE).key_id == ring.ids[0]
+    assert verify_envelope_signer(envelope, ring, TYPE, role=None).key_id == ring.ids[0]
     # A signature claiming a trusted key id but made with another key is a bad signature.
     other_path, _ = generate_keypair(tmp_path / "other", "other")
     forged = sign_envelope(b"x", TYPE, load_private_key(other_path))
     forged["signatures"][0]["keyid"] = ring.ids[0]
     with pytest.raises(IntegrityError, match="bad signature"):
-        verify_envelope(forged, ring, TYPE)
+        verify_envelope(forged, ring, TYPE, role=None)
 
 
 def test_envelope_file_that_is_not_json(tmp_path: Path) -> None:
     with pytest.raises(IntegrityError, match=r"x\.sig: malformed envelope, not valid JSON"):
         envelope_from_bytes(b"{oops", "x.sig")
+
+
+# --- roles ---------------------------------------------------------------------------------
+
+
+def test_a_key_of_another_role_is_refused_naming_both_roles(signer, ring: Keyring) -> None:
+    envelope = sign_envelope(b"x", TYPE, signer)
+    as_data_owner = ring.with_roles({"data_owner": ring.ids})
+    assert verify_envelope(envelope, as_data_owner, TYPE, role="data_owner") == b"x"
+    with pytest.raises(IntegrityError, match="a data_owner key; only a gate key may sign it"):
+        verify_envelope(envelope, as_data_owner, TYPE, role="gate")
+
+
+def test_a_key_without_a_role_and_a_keyring_without_roles_are_refused(
+    signer, ring: Keyring, tmp_path: Path
+) -> None:
+    envelope = sign_envelope(b"x", TYPE, signer)
+    with pytest.raises(IntegrityError, match="no key roles configured"):
+        verify_envelope(envelope, ring, TYPE, role="trainer")  # fail closed
+    _, other = generate_keypair(tmp_path / "other", "other")
+    others = Keyring.from_paths([other]).ids
+    both = Keyring.from_paths([other, *ring.sources.values()]).with_roles({"trainer": others})
+    with pytest.raises(IntegrityError, match="holds no role in the policy"):
+        verify_envelope(envelope, both, TYPE, role="trainer")
+
+
+def test_a_right_role_signature_beside_a_wrong_role_one_verifies(
+    signer, ring: Keyring, tmp_path: Path
+) -> None:
+    other_path, other_pub = generate_keypair(tmp_path / "other", "other")
+    envelope = sign_envelope(b"x", TYPE, load_private_key(other_path))
+    envelope["signatures"] += sign_envelope(b"x", TYPE, signer)["signatures"]
+    both = Keyring.from_paths([other_pub, *ring.sources.values()])
+    both = both.with_roles({"gate": Keyring.from_paths([other_pub]).ids, "approver": ring.ids})
+    assert verify_envelope_signer(envelope, both, TYPE, role="approver").key_id == ring.ids[0]
+
+
+def test_with_roles_refuses_unknown_roles_and_shared_keys(ring: Keyring) -> None:
+    with pytest.raises(DataError, match="unknown role 'admin'"):
+        ring.with_roles({"admin": ring.ids})
+    with pytest.raises(DataError, match="listed as trainer and as gate"):
+        ring.with_roles({"trainer": ring.ids, "gate": ring.ids})

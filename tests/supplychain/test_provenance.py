@@ -8,7 +8,6 @@ import torch
 
 from secmlops import models
 from secmlops.errors import IntegrityError, ModelError
-from secmlops.supplychain.keys import Keyring, generate_keypair, load_private_key
 from secmlops.supplychain.provenance import (
     GATE_RECORD_FILE,
     PROVENANCE_FILE,
@@ -19,14 +18,9 @@ from secmlops.supplychain.provenance import (
 
 
 @pytest.fixture
-def keys(tmp_path):
-    signer, signer_pub = generate_keypair(tmp_path / "keys", "model-signer")
-    _, other_pub = generate_keypair(tmp_path / "keys", "someone-else")
-    return (
-        load_private_key(signer),
-        Keyring.from_paths([signer_pub]),
-        Keyring.from_paths([other_pub]),
-    )
+def keys(pki):
+    """The trainer's private key, the deployment's keyring (roles bound), a key no one trusts."""
+    return pki["trainer"].key, pki.keyring, pki["rogue"].key
 
 
 @pytest.fixture
@@ -46,7 +40,7 @@ def statement(model_dir):
     return json.loads(base64.b64decode(envelope["payload"]))
 
 
-def test_signed_model_verifies_and_loads(keys, model_dir, tmp_path):
+def test_signed_model_verifies_and_loads(keys, model_dir, tmp_path, pki):
     private, trusted, _ = keys
     record = tmp_path / "gate.json"
     record.write_text('{"passed": true}')
@@ -54,6 +48,7 @@ def test_signed_model_verifies_and_loads(keys, model_dir, tmp_path):
                data_signer="ed25519:" + "cd" * 16, dvc_revision="data/street/v1",
                gate_record=record)  # fmt: skip
     verified = verify_model(model_dir, trusted)
+    assert verified.signer == pki["trainer"].id
     assert set(verified.subjects) == {"model.safetensors", "model.json", GATE_RECORD_FILE}
     assert verified.weights_sha256 == models.read_card(model_dir).weights_sha256
     predicate = statement(model_dir)["predicate"]
@@ -73,11 +68,33 @@ def test_unsigned_model_is_refused(keys, model_dir):
         load_verified(model_dir, keys[1])
 
 
-def test_signature_by_an_untrusted_key_is_refused(keys, model_dir):
-    private, _, other = keys
-    sign_model(model_dir, private)
-    with pytest.raises(IntegrityError, match="untrusted key"):
-        verify_model(model_dir, other)
+def test_signature_by_an_untrusted_key_is_refused(keys, model_dir, pki):
+    _, trusted, rogue = keys
+    sign_model(model_dir, rogue)
+    with pytest.raises(IntegrityError, match=f"untrusted key {pki['rogue'].id}"):
+        verify_model(model_dir, trusted)
+
+
+@pytest.mark.parametrize(
+    ("role", "held"),
+    [("gate", "a gate key"), ("data_owner", "a data_owner key"), ("approver", "an approver key")],
+)
+def test_provenance_signed_by_a_key_of_another_role_is_refused(keys, model_dir, pki, role, held):
+    # The attacker holds one trusted key, of another role (e.g. the gate's), and signs a model
+    # of their choosing with it: it must not pass as a trainer's release.
+    _, trusted, _ = keys
+    sign_model(model_dir, pki[role].key)
+    with pytest.raises(IntegrityError) as info:
+        load_verified(model_dir, trusted)
+    message = str(info.value)
+    assert message.startswith(f"{model_dir / PROVENANCE_FILE} (model provenance): ")
+    assert f"signed by {pki[role].id}, {held}; only a trainer key may sign it" in message
+
+
+def test_a_keyring_without_roles_trusts_no_provenance(keys, model_dir, pki):
+    sign_model(model_dir, keys[0])  # the trainer's key, but the verifier binds no roles
+    with pytest.raises(IntegrityError, match="no key roles configured"):
+        verify_model(model_dir, pki.trusted_keyring())
 
 
 @pytest.mark.parametrize(
