@@ -16,6 +16,8 @@ manifest), pushes it to a folder registry, promotes it with the approver key, th
     ours      promotion: `Registry.promote` (fetch, verify_chain with expiry and policy, sign the
               move, compare-and-swap), alternating between two versions
     baseline  pull + promote as they were before the chain: fetch + verify_model
+    ours      the OpenSSF model-signing bundle (`model.sig`, ECDSA P-256): signing it, and
+              verifying it with the upstream library, beside `sign_model` and `verify_model`
 
     python benchmarks/trust_chain.py
     python benchmarks/trust_chain.py --repeats 20 --widths 32 64 128 256
@@ -155,6 +157,17 @@ def main() -> None:
         def promotion() -> None:
             registry.promote(NAME, next(target), "production", keyring, audit, **promote)
 
+        from secmlops.supplychain.openssf import (
+            generate_openssf_keypair,
+            load_openssf_key,
+            sign_openssf,
+            verify_openssf,
+        )
+
+        ec_private, ec_public = generate_openssf_keypair(root / "keys", "trainer-openssf")
+        ec_key, ec_pem = load_openssf_key(ec_private), ec_public.read_bytes()
+        bundled = root / "bundled"
+        shutil.copytree(releases[0], bundled)
         rows = [
             ("verify_model (provenance signature + file digests)",
              best_of(args.repeats, lambda: verify_model(releases[0], keyring))),
@@ -168,6 +181,12 @@ def main() -> None:
              best_of(args.repeats, reload)),
             ("promotion: fetch + chain + sign move + CAS (audited)",
              best_of(args.repeats, promotion)),
+            ("sign_model (provenance over every file)",
+             best_of(args.repeats, lambda: sign_model(bundled, keys["trainer"]))),
+            ("OpenSSF bundle: sign_openssf (model-signing, ECDSA P-256)",
+             best_of(args.repeats, lambda: sign_openssf(bundled, ec_key))),
+            ("OpenSSF bundle: verify_openssf (upstream verifier)",
+             best_of(args.repeats, lambda: verify_openssf(bundled, ec_pem))),
         ]  # fmt: skip
     base = rows[0][1]
     print(f"release: {size_mb:.1f} MB (compact CenterNet, default widths); best of {args.repeats}")

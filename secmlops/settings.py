@@ -61,6 +61,8 @@ class Settings:
         s3_endpoint_url: an S3-compatible endpoint (MinIO, a loopback test server); unset: AWS.
         s3_connection: inside Airflow tasks, the `aws` Connection holding the S3 credentials.
         trainer_key: the trainer role's private key: signs the provenance of trained models.
+        trainer_openssf_key: the trainer's second key, ECDSA P-256, for the OpenSSF model-signing
+            bundle (`model.sig`) a release also carries when it is set.
         gate_key: the gate role's private key: signs gate decisions and staging moves.
         approver_key: the approver role's private key: signs the move of the production alias
             once a person other than the one who triggered the run approved it.
@@ -97,6 +99,7 @@ class Settings:
     s3_endpoint_url: str | None
     s3_connection: str | None
     trainer_key: Path | None
+    trainer_openssf_key: Path | None
     gate_key: Path | None
     approver_key: Path | None
     key_passphrase: str | None
@@ -148,6 +151,7 @@ class Settings:
             s3_endpoint_url=get("s3_endpoint_url"),
             s3_connection=get("s3_connection"),
             trainer_key=Path(key) if (key := get("trainer_key")) else None,
+            trainer_openssf_key=Path(key) if (key := get("trainer_openssf_key")) else None,
             gate_key=Path(key) if (key := get("gate_key")) else None,
             approver_key=Path(key) if (key := get("approver_key")) else None,
             key_passphrase=get("key_passphrase"),
@@ -220,6 +224,18 @@ class Settings:
         if path is None:
             raise DataError(f"no {role} key: set {env_name(field)} or pass --key")
         return load_private_key(path, self.key_passphrase)
+
+    def openssf_key(self, path: Path | None = None) -> Any:
+        """The trainer's ECDSA P-256 key for OpenSSF bundles (`path`, else the setting), or None
+        when neither is set.
+
+        Raises:
+            DataError: it cannot be read or decrypted; IntegrityError: not ECDSA P-256.
+        """
+        from secmlops.supplychain.openssf import load_openssf_key
+
+        path = path or self.trainer_openssf_key
+        return load_openssf_key(path, self.key_passphrase) if path else None
 
     def shown(self) -> dict[str, Any]:
         """The settings as `secmlops settings show` prints them: env name -> value, secrets

@@ -17,6 +17,13 @@ app = typer.Typer(help="Ed25519 signing keys.", no_args_is_help=True)
 def keys_generate(
     name: Annotated[str, typer.Option(help="Key name: writes NAME.key and NAME.pub.")],
     out: Annotated[Path, typer.Option(help="Folder for the key files.")] = Path("keys"),
+    openssf: Annotated[
+        bool,
+        typer.Option(
+            help="An ECDSA P-256 pair instead, for OpenSSF model-signing bundles (the trainer's "
+            "second key; it has no key id: the provenance names its public key)."
+        ),
+    ] = False,
 ) -> None:
     """Generate an Ed25519 key pair and print its key id (put it in the policy to trust it).
 
@@ -24,6 +31,12 @@ def keys_generate(
     """
     from secmlops.supplychain.keys import generate_keypair, key_id, load_public_key
 
+    if openssf:
+        from secmlops.supplychain.openssf import generate_openssf_keypair
+
+        private, public = generate_openssf_keypair(out, name, current_settings().key_passphrase)
+        console.print(f"private key {private} (keep secret), public key {public} (ECDSA P-256)")
+        return
     private, public = generate_keypair(out, name, current_settings().key_passphrase)
     console.print(f"private key {private} (keep secret), public key {public}")
     console.print(f"key id: {key_id(load_public_key(public))}")

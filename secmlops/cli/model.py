@@ -76,13 +76,20 @@ def sign_command(
     gate_record: Annotated[
         Path | None, typer.Option(help="The passed gate record (copied in and signed with it).")
     ] = None,
+    openssf_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="The trainer's ECDSA P-256 key: also write an OpenSSF model-signing bundle "
+            "(model.sig; default: $SECMLOPS_TRAINER_OPENSSF_KEY, none: no bundle)."
+        ),
+    ] = None,
     audit_log_path: AuditOption = None,
 ) -> None:
     """Sign an in-toto provenance statement over every file of the model directory, as the
     trainer: refused for a key of another role, a dataset that does not verify, or a gate
     record that is not a passed one for these weights."""
     from secmlops.models import read_card
-    from secmlops.registry.trust_chain import signer_holds
+    from secmlops.registry.trust_chain import check_openssf_bundle, signer_holds
     from secmlops.supplychain.keys import Keyring, key_id
     from secmlops.supplychain.provenance import sign_model, verify_model
 
@@ -105,18 +112,21 @@ def sign_command(
         model, private_key,
         data_manifest_digest=manifest_digest, data_signer=signer, dvc_revision=dvc_revision,
         gate_record=gate_record, image_commit=settings.git_commit,
+        openssf_key=settings.openssf_key(openssf_key),
     )  # fmt: skip
     # Verify what was just written with the signer's own public key: a release that does not
     # verify must not leave this command looking successful.
     own = Keyring([private_key.public_key()])
     verified = verify_model(model, own.with_roles({"trainer": [key_id(private_key.public_key())]}))
+    check_openssf_bundle(model, verified.subjects, verified.predicate)
     audit_log(audit_log_path).append(
         "supplychain", "sign_model", "info", verified.weights_sha256,
         {"model_dir": str(model), "signer": verified.signer, "files": sorted(verified.subjects)},
     )  # fmt: skip
+    bundle = " and an OpenSSF bundle (model.sig)" if verified.predicate.get("openssf") else ""
     console.print(
         f"signed {model}: {len(verified.subjects)} files, weights sha256 "
-        f"{verified.weights_sha256[:16]}..., key {verified.signer}"
+        f"{verified.weights_sha256[:16]}..., key {verified.signer}{bundle}"
     )
 
 

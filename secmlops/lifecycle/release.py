@@ -335,6 +335,7 @@ def sign(
         data_manifest_digest=data["manifest_digest"], data_signer=data["signer"],
         dvc_revision=data["rev"], gate_record=Path(gated["record"]),
         policy_digest=run_policy["digest"], image_commit=settings.git_commit,
+        openssf_key=settings.openssf_key(),
     )  # fmt: skip
     return {
         "model_dir": str(model_dir),

@@ -21,6 +21,7 @@ from secmlops.errors import SecMLOpsError
 from secmlops.fsutil import atomic_write_bytes
 
 ENV_FILE = "secmlops.env"
+OPENSSF_KEY = "trainer-openssf"  # the trainer's ECDSA P-256 key for OpenSSF bundles
 
 
 class WorkspaceError(SecMLOpsError):
@@ -69,12 +70,15 @@ def create_workspace(
     from secmlops.data.versioning import next_version, publish_dataset
     from secmlops.policy import apply_override, load_policy
     from secmlops.supplychain.keys import ROLES, generate_keypair, key_id, load_public_key
+    from secmlops.supplychain.openssf import generate_openssf_keypair
 
     root = Path(root).resolve()
     keys = root / "keys"
     for role in ROLES:
         if not (keys / f"{role_file(role)}.key").is_file():
             generate_keypair(keys, role_file(role))
+    if not (keys / f"{OPENSSF_KEY}.key").is_file():  # the trainer's ECDSA key for model.sig
+        generate_openssf_keypair(keys, OPENSSF_KEY)
     audit = AuditLog(root / "audit" / "audit.jsonl", actor="workspace")
     policy = load_policy(policy_source)
     changes: list[tuple[str, object, str]] = [
@@ -113,6 +117,7 @@ def create_workspace(
             f"SECMLOPS_{role.upper()}_KEY": str(keys / f"{role_file(role)}.key")
             for role in ("trainer", "gate", "approver")
         },
+        "SECMLOPS_TRAINER_OPENSSF_KEY": str(keys / f"{OPENSSF_KEY}.key"),
         "SECMLOPS_INFERENCE_LOG": str(root / "inference-log"),
         "SECMLOPS_MONITORING_REPORTS": str(root / "runs" / "monitoring" / "reports"),
     }

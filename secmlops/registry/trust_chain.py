@@ -313,6 +313,7 @@ def verify_chain(
         raise ChainBroken("provenance", str(exc)) from None
     if model.weights_sha256 != registry_weights:
         raise ChainBroken("version", "weights differ from the registry's version record")
+    check_openssf_bundle(model_dir, model.subjects, model.predicate)
     if move is not None and move.weights_sha256 != model.weights_sha256:
         raise ChainBroken(
             "alias record",
@@ -360,6 +361,30 @@ def verify_chain(
                 "the approver accepted no exception",
             )
     return VerifiedRelease(model, gate, move)
+
+
+def check_openssf_bundle(
+    model_dir: Path, subjects: dict[str, str], predicate: dict[str, Any]
+) -> None:
+    """When the release carries an OpenSSF bundle (`model.sig`), it must verify with the key the
+    trainer's provenance names; a bundle nobody vouched for is refused too.
+
+    Raises:
+        ChainBroken: at the "openssf bundle" link.
+    """
+    from secmlops.supplychain.openssf import SIGNATURE_FILE, verify_openssf
+
+    named = predicate.get("openssf") or {}
+    if SIGNATURE_FILE not in subjects and not named:
+        return
+    if not isinstance(named, dict) or not named.get("public_key"):
+        raise ChainBroken(
+            "openssf bundle", f"{SIGNATURE_FILE} present, but the provenance names no key for it"
+        )
+    try:
+        verify_openssf(model_dir, named["public_key"])
+    except IntegrityError as exc:
+        raise ChainBroken("openssf bundle", str(exc)) from None
 
 
 def signer_holds(keyring: Keyring, private_key: Ed25519PrivateKey, role: str, what: str) -> None:

@@ -88,9 +88,9 @@ def generate_keypair(out_dir: Path, name: str, passphrase: str | None = None) ->
     public_pem = private_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    _write_new_file(private_path, private_pem, mode=0o600)
+    write_new_file(private_path, private_pem, mode=0o600)
     try:
-        _write_new_file(public_path, public_pem, mode=0o644)
+        write_new_file(public_path, public_pem, mode=0o644)
     except BaseException:
         private_path.unlink(missing_ok=True)
         raise
@@ -102,7 +102,7 @@ def _a(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 
 
-def _write_new_file(path: Path, data: bytes, mode: int) -> None:
+def write_new_file(path: Path, data: bytes, mode: int) -> None:
     """Write `data` to a new file atomically; fail if `path` appeared meanwhile.
 
     `os.link` of a complete temporary file refuses an existing target, so neither a

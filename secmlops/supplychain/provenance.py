@@ -88,6 +88,7 @@ def sign_model(
     environment_lock: Path | None = None,
     policy_digest: str | None = None,
     image_commit: str | None = None,
+    openssf_key: Any = None,
 ) -> Path:
     """Write `provenance.json`: a signed in-toto statement over every artifact file.
 
@@ -103,6 +104,9 @@ def sign_model(
         policy_digest: the digest of the effective policy the run was gated under.
         image_commit: the commit of an installed image (`Settings.git_commit`), recorded when
             the code is not a git checkout.
+        openssf_key: the trainer's ECDSA P-256 key (`openssf.load_openssf_key`): also write
+            an OpenSSF model-signing bundle (`model.sig`), signed first, listed among the
+            subjects, its public key named in the predicate.
 
     Returns:
         The provenance file.
@@ -119,6 +123,12 @@ def sign_model(
         Path(gate_record).resolve() != (model_dir / GATE_RECORD_FILE).resolve()
     ):
         shutil.copyfile(gate_record, model_dir / GATE_RECORD_FILE)
+    openssf = None
+    if openssf_key is not None:
+        from secmlops.supplychain.openssf import SIGNATURE_FILE, public_pem_of, sign_openssf
+
+        sign_openssf(model_dir, openssf_key)
+        openssf = {"signature": SIGNATURE_FILE, "public_key": public_pem_of(openssf_key).decode()}
     subjects = {name: sha256_file(model_dir / name) for name in artifact_files(model_dir)}
     lock = Path(environment_lock) if environment_lock else REPO_ROOT / "constraints.txt"
     training = {k: v for k, v in card.training.items() if k != "history"}
@@ -134,6 +144,7 @@ def sign_model(
             "policy_digest": policy_digest,
             "training": training,
             "gate_record_sha256": subjects.get(GATE_RECORD_FILE),
+            "openssf": openssf,
             "environment": {
                 "lock_file": lock.name,
                 "lock_sha256": sha256_file(lock) if lock.is_file() else None,

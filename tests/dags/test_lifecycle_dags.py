@@ -100,6 +100,7 @@ def test_training_gates_signs_pushes_and_promotes(released, workspace):
     # The release carries what serving and monitoring need, signed with it.
     files = set(registry.show("pedestrian-detector", version)["files"])
     assert {"reference-profile.json", "screening.json", "gate-record.json"} <= files
+    assert "model.sig" in files  # the OpenSSF model-signing bundle (the workspace's ECDSA key)
     # The run waited for a person: the approval is audited with who triggered and who answered,
     # and the signed production move names the approver.
     from secmlops.audit import read_audit_log
