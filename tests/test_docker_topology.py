@@ -375,6 +375,9 @@ def test_airflow_runs_the_celery_executor_on_postgres_and_redis():
         for role in ("trainer", "gate"):
             assert (f"SECMLOPS_{role.upper()}_KEY" in env) == (name in trainers), (name, role)
             assert (f"{role}_key" in secrets) == (name in trainers), (name, role)
+        signs_bundles = "SECMLOPS_TRAINER_OPENSSF_KEY" in env
+        assert signs_bundles == (name in trainers), name  # the trainer's ECDSA key travels with it
+        assert ("trainer_openssf_key" in secrets) == (name in trainers), name
         approves = name == "airflow-worker-release"
         assert ("SECMLOPS_APPROVER_KEY" in env) == approves, name
         assert ("approver_key" in secrets) == approves, name

@@ -34,7 +34,10 @@ def deployment(tmp_path, pki):
         "SECMLOPS_POLICY": str(policy),
         "SECMLOPS_TRUSTED_KEYS": pki.trusted_keys,
         "SECMLOPS_KEY_PASSPHRASE": None,
-        **{f"SECMLOPS_{role}_KEY": None for role in ("TRAINER", "GATE", "APPROVER")},
+        **{
+            f"SECMLOPS_{role}_KEY": None
+            for role in ("TRAINER", "TRAINER_OPENSSF", "GATE", "APPROVER")
+        },
     }
 
 
@@ -180,3 +183,25 @@ def test_sign_with_a_passed_gate_record_signs_it_in(tmp_path, pki, deployment, m
     assert verified.exit_code == 0, verified.output
     assert "gate record present" in flat(verified)
     assert (model_dir / GATE_RECORD_FILE).read_bytes() == path.read_bytes()
+
+
+def test_sign_with_the_openssf_key_writes_a_bundle_the_upstream_tool_verifies(
+    deployment, model_dir, pki, tmp_path
+):
+    from .test_openssf import upstream_cli
+
+    made = run(deployment, "keys", "generate", "--name", "trainer-openssf", "--openssf",
+               "--out", tmp_path / "keys")  # fmt: skip
+    assert made.exit_code == 0, made.output
+    bundle_key = str(tmp_path / "keys" / "trainer-openssf.key")
+    signed = run(
+        {**deployment, "SECMLOPS_TRAINER_OPENSSF_KEY": bundle_key},
+        "model", "sign", "--model", model_dir, "--key", pki["trainer"].private,
+    )  # fmt: skip
+    assert signed.exit_code == 0, signed.output
+    assert "and an OpenSSF bundle (model.sig)" in flat(signed)
+    assert upstream_cli(model_dir, tmp_path / "keys" / "trainer-openssf.pub").returncode == 0
+    # A key that is not ECDSA P-256 (the trainer's Ed25519 key) is refused before signing.
+    refused = run(deployment, "model", "sign", "--model", model_dir, "--key",
+                  pki["trainer"].private, "--openssf-key", pki["trainer"].private)  # fmt: skip
+    assert refused.exit_code == EXIT_USER_ERROR and "not an ECDSA P-256" in flat(refused)
