@@ -26,26 +26,21 @@ manifest), pushes it to a folder registry, promotes it with the approver key, th
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import yaml
+from release_chain import RoleKeys, role_keys, sign_release
 
 from secmlops.audit import AuditLog
-from secmlops.evaluation.gate import run_gate
-from secmlops.models import build, read_card, save
+from secmlops.models import build, save
 from secmlops.policy import load_policy
 from secmlops.registry import Registry
 from secmlops.registry.trust_chain import SequenceState, verify_chain
-from secmlops.supplychain.keys import ROLES, Keyring, generate_keypair, key_id, load_private_key
 from secmlops.supplychain.provenance import sign_model, verify_model
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 NAME = "bench"
 
 
@@ -59,50 +54,12 @@ def best_of(repeats: int, run: Callable[[], object]) -> float:
     return 1000 * min(times)
 
 
-def gate_report(weights_sha256: str, suite: dict[str, Any], gated: list[str]) -> dict[str, Any]:
-    """A robustness report that passes the repository's gate (figures well above every floor)."""
-    names = set(gated) | {
-        f"{kind}_linf_{level}" for level in suite["linf_eps_levels"] for kind in ("fgsm", "pgd")
-    }
-    attacks = {
-        name: {"family": "evasion", "library": "art", "mAP50": 0.9, "seconds": 1.0}
-        for name in sorted(names)
-    }
-    return {
-        "schema": "secmlops.robustness/v1",
-        "model": {"dir": "bench", "weights_sha256": weights_sha256,
-                  "architecture": "compact_centernet",
-                  "defence": {"adversarial": {"method": "fgsm-rs", "eps": 4 / 255}}},
-        "data": {"dir": "bench", "split": "test", "images": 100, "boxes": 500},
-        "suite": suite,
-        "clean": {"mAP50": 0.9, "mAP50_95": 0.5},
-        "attacks": attacks,
-        "cross_check": {"attack": "pgd_linf_4", "art_mAP50": 0.9, "ours_mAP50": 0.9,
-                        "difference": 0.0, "tolerance": 0.03, "passed": True},
-        "baseline": {"dir": "bench-plain", "weights_sha256": "7" * 64, "clean_mAP50": 0.92},
-        "seconds": 1.0,
-    }  # fmt: skip
-
-
-def make_release(root: Path, label: str, keys: dict[str, Any], policy: Path, seed: int) -> Path:
+def make_release(root: Path, label: str, keys: RoleKeys, seed: int) -> Path:
     import torch
 
     torch.manual_seed(seed)
-    model_dir = root / label
-    save(build("compact_centernet"), model_dir)
-    digest = read_card(model_dir).weights_sha256
-    content = yaml.safe_load(policy.read_text())
-    report = gate_report(
-        digest, content["gate"]["attacks"], list(content["gate"]["min_robust_map50"])
-    )
-    (root / f"{label}-report.json").write_text(json.dumps(report))
-    record = root / f"{label}-gate-record.json"
-    run_gate(root / f"{label}-report.json", policy, signing_key=keys["gate"],
-             audit_log=root / "gate-audit.jsonl", record_path=record)  # fmt: skip
-    sign_model(model_dir, keys["trainer"], gate_record=record,
-               data_manifest_digest="sha256:" + "5" * 64,
-               data_signer=key_id(keys["data_owner"].public_key()))  # fmt: skip
-    return model_dir
+    save(build("compact_centernet"), root / label)
+    return sign_release(root / label, root, keys)
 
 
 def main() -> None:
@@ -112,22 +69,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="secmlops-bench-chain-") as tmp:
         root = Path(tmp)
-        keys, pubs = {}, []
-        for role in ROLES:
-            private, public = generate_keypair(root / "keys", role)
-            keys[role] = load_private_key(private)
-            pubs.append(public)
-        trusted = Keyring.from_paths(pubs)
-        roles = {role: [key_id(keys[role].public_key())] for role in ROLES}
-        keyring = trusted.with_roles(roles)
-        content = yaml.safe_load((REPO_ROOT / "policy.yaml").read_text())
-        content["roles"] = roles
-        policy_path = root / "policy.yaml"
-        policy_path.write_text(yaml.safe_dump(content))
-        policy = load_policy(policy_path)
+        chain = role_keys(root)
+        keys, keyring = chain.keys, chain.keyring
+        policy = load_policy(chain.policy)
         audit = AuditLog(root / "audit.jsonl", actor="bench")
         registry = Registry.open(root / "registry")
-        releases = [make_release(root, f"v{i}", keys, policy_path, i) for i in (1, 2)]
+        releases = [make_release(root, f"v{i}", chain, i) for i in (1, 2)]
         for release in releases:
             registry.push(release, NAME, release.name, keyring, audit)
         state = SequenceState(root / "trust-state.json")

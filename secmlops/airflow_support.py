@@ -23,6 +23,7 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 
 from secmlops.errors import DataError
 from secmlops.lifecycle.contracts import PulledData, VerifiedData
+from secmlops.names import DATASET_TAG_OR_EMPTY_SCHEMA
 from secmlops.settings import Settings
 from secmlops.supplychain.keys import Keyring
 
@@ -182,7 +183,8 @@ def audit_task_failure(context: Mapping[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------ wiring shared by the DAGs
-DATA_REV_PATTERN = r"^(|data/[A-Za-z0-9][A-Za-z0-9_.-]*/v[1-9][0-9]*)$"
+# The form's check matches in full (no trailing newline); the task's `parse_tag` checks again.
+DATA_REV_PATTERN = DATASET_TAG_OR_EMPTY_SCHEMA
 
 
 def data_rev_param(description: str) -> Any:

@@ -85,3 +85,12 @@ class GateFailed(Refusal):
         self.failures = failures or []
         self.checks = checks if checks is not None else list(self.failures)
         self.record_path = record_path
+
+
+class UploadRefused(Refusal):
+    """The detection service refused a request; `status` is the HTTP status it answers with
+    (401 no token, 408 too slow, 413 too large, 415 wrong type, 422 not an image, 503 full)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status

@@ -76,6 +76,25 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def read_bytes_at_most(path: Path, limit: int) -> bytes:
+    """A file's bytes, refused when it holds more than `limit` (checked by size first, then by
+    a capped read: a file that grows after the check is not read past the cap).
+
+    Raises:
+        OSError: it cannot be read.
+        ValueError: it holds more than `limit` bytes.
+    """
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size > limit:
+            raise ValueError(f"larger than the {limit} bytes allowed")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than the {limit} bytes allowed")
+    return data
+
+
 def safe_name(text: str) -> str:
-    """A file-system-safe name for run ids such as `manual__2026-11-25T10:00:00+00:00`."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "run"
+    """A file-system-safe name for run ids such as `manual__2026-11-25T10:00:00+00:00`: one path
+    component of at most 128 characters, never "." or ".." (a run id ".." would otherwise name
+    the folder above)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")[:128] or "run"

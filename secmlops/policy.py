@@ -178,7 +178,7 @@ class GatePolicy(_Section):
             return thresholds
         levels = sorted(suite.linf_eps_levels)
         for name in thresholds:
-            match = LINF_ATTACK_PATTERN.match(name)
+            match = LINF_ATTACK_PATTERN.fullmatch(name)
             if match and int(match.group(1)) not in levels:
                 raise ValueError(
                     f"eps level {match.group(1)} of {name} is not in "

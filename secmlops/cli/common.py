@@ -9,6 +9,7 @@ from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -59,8 +60,14 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
 
 
 def fail(exc: Exception | str) -> NoReturn:
-    """Print `error: <message>` on one line and exit with status 2."""
-    err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+    """Print `error: <message>` on one line and exit with status 2.
+
+    The message often quotes input (a file name, a JSON value): its line breaks are printed
+    escaped, so it stays one line, and its brackets literally, not read as rich markup (which
+    silently drops a "[x, y, w, h]" and would let input restyle or hide the rest).
+    """
+    text = str(exc).replace("\r", "\\r").replace("\n", "\\n")
+    err_console.print(f"[red]error:[/red] {escape(text)}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_USER_ERROR)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -45,10 +46,34 @@ def serve_command(
     ] = 10.0,
     max_bytes: Annotated[int, typer.Option(help="Largest accepted upload, bytes.")] = 8 << 20,
     max_pixels: Annotated[int, typer.Option(help="Largest accepted width x height.")] = 4096**2,
+    queue_size: Annotated[
+        int, typer.Option(help="Requests admitted at once; the next gets 503 + Retry-After.")
+    ] = 64,
+    max_batch: Annotated[int, typer.Option(help="Images per forward pass at most.")] = 8,
+    batch_wait_ms: Annotated[
+        float, typer.Option(help="How long a batch waits for more images after its first.")
+    ] = 2.0,
+    decode_threads: Annotated[int, typer.Option(help="Threads that decode uploads.")] = 1,
+    torch_threads: Annotated[
+        int | None,
+        typer.Option(help="Intra-op threads of the model (default: all cores but one)."),
+    ] = None,
+    header_timeout: Annotated[
+        float, typer.Option(help="Seconds a client has to send a request's headers.")
+    ] = 10.0,
+    body_timeout: Annotated[
+        float, typer.Option(help="Seconds a client has to send a request's body (408 after).")
+    ] = 30.0,
+    max_connections: Annotated[
+        int, typer.Option(help="Open connections at most (503 above).")
+    ] = 256,
+    docs: Annotated[
+        bool, typer.Option(help="Serve /docs and /openapi.json (behind the token).")
+    ] = False,
     device: DeviceOption = "auto",
     audit_log_path: AuditOption = None,
 ) -> None:
-    """Serve POST /v1/detect (bearer token from $SECMLOPS_SERVING_TOKEN) and GET /healthz.
+    """Serve POST /v1/detect (bearer token from $SECMLOPS_SERVING_TOKEN), /healthz and /readyz.
 
     Only a release whose whole trust chain verifies (signed alias move, provenance, passed gate
     record under the policy in force, dataset signer) is ever loaded; when the alias moves, the
@@ -58,6 +83,7 @@ def serve_command(
 
     from secmlops.serving.app import ServingConfig, create_app
     from secmlops.serving.inference_log import InferenceLog
+    from secmlops.serving.limits import guarded_protocol
     from secmlops.serving.model_source import ModelSource
     from secmlops.training.trainer import pick_device
 
@@ -85,6 +111,19 @@ def serve_command(
         inference_log or settings.inference_log, endpoint_url=settings.s3_endpoint_url
     )
     config = ServingConfig(
-        token=token, max_bytes=max_bytes, max_pixels=max_pixels, reload_interval_s=reload_interval
-    )
-    uvicorn.run(create_app(source, log, config), host=host, port=port, log_level="info")
+        token=token, max_bytes=max_bytes, max_pixels=max_pixels,
+        reload_interval_s=reload_interval, queue_size=queue_size, max_batch=max_batch,
+        batch_wait_ms=batch_wait_ms, decode_threads=decode_threads,
+        torch_threads=torch_threads or max(1, (os.cpu_count() or 2) - 1),
+        body_timeout_s=body_timeout,
+        docs=docs,
+    )  # fmt: skip
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(source, log, config), host=host, port=port, log_level="info",
+            http=guarded_protocol(header_timeout), limit_concurrency=max_connections,
+            # SIGTERM: stop accepting, answer what was admitted, drain the log (lifespan).
+            timeout_graceful_shutdown=int(max(body_timeout, 30)),
+        )
+    )  # fmt: skip
+    server.run()

@@ -14,7 +14,7 @@ leaves a half-written dataset behind.
 
 from __future__ import annotations
 
-import json
+import math
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,13 +25,24 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from secmlops.data.annotations import (
+    ANNOTATION_FIELDS,
+    IMAGE_FIELDS,
+    PERSON_CATEGORY_ID,
+    categories_of,
+    check_image_file,
+    coco_box,
+    entry_errors,
+    images_folder,
+    is_int,
+    read_json,
+)
+from secmlops.data.annotations import IMAGE_SUFFIXES as IMAGE_SUFFIXES  # readers import it here
 from secmlops.errors import DataError
 from secmlops.fsutil import atomic_write_json, staged_directory
 
-PERSON_CATEGORY_ID = 1
 CATEGORIES = [{"id": PERSON_CATEGORY_ID, "name": "person", "supercategory": "person"}]
 SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels
 
@@ -92,8 +103,14 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def clip_box(box: Sequence[float], width: int, height: int) -> Box | None:
-    """Clip an x1y1x2y2 box to the image; None when nothing of positive area is left."""
+    """Clip an x1y1x2y2 box to the image; None when nothing of positive area is left.
+
+    Raises:
+        DataError: a coordinate is NaN or infinite (NaN would pass every comparison below).
+    """
     x1, y1, x2, y2 = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        raise DataError(f"box {list(box)} has a coordinate that is not a finite number")
     x1, x2 = min(max(x1, 0.0), float(width)), min(max(x2, 0.0), float(width))
     y1, y2 = min(max(y1, 0.0), float(height)), min(max(y2, 0.0), float(height))
     if x2 - x1 <= 0 or y2 - y1 <= 0:
@@ -290,27 +307,33 @@ def _write_annotations(
 def load_dataset(root: Path) -> DetectionDataset:
     """Load and check a dataset version's annotations and splits (pixels are read lazily).
 
+    Every stage reads a dataset through here, validated or not, so here the annotations are
+    parsed as strictly as `validate_dataset` parses them (`secmlops.data.annotations`): no NaN
+    or infinite number, every entry of the right shape, every box inside its image, and every
+    image a file inside the dataset's own images/ folder.
+
     Raises:
-        DataError: a file is missing, a JSON file is malformed, a box is outside its image or
-            has no area, an image file is missing, or a split names an unknown image.
+        DataError: a file is missing or malformed (the message names the file, the image or
+            annotation, and the field); a box outside its image or without area; an image
+            file missing, or leading out of images/ (an absolute path, "..", a symbolic link,
+            or images/ itself a link); a split naming an unknown image.
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found")
     ann_path, splits_path = root / "annotations.json", root / "splits.json"
-    coco = _read_json(ann_path)
-    splits = _read_json(splits_path) if splits_path.exists() else None
-    try:
-        images = _parse_coco(coco, root)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"{ann_path}: malformed COCO annotations ({exc!r})") from None
+    coco = read_json(ann_path)
+    splits = read_json(splits_path) if splits_path.exists() else None
+    images = _parse_coco(coco, root, ann_path)
     if not images:
         raise DataError(f"{ann_path}: no images")
     ids = {img.id for img in images}
     if splits is None:
         splits = split_ids(sorted(ids))
-    if not isinstance(splits, dict) or not all(isinstance(v, list) for v in splits.values()):
-        raise DataError(f"{splits_path}: expected an object of lists of image ids")
+    if not isinstance(splits, dict) or not all(
+        isinstance(v, list) and all(map(is_int, v)) for v in splits.values()
+    ):
+        raise DataError(f"{splits_path}: expected an object of lists of integer image ids")
     for name, members in splits.items():
         unknown = sorted(set(members) - ids)
         if unknown:
@@ -320,58 +343,51 @@ def load_dataset(root: Path) -> DetectionDataset:
     )
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
-
-
-def _parse_coco(coco: dict[str, Any], root: Path) -> list[ImageAnnotations]:
-    categories = {c["id"]: c["name"] for c in coco.get("categories", [])}
-    if categories.get(PERSON_CATEGORY_ID) != "person":
-        raise DataError(
-            f"{root / 'annotations.json'}: category 1 must be 'person', got {categories}"
-        )
+def _parse_coco(coco: Any, root: Path, ann_path: Path) -> list[ImageAnnotations]:
+    if not isinstance(coco, dict):
+        raise DataError(f"{ann_path}: expected a JSON object")
+    for key in ("categories", "images", "annotations"):
+        if not isinstance(coco.get(key), list):
+            raise DataError(f"{ann_path}: {key!r} must be a list")
+    categories = categories_of(coco["categories"], ann_path)
+    images_dir = images_folder(root)
     meta: dict[int, dict[str, Any]] = {}
-    for img in coco["images"]:
-        image_id = int(img["id"])
-        if image_id in meta:
-            raise DataError(f"{root / 'annotations.json'}: duplicate image id {image_id}")
-        if not (root / "images" / img["file_name"]).is_file():
-            raise DataError(f"{root / 'images' / img['file_name']}: image file not found")
-        meta[image_id] = {"img": img, "boxes": [], "ignore": []}
-    for ann in coco["annotations"]:
-        image_id = int(ann["image_id"])
+    for index, img in enumerate(coco["images"]):
+        label = _label("image", img, index)
+        errors = entry_errors(img, IMAGE_FIELDS)
+        if errors:
+            raise DataError(f"{ann_path}: {label}: {'; '.join(errors)}")
+        if img["id"] in meta:
+            raise DataError(f"{ann_path}: duplicate image id {img['id']}")
+        check_image_file(images_dir, img["file_name"], f"{ann_path}: {label}")
+        meta[img["id"]] = {"img": img, "boxes": [], "ignore": []}
+    for index, ann in enumerate(coco["annotations"]):
+        label = _label("annotation", ann, index)
+        errors = entry_errors(ann, ANNOTATION_FIELDS)
+        if errors:
+            raise DataError(f"{ann_path}: {label}: {'; '.join(errors)}")
+        image_id = ann["image_id"]
+        where = f"{ann_path}: {label} (image {image_id})"
         if image_id not in meta:
-            raise DataError(f"annotation {ann.get('id')} refers to unknown image id {image_id}")
-        if int(ann["category_id"]) not in categories:
-            raise DataError(f"annotation {ann.get('id')} has unknown category {ann['category_id']}")
-        x, y, w, h = (float(v) for v in ann["bbox"])
+            raise DataError(f"{where}: refers to an unknown image id")
+        if ann["category_id"] not in categories:
+            raise DataError(f"{where}: unknown category_id {ann['category_id']}")
         img = meta[image_id]["img"]
-        width, height = int(img["width"]), int(img["height"])
-        if w <= 0 or h <= 0:
-            raise DataError(
-                f"annotation {ann.get('id')} (image {image_id}): box {ann['bbox']} has no area"
-            )
-        tol = 0.5  # rounding to 2 decimals on write
-        if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
-            raise DataError(
-                f"annotation {ann.get('id')} (image {image_id}): box {ann['bbox']} lies outside "
-                f"the {width}x{height} image"
-            )
-        key = "ignore" if ann.get("iscrowd", 0) else "boxes"
-        meta[image_id][key].append((x, y, x + w, y + h))
+        box = coco_box(ann["bbox"], img["width"], img["height"], where)
+        meta[image_id]["ignore" if ann.get("iscrowd", 0) else "boxes"].append(box)
     return [
         ImageAnnotations(
             id=image_id,
             file_name=m["img"]["file_name"],
-            width=int(m["img"]["width"]),
-            height=int(m["img"]["height"]),
+            width=m["img"]["width"],
+            height=m["img"]["height"],
             boxes=tuple(m["boxes"]),
             ignore=tuple(m["ignore"]),
         )
         for image_id, m in sorted(meta.items())
     ]
+
+
+def _label(kind: str, entry: Any, index: int) -> str:
+    entry_id = entry.get("id") if isinstance(entry, dict) else None
+    return f"{kind} {entry_id}" if is_int(entry_id) else f"{kind}s[{index}]"

@@ -69,7 +69,7 @@ def read_mot_gt(gt: Path) -> dict[int, dict[str, list[Box]]]:
             frame = int(float(fields[0]))
             left, top, width, height = (float(v) for v in fields[2:6])
             flag = int(float(fields[6]))
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: int(float("inf"))
             raise DataError(f"{gt}:{number}: non-numeric field in {line.strip()!r}") from None
         if frame < 1:
             raise DataError(f"{gt}:{number}: frame numbers are 1-based, got {frame}")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import stat
 import threading
 from collections.abc import Sequence
@@ -36,9 +35,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from secmlops.data.versioning import NAME_PATTERN
 from secmlops.errors import DataError, IntegrityError
 from secmlops.fsutil import atomic_write_bytes
+from secmlops.names import DATASET_NAME, SHA256_HEX, matches
 from secmlops.supplychain.dsse import (
     envelope_from_bytes,
     envelope_to_bytes,
@@ -56,7 +55,6 @@ _CONTROL_FILES = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
 # O_NONBLOCK: a fifo swapped in after the scan must not hang the check (no effect on files).
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _BAD_PARTS = frozenset({"", ".", ".."})
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class DatasetTampered(IntegrityError):
@@ -313,7 +311,7 @@ def _parse_manifest(payload: bytes, source: Path) -> dict[str, tuple[int, str]]:
             path, size, digest = entry["path"], entry["size"], entry["sha256"]
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise ValueError(f"{path!r}: bad size {size!r}")
-            if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest):
+            if not matches(SHA256_HEX, digest):
                 raise ValueError(f"{path!r}: bad sha256 {digest!r}")
             _check_manifest_path(path, source)
             if path in expected:
@@ -331,7 +329,7 @@ def _parse_identity(payload: bytes, source: Path) -> DatasetIdentity | None:
         if dataset is None:
             return None
         name, version = dataset["name"], dataset["version"]
-        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        if not matches(DATASET_NAME, name):
             raise ValueError(f"bad dataset name {name!r}")
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise ValueError(f"bad dataset version {version!r}")

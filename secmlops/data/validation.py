@@ -3,8 +3,9 @@
 Each check, and the accident or attack it catches:
 
 - annotation schema, read as raw JSON with every entry checked (not via `load_dataset`, which stops
-  at the first exception): a hand-edited or exported file with a missing bbox, a 3-number bbox or
-  string coordinates, which would crash training far from the cause or be silently coerced;
+  at the first exception; both parse by the same rules, `secmlops.data.annotations`): a
+  hand-edited or exported file with a missing bbox, a 3-number bbox, string coordinates, NaN or
+  1e400 (inf), which would crash training far from the cause or be silently coerced;
 - categories (only 1 = person): another class (an import that kept cars) poured into "person";
 - boxes inside their image, of positive area, at least the policy minimum (ignore regions exempt):
   label corruption, a mis-scaled importer, label poisoning with degenerate or tiny boxes;
@@ -22,27 +23,33 @@ Each check, and the accident or attack it catches:
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
 import numpy as np
 
-from secmlops.data.dataset import IMAGE_SUFFIXES, PERSON_CATEGORY_ID, SPLITS
+from secmlops.data.annotations import (
+    ANNOTATION_FIELDS,
+    IMAGE_FIELDS,
+    PERSON_CATEGORY_ID,
+    RefusedNumber,
+    entry_errors,
+    is_int,
+    loads_lenient,
+    short,
+)
+from secmlops.data.dataset import SPLITS
 from secmlops.data.near_duplicates import HASH_NAME, Fingerprint, find_leaks, fingerprint_images
-from secmlops.errors import ValidationFailed
+from secmlops.errors import DataError, ValidationFailed
 from secmlops.policy import DataPolicy
 
 _SECTIONS = ("categories", "images", "annotations")
 _BOX_TOLERANCE = 0.5  # px: COCO writers round coordinates; half a pixel outside is not an error
 _SHOWN_IN_MESSAGE = 3
-# JSON key -> (check of its value, what the value must be)
-_Fields = dict[str, tuple[Callable[[Any], bool], str]]
 Progress = Callable[[int], None] | None  # called with the number of images just decoded
 
 
@@ -148,7 +155,7 @@ class _Checker:
             k: coco.get(k) if isinstance(coco, dict) else None for k in _SECTIONS
         }
         if coco is not None and not isinstance(coco, dict):
-            self.add("schema", "annotations.json", f"expected a JSON object, got {_short(coco)}")
+            self.add("schema", "annotations.json", f"expected a JSON object, got {short(coco)}")
         elif isinstance(coco, dict):
             for key in (k for k, v in lists.items() if not isinstance(v, list)):
                 self.add("schema", "annotations.json", f"{key!r} must be a list")
@@ -163,11 +170,18 @@ class _Checker:
 
     def _read_json(self, name: str) -> Any:
         try:
-            return json.loads((self.root / name).read_bytes())
+            value, refused = loads_lenient((self.root / name).read_bytes(), name)
         except FileNotFoundError:
             self.add("files", name, "file not found")
-        except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
-            self.add("schema", name, f"not valid JSON ({exc})")
+        except OSError as exc:
+            self.add("files", name, f"cannot read it ({exc.strerror or exc})")
+        except DataError as exc:  # not JSON, a repeated key, nested too deep
+            self.add("schema", name, str(exc).removeprefix(f"{name}: "))
+        else:
+            for number in refused:
+                if not _checked_by_entry(name, number):  # else that check names it
+                    self.add("schema", number.where, number.message)
+            return value
         return None
 
     def _check_categories(self, categories: list[Any]) -> None:
@@ -177,7 +191,7 @@ class _Checker:
             if isinstance(cat, dict) and cat.get("id") == 1 and cat.get("name") == "person":
                 person = True
             else:
-                self.add("category", where, f"unknown category {_short(cat)}: only 1 = person")
+                self.add("category", where, f"unknown category {short(cat)}: only 1 = person")
         if not person:
             self.add("category", "annotations.json", "categories must define 1 = 'person'")
 
@@ -185,7 +199,7 @@ class _Checker:
         names: dict[str, int] = {}
         for index, img in enumerate(entries):
             image_id = img.get("id") if isinstance(img, dict) else None
-            known, errors = _is_int(image_id), _entry_errors(img, _IMAGE_FIELDS)
+            known, errors = is_int(image_id), entry_errors(img, IMAGE_FIELDS)
             if isinstance(img, dict) and isinstance(img.get("file_name"), str):
                 self.listed.add(img["file_name"])  # even by a malformed entry: not a stray
             if known and (image_id in self.images or image_id in self.broken_ids):
@@ -195,9 +209,9 @@ class _Checker:
             if errors:
                 where = f"image {image_id}" if known else f"images[{index}]"
                 self.add("schema", f"annotations.json: {where}", "; ".join(errors))
-                self.broken_ids.update([image_id] if _is_int(image_id) else [])
+                self.broken_ids.update([image_id] if is_int(image_id) else [])
                 continue
-            assert _is_int(image_id)  # no errors: the id passed its "an integer" check
+            assert is_int(image_id)  # no errors: the id passed its "an integer" check
             names[img["file_name"]] = image_id
             self.images[image_id] = (img["file_name"], img["width"], img["height"])
             self.boxes[image_id] = []
@@ -206,11 +220,11 @@ class _Checker:
         seen: set[int] = set()
         for index, ann in enumerate(annotations):
             ann_id = ann.get("id") if isinstance(ann, dict) else None
-            label = f"annotation {ann_id}" if _is_int(ann_id) else f"annotations[{index}]"
-            where, errors = f"annotations.json: {label}", _entry_errors(ann, _ANNOTATION_FIELDS)
-            if _is_int(ann_id) and ann_id in seen:
+            label = f"annotation {ann_id}" if is_int(ann_id) else f"annotations[{index}]"
+            where, errors = f"annotations.json: {label}", entry_errors(ann, ANNOTATION_FIELDS)
+            if is_int(ann_id) and ann_id in seen:
                 errors.append("duplicate annotation id")
-            if _is_int(ann_id):  # an unhashable id (a list) is reported above, not stored
+            if is_int(ann_id):  # an unhashable id (a list) is reported above, not stored
                 seen.add(ann_id)
             if errors:
                 self.add("schema", where, "; ".join(errors))
@@ -268,7 +282,7 @@ class _Checker:
         raw = self._read_json("splits.json")
         if not isinstance(raw, dict):
             if raw is not None:
-                self.add("split", "splits.json", f"expected an object, got {_short(raw)}")
+                self.add("split", "splits.json", f"expected an object, got {short(raw)}")
             return
         member_of: dict[int, str] = {}
         for name in sorted(raw, key=lambda s: (SPLITS.index(s) if s in SPLITS else 9, s)):
@@ -276,8 +290,8 @@ class _Checker:
             if name not in SPLITS:
                 self.add("split", where, f"unknown split (expected one of {', '.join(SPLITS)})")
                 continue
-            if not isinstance(members, list) or not all(map(_is_int, members)):
-                self.add("split", where, f"must be a list of integer ids, got {_short(members)}")
+            if not isinstance(members, list) or not all(map(is_int, members)):
+                self.add("split", where, f"must be a list of integer ids, got {short(members)}")
                 continue
             unknown = sorted({i for i in members if i not in self.images} - self.broken_ids)
             if unknown:
@@ -342,62 +356,18 @@ class _Checker:
         }
 
 
-def _entry_errors(entry: Any, fields: _Fields) -> list[str]:
-    """What is wrong with one JSON object: not an object, missing keys, values of a wrong type."""
-    if not isinstance(entry, dict):
-        return [f"expected an object, got {_short(entry)}"]
-    absent = [k for k in fields if k not in entry and k not in _OPTIONAL_KEYS]
-    errors = [f"missing required key(s) {', '.join(absent)}"] if absent else []
-    for key, (valid, what) in fields.items():
-        if key in entry and not valid(entry[key]):
-            errors.append(f"{key} must be {what}, got {_short(entry[key])}")
-    return errors
-
-
-def _is_int(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_plain_image_name(name: Any) -> bool:
-    """An image file name that cannot leave images/ (no separator, no leading dot)."""
-    return (
-        isinstance(name, str)
-        and not any(c in name for c in "/\\\0")
-        and not name.startswith(".")
-        and name.lower().endswith(IMAGE_SUFFIXES)
-    )
-
-
-def _is_bbox(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 4 and all(map(_is_number, value))
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _checked_by_entry(name: str, number: RefusedNumber) -> bool:
+    """Whether an entry check reports this number itself (an image or annotation field it
+    checks, or a split's id); other refused numbers (an `area`, the `info`) are reported alone."""
+    if name == "splits.json":
+        return True
+    if len(number.keys) < 3 or number.keys[0] not in ("images", "annotations"):
+        return False
+    fields = IMAGE_FIELDS if number.keys[0] == "images" else ANNOTATION_FIELDS
+    return number.keys[2] in fields
 
 
 def _percentiles(values: np.ndarray) -> dict[str, float] | None:
     if values.size == 0:
         return None
     return {f"p{q}": round(float(np.percentile(values, q)), 2) for q in (5, 50, 95)}
-
-
-_IMAGE_FIELDS: _Fields = {
-    "id": (_is_int, "an integer"),
-    "file_name": (_is_plain_image_name, "an image file name with no folder and no leading dot"),
-    "width": (lambda v: _is_int(v) and v > 0, "a positive integer"),
-    "height": (lambda v: _is_int(v) and v > 0, "a positive integer"),
-}
-_ANNOTATION_FIELDS: _Fields = {
-    "id": (_is_int, "an integer"),
-    "image_id": (_is_int, "an integer"),
-    "category_id": (_is_int, "an integer"),
-    "bbox": (_is_bbox, "4 finite numbers [x, y, w, h]"),
-    "iscrowd": (lambda v: v in (0, 1), "0 or 1"),  # True/False pass too: bool is an int
-}
-_OPTIONAL_KEYS = {"iscrowd"}  # COCO makes it required; pycocotools and our readers default to 0

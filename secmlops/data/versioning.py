@@ -17,7 +17,6 @@ because DVC needs them to read older revisions.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -27,12 +26,14 @@ from typing import TYPE_CHECKING
 
 from secmlops.errors import DataError
 from secmlops.fsutil import staged_directory
+from secmlops.names import DATASET_NAME, DATASET_TAG, matches
 
 if TYPE_CHECKING:
     from secmlops.data.manifest import DatasetIdentity
 
-TAG_PATTERN = re.compile(r"^data/(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)/v(?P<version>[1-9][0-9]*)$")
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Matched in full (`secmlops.names`): a tag or name with a trailing newline is refused.
+TAG_PATTERN = DATASET_TAG
+NAME_PATTERN = DATASET_NAME
 REMOTE_NAME = "storage"
 
 
@@ -105,7 +106,7 @@ def parse_tag(rev: str) -> DatasetIdentity:
     """
     from secmlops.data.manifest import DatasetIdentity
 
-    match = TAG_PATTERN.match(rev)
+    match = TAG_PATTERN.fullmatch(rev) if isinstance(rev, str) else None
     if not match:
         raise DataError(f"--rev must be a dataset tag like data/<name>/v<K>, got {rev!r}")
     return DatasetIdentity(match["name"], int(match["version"]))
@@ -122,7 +123,7 @@ def next_version(registry: Path, name: str) -> int:
 def list_versions(registry: Path, name: str | None = None) -> list[str]:
     """Tags `data/<name>/v<K>` in the registry, oldest version first."""
     tags = _run(["git", "tag", "--list", "data/*"], Path(registry)).split()
-    parsed = [(m["name"], int(m["version"]), t) for t in tags if (m := TAG_PATTERN.match(t))]
+    parsed = [(m["name"], int(m["version"]), t) for t in tags if (m := TAG_PATTERN.fullmatch(t))]
     return [t for n, _, t in sorted(parsed) if name is None or n == name]
 
 
@@ -144,8 +145,11 @@ def publish_dataset(
         DataError: a bad name, a missing source, or a git/dvc failure (with the tool's message).
     """
     source = Path(source).resolve()
-    if not NAME_PATTERN.match(name):
-        raise DataError(f"dataset name {name!r} must be letters, digits, '.', '_' or '-'")
+    if not matches(NAME_PATTERN, name):
+        raise DataError(
+            f"dataset name {name!r} must be letters, digits, '.', '_' or '-' (at most 128, "
+            "starting with a letter or digit)"
+        )
     if not (source / "annotations.json").is_file():
         raise DataError(f"{source}: not a dataset folder (no annotations.json)")
     version = next_version(registry, name)
@@ -206,7 +210,7 @@ def pull_dataset(rev: str, to: Path, registry: Path | str, overwrite: bool = Fal
     from dvc.exceptions import DvcException
     from scmrepo.exceptions import SCMError
 
-    match = TAG_PATTERN.match(rev)
+    match = TAG_PATTERN.fullmatch(rev) if isinstance(rev, str) else None
     if not match:
         raise DataError(f"--rev must be a dataset tag like data/<name>/v<K>, got {rev!r}")
     source = f"datasets/{match['name']}"

@@ -37,13 +37,13 @@ from secmlops.audit import AuditLog
 from secmlops.errors import DataError, GateFailed, IntegrityError, PolicyError
 from secmlops.evaluation.gate_checks import (
     REPORT_SCHEMA,
-    SHA256_HEX,
     GateCheck,
     GateDecision,
     evaluate_gate,
     get_path,
 )
 from secmlops.fsutil import atomic_write_bytes
+from secmlops.names import SHA256_HEX, matches
 from secmlops.policy import apply_override, load_policy, policy_digest
 from secmlops.supplychain.dsse import (
     envelope_from_bytes,
@@ -138,7 +138,7 @@ def run_gate(
 
     decision = evaluate_gate(report, policy.gate, production)
     weights = get_path(report, "model", "weights_sha256")
-    weights = weights if isinstance(weights, str) and SHA256_HEX.match(weights) else None
+    weights = weights if matches(SHA256_HEX, weights) else None
     digest = policy_digest(policy)
     decided_at = datetime.now(UTC)
     statement: dict[str, Any] = {
@@ -239,7 +239,7 @@ def verify_gate_record(
     """
     path = Path(record_path)
     want = weights_sha256.lower().removeprefix("sha256:")
-    if not SHA256_HEX.match(want):
+    if not matches(SHA256_HEX, want):
         raise IntegrityError(f"{weights_sha256!r} is not a SHA-256 hex digest")
     try:
         data = path.read_bytes()

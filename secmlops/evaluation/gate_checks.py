@@ -9,15 +9,14 @@ is a failed check, never a pass; numbers are read strictly (a `true` or a "0.9" 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass
 from typing import Any, TypeGuard
 
 from secmlops.errors import GateFailed
+from secmlops.names import SHA256_HEX, matches
 from secmlops.policy import AttackSuitePolicy, GatePolicy
 
 REPORT_SCHEMA = "secmlops.robustness/v1"
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 ABSENT = object()  # what `get_path` returns for a missing key (distinct from a JSON null)
 
 _SECTIONS = ("model", "data", "suite", "clean", "attacks", "cross_check", "baseline")
@@ -164,9 +163,7 @@ def _evidence_problems(report: dict[str, Any]) -> list[str]:
         problems.append("baseline is neither an object nor null")
     model, data = report.get("model"), report.get("data")
     if isinstance(model, dict):
-        if not isinstance(model.get("weights_sha256"), str) or not SHA256_HEX.match(
-            model["weights_sha256"]
-        ):
+        if not matches(SHA256_HEX, model.get("weights_sha256")):
             problems.append("model.weights_sha256 is not a SHA-256 hex digest")
         # An absent key must not read as "undefended": that would skip the defence-cost check.
         if "defence" not in model:

@@ -173,8 +173,9 @@ def check_not_older(
     """
     from secmlops.data.versioning import TAG_PATTERN, parse_tag
     from secmlops.errors import OlderDataRefused
+    from secmlops.names import matches
 
-    if not production_rev or not TAG_PATTERN.match(production_rev):
+    if not production_rev or not matches(TAG_PATTERN, production_rev):
         return  # production was not trained on a published dataset version: nothing to compare
     new, old = parse_tag(rev), parse_tag(production_rev)
     if new.name != old.name or new.version >= old.version:

@@ -142,7 +142,7 @@ def _serve_foggy_traffic(env: dict[str, str], root: Path, frames: int = 60) -> i
         deadline = time.monotonic() + 120
         while True:
             try:
-                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

@@ -21,15 +21,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
 from secmlops.errors import ModelError
-from secmlops.fsutil import staged_directory
+from secmlops.fsutil import read_bytes_at_most, staged_directory
 from secmlops.models import ModelCard, build, save
 from secmlops.supplychain.pickle_scan import scan_pickle_bytes
+from secmlops.supplychain.torch_archive import MAX_UNPACKED_BYTES
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 SAFETENSORS_SUFFIX = ".safetensors"
 # Keys under which training scripts commonly nest the state dict in a checkpoint.
 STATE_DICT_KEYS = ("state_dict", "model")
 _MAX_LISTED = 8
+# The file is read into memory whole (scanned bytes are loaded bytes): bounded like what it unpacks.
+MAX_WEIGHTS_BYTES = MAX_UNPACKED_BYTES
 
 
 def import_weights(
@@ -57,9 +60,11 @@ def import_weights(
         its SHA-256 and the scan verdict.
 
     Raises:
-        UnsafePickle: the pickle names a global outside the allowlist (nothing is loaded).
-        ModelError: unknown extension, unreadable file, no state dict inside, keys or shapes
-            that do not fit the architecture, or `out_dir` not empty.
+        UnsafePickle: the pickle names a global outside the allowlist, or the archive is one
+            torch could read otherwise than the scanner did (nothing is loaded).
+        ModelError: unknown extension, unreadable file or one over `MAX_WEIGHTS_BYTES`, no
+            state dict inside, keys or shapes that do not fit the architecture, or `out_dir`
+            not empty.
     """
     source = Path(weights_path)
     suffix = source.suffix.lower()
@@ -70,9 +75,11 @@ def import_weights(
         )
     try:
         # Read once: the bytes scanned are the bytes loaded (no swap between check and use).
-        data = source.read_bytes()
+        data = read_bytes_at_most(source, MAX_WEIGHTS_BYTES)
     except OSError as exc:
         raise ModelError(f"{source}: cannot read weights ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise ModelError(f"{source}: weights file {exc}") from None
     record: dict[str, Any] = {
         "imported_from": source.name,
         "source_sha256": hashlib.sha256(data).hexdigest(),

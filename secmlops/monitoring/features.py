@@ -24,29 +24,52 @@ DETECTION_FEATURES = ("detections", "score_mean", "score_max", "box_area_mean")
 # A detection counts when its score reaches this (the usual operating point of the detector).
 SCORE_THRESHOLD = 0.3
 
-_LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+# RGB -> (luma (ITU-R BT.601), red-green, yellow-blue): the three planes every feature reads,
+# made by one matrix product over the pixels.
+_OPPONENT = torch.tensor([[0.299, 1.0, 0.5], [0.587, -1.0, 0.5], [0.114, 0.0, -1.0]])
 
 
 def image_features(images: Tensor) -> list[dict[str, float]]:
-    """Input features of a float [B,3,H,W] batch in [0,1] (one dict per image)."""
-    luma = (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]).unsqueeze(1)
-    laplacian = F.conv2d(luma, _LAPLACIAN.to(images), padding=1)[..., 1:-1, 1:-1]
-    blurred = F.avg_pool2d(luma, 3, stride=1, padding=1, count_include_pad=False)
-    red, green, blue = images[:, 0], images[:, 1], images[:, 2]
-    rg, yb = red - green, 0.5 * (red + green) - blue
-    colourfulness = torch.sqrt(rg.flatten(1).std(1) ** 2 + yb.flatten(1).std(1) ** 2) + 0.3 * (
-        torch.sqrt(rg.flatten(1).mean(1) ** 2 + yb.flatten(1).mean(1) ** 2)
+    """Input features of a float [B,3,H,W] batch in [0,1] (one dict per image), any layout.
+
+    Memory-bound: each full-resolution pass costs about as much as the arithmetic, so the planes
+    are made once, contiguous, and the Laplacian and the 3x3 box blur are sums of shifted views
+    (about a third of the time of `conv2d` and `avg_pool2d` on one plane).
+    """
+    planes = (images.permute(0, 2, 3, 1) @ _OPPONENT.to(images)).permute(0, 3, 1, 2).contiguous()
+    luma, rg, yb = planes[:, 0], planes[:, 1].flatten(1), planes[:, 2].flatten(1)
+    colourfulness = torch.sqrt(rg.std(1) ** 2 + yb.std(1) ** 2) + 0.3 * (
+        torch.sqrt(rg.mean(1) ** 2 + yb.mean(1) ** 2)
     )
-    columns = {
-        "brightness": luma.flatten(1).mean(1),
-        "contrast": luma.flatten(1).std(1),
-        "sharpness": laplacian.abs().flatten(1).mean(1),
-        "colourfulness": colourfulness,
-        "hf_energy": (luma - blurred).abs().flatten(1).mean(1),
-    }
-    return [
-        {name: float(values[i]) for name, values in columns.items()} for i in range(len(images))
-    ]
+    # 4-neighbour Laplacian on the interior (what a padded conv2d, cropped by one, gives).
+    centre = luma[:, 1:-1, 1:-1]
+    laplacian = luma[:, :-2, 1:-1] + luma[:, 2:, 1:-1] + luma[:, 1:-1, :-2] + luma[:, 1:-1, 2:]
+    laplacian = laplacian - 4 * centre
+    columns = torch.stack(
+        [
+            luma.flatten(1).mean(1),
+            luma.flatten(1).std(1),
+            laplacian.abs().flatten(1).mean(1),
+            colourfulness,
+            (luma - _box_blur(luma)).abs().flatten(1).mean(1),
+        ],
+        dim=1,
+    ).tolist()
+    return [dict(zip(IMAGE_FEATURES, row, strict=True)) for row in columns]
+
+
+def _box_blur(plane: Tensor) -> Tensor:
+    """3x3 mean of [B,H,W] over the neighbours inside the image (avg_pool2d with padding 1 and
+    count_include_pad=False), as two separable 3-sums divided by the count of each window."""
+    padded = F.pad(plane, (1, 1, 1, 1))
+    rows = padded[:, :-2] + padded[:, 1:-1] + padded[:, 2:]
+    sums = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]
+    height, width = plane.shape[-2:]
+    counts_h = torch.full((height,), 3.0, dtype=plane.dtype, device=plane.device)
+    counts_w = torch.full((width,), 3.0, dtype=plane.dtype, device=plane.device)
+    counts_h[[0, -1]] -= 1
+    counts_w[[0, -1]] -= 1
+    return sums / (counts_h[:, None] * counts_w[None, :])
 
 
 def detection_features(detections: dict[str, Tensor], image_area: float) -> dict[str, float]:

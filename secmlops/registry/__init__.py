@@ -38,6 +38,7 @@ from urllib.parse import unquote, urlparse
 from secmlops.audit import AuditLog, default_actor
 from secmlops.errors import IntegrityError, SecMLOpsError
 from secmlops.fsutil import sha256_file
+from secmlops.names import matches
 from secmlops.registry.aliases import MAX_PREVIOUS, audited, check_expected
 from secmlops.registry.file_store import FileStore
 from secmlops.registry.releases import (
@@ -140,10 +141,10 @@ class Registry:
                 (refused rather than guessed: a version named like an alias must not hijack it).
         """
         check_name("model", name)
-        is_version = bool(VERSION_PATTERN.match(ref)) and (
+        is_version = bool(matches(VERSION_PATTERN, ref)) and (
             self.store.read_version_record(name, ref) is not None
         )
-        alias = self.store.read_alias(name, ref)[0] if ALIAS_PATTERN.match(ref) else None
+        alias = self.store.read_alias(name, ref)[0] if matches(ALIAS_PATTERN, ref) else None
         if is_version and alias is not None:
             raise RegistryError(
                 f"{name}: {ref!r} is both a version and an alias; refusing to guess"
@@ -223,7 +224,7 @@ class Registry:
                 raise RegistryConflict(
                     f"{name}@{version} already exists in {self.uri}; versions are immutable"
                 )
-            if ALIAS_PATTERN.match(version) and self.store.read_alias(name, version)[0]:
+            if matches(ALIAS_PATTERN, version) and self.store.read_alias(name, version)[0]:
                 raise RegistryError(f"{name}: {version!r} is an alias; pick another version name")
             with tempfile.TemporaryDirectory(prefix="secmlops-push-") as tmp:
                 # Verify a private copy and upload that copy: the source folder could change

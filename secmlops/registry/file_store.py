@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from secmlops.fsutil import atomic_write_bytes
+from secmlops.names import matches
 from secmlops.registry.store import (
     ALIAS_PATTERN,
     ANCHOR_PATTERN,
@@ -66,7 +67,9 @@ class FileStore(Store):
         folder = self.root / "models"
         if not folder.is_dir():
             return []
-        return sorted(p.name for p in folder.iterdir() if p.is_dir() and NAME_PATTERN.match(p.name))
+        return sorted(
+            p.name for p in folder.iterdir() if p.is_dir() and matches(NAME_PATTERN, p.name)
+        )
 
     def list_versions(self, name: str) -> list[str]:
         """See `Store.list_versions`; hidden staging folders of unfinished pushes are skipped."""
@@ -76,7 +79,7 @@ class FileStore(Store):
         return sorted(
             p.name
             for p in folder.iterdir()
-            if VERSION_PATTERN.match(p.name) and (p / VERSION_RECORD).is_file()
+            if matches(VERSION_PATTERN, p.name) and (p / VERSION_RECORD).is_file()
         )
 
     def read_version_record(self, name: str, version: str) -> dict[str, Any] | None:
@@ -134,7 +137,7 @@ class FileStore(Store):
         if not folder.is_dir():
             return []
         return sorted(
-            p.stem for p in folder.glob("*.json") if ALIAS_PATTERN.match(p.stem) and p.is_file()
+            p.stem for p in folder.glob("*.json") if matches(ALIAS_PATTERN, p.stem) and p.is_file()
         )
 
     def create_anchor(self, file_name: str, data: bytes) -> None:
@@ -162,7 +165,7 @@ class FileStore(Store):
         folder = self.root / "audit-anchors"
         if not folder.is_dir():
             return []
-        return sorted(p.name for p in folder.iterdir() if ANCHOR_PATTERN.match(p.name))
+        return sorted(p.name for p in folder.iterdir() if matches(ANCHOR_PATTERN, p.name))
 
     def read_anchor(self, file_name: str) -> bytes | None:
         """See `Store.read_anchor`."""

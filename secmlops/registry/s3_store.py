@@ -24,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from secmlops.names import matches
 from secmlops.registry.store import (
     ALIAS_PATTERN,
     ANCHOR_PATTERN,
@@ -117,7 +118,7 @@ class S3Store(Store):
         """See `Store.list_models`."""
         base = self._key("models") + "/"
         names = (p[len(base) :].rstrip("/") for p in self._keys(base, delimiter="/"))
-        return sorted(n for n in names if NAME_PATTERN.match(n))
+        return sorted(n for n in names if matches(NAME_PATTERN, n))
 
     def list_versions(self, name: str) -> list[str]:
         """See `Store.list_versions`: versions whose record (the commit marker) exists."""
@@ -125,7 +126,7 @@ class S3Store(Store):
         versions = []
         for key in self._keys(base):
             version, _, rest = key[len(base) :].partition("/")
-            if rest == VERSION_RECORD and VERSION_PATTERN.match(version):
+            if rest == VERSION_RECORD and matches(VERSION_PATTERN, version):
                 versions.append(version)
         return sorted(versions)
 
@@ -205,7 +206,7 @@ class S3Store(Store):
         names = (
             k[len(base) :].removesuffix(".json") for k in self._keys(base) if k.endswith(".json")
         )
-        return sorted(n for n in names if ALIAS_PATTERN.match(n))
+        return sorted(n for n in names if matches(ALIAS_PATTERN, n))
 
     def create_anchor(self, file_name: str, data: bytes) -> None:
         """See `Store.create_anchor`: `If-None-Match: *` (with Object Lock, not even deletable)."""
@@ -217,7 +218,7 @@ class S3Store(Store):
         """See `Store.list_anchors`."""
         base = self._key("audit-anchors") + "/"
         return sorted(
-            k[len(base) :] for k in self._keys(base) if ANCHOR_PATTERN.match(k[len(base) :])
+            k[len(base) :] for k in self._keys(base) if matches(ANCHOR_PATTERN, k[len(base) :])
         )
 
     def read_anchor(self, file_name: str) -> bytes | None:

@@ -22,16 +22,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from secmlops import names
 from secmlops.errors import SecMLOpsError
+from secmlops.names import matches
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Matched in full (`secmlops.names`): "v1\n" is not "v1", and is no version at all.
+NAME_PATTERN = names.NAME
 VERSION_PATTERN = NAME_PATTERN
-ALIAS_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
-FILE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+ALIAS_PATTERN = names.ALIAS
+FILE_PATTERN = names.FILE_NAME
+SHA256_PATTERN = names.SHA256_HEX
 VERSION_RECORD = ".version.json"
 VERSION_SCHEMA = "secmlops.registry.version/v1"
-ANCHOR_PATTERN = re.compile(r"^[0-9]{12}-[0-9a-f]{16}\.json$")
+ANCHOR_PATTERN = names.full_pattern(r"[0-9]{12}-[0-9a-f]{16}\.json")
 ALIAS_FIELDS = ("version", "weights_sha256", "previous", "generation", "moved_at", "moved_by")
 
 
@@ -55,10 +58,11 @@ def check_name(kind: str, value: str, pattern: re.Pattern[str] = NAME_PATTERN) -
     """Return `value` if it is a valid `kind` name (model, version, alias, file).
 
     Raises:
-        RegistryError: it does not match `pattern` (the message shows the pattern).
+        RegistryError: `pattern` does not match all of it (a trailing newline or any other
+            control character included); the message shows the pattern.
     """
-    if not isinstance(value, str) or not pattern.match(value):
-        raise RegistryError(f"invalid {kind} name {value!r}: must match {pattern.pattern}")
+    if not matches(pattern, value):
+        raise RegistryError(f"invalid {kind} name {value!r}: must match {names.rule(pattern)}")
     return value
 
 
@@ -99,11 +103,11 @@ def parse_version_record(data: bytes, where: str) -> dict[str, Any]:
             raise ValueError("files must be a non-empty mapping")
         for file_name, meta in files.items():
             check_name("file", file_name, FILE_PATTERN)
-            if not SHA256_PATTERN.match(str(meta.get("sha256"))) or not isinstance(
+            if not matches(SHA256_PATTERN, str(meta.get("sha256"))) or not isinstance(
                 meta.get("size"), int
             ):
                 raise ValueError(f"files.{file_name}: needs sha256 (hex) and size (int)")
-        if not SHA256_PATTERN.match(str(record["weights_sha256"])):
+        if not matches(SHA256_PATTERN, str(record["weights_sha256"])):
             raise ValueError("weights_sha256 is not a SHA-256 hex digest")
         for field in ("signer", "pushed_at", "pushed_by"):
             if not isinstance(record[field], str):
@@ -126,7 +130,7 @@ def parse_alias_record(data: bytes, where: str) -> dict[str, Any]:
         if missing:
             raise ValueError(f"missing {', '.join(missing)}")
         check_name("version", record["version"], VERSION_PATTERN)
-        if not SHA256_PATTERN.match(str(record["weights_sha256"])):
+        if not matches(SHA256_PATTERN, str(record["weights_sha256"])):
             raise ValueError("weights_sha256 is not a SHA-256 hex digest")
         if not isinstance(record["previous"], list):
             raise ValueError("previous must be a list")

@@ -14,6 +14,7 @@ from html import escape
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+from secmlops.names import SHA256_HEX, matches
 from secmlops.reporting.overview import (
     GateHistory,
     RegistryOverview,
@@ -42,7 +43,6 @@ th{background:#f7fafc}.digest{font-family:monospace}.when{white-space:nowrap}
 .muted{color:#4a5568;background:#edf2f7}.badge{padding:0 .35rem;border-radius:.3rem}
 .message{color:#744210;background:#fefcbf;padding:.3rem .5rem;display:inline-block}
 """
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 ISO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 GOOD = {"verified", "passed", "pass"}
 BAD = {"refused", "fail", "failed"}
@@ -158,7 +158,7 @@ def _badge(status: str) -> str:
 
 def _digest(text: str) -> str:
     """A SHA-256 shown by its first 12 hex digits (the whole one on hover); other text as is."""
-    if not SHA256_HEX.match(text):
+    if not matches(SHA256_HEX, text):
         return escape(text)
     return f"<span class='digest' title='{escape(text)}'>{escape(text[:12])}</span>"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from secmlops.errors import DataError
+from secmlops.names import matches
 from secmlops.reporting.sources import PLAIN_NAME, REPORT_MEDIA_TYPES, report_file
 from secmlops.s3 import s3_client
 
@@ -87,7 +88,7 @@ def _locate(
     if not is_s3(root):
         return report_file(Path(root), folder, name)
     refused = DataError(f"no report {folder}/{name}")
-    plain = all(PLAIN_NAME.match(part) and ".." not in part for part in (folder, name))
+    plain = all(matches(PLAIN_NAME, part) and ".." not in part for part in (folder, name))
     if not plain or Path(name).suffix.lower() not in REPORT_MEDIA_TYPES:
         raise refused
     bucket, prefix = _split(str(root))

@@ -9,15 +9,15 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from secmlops.errors import DataError
+from secmlops.names import full_pattern, matches
 from secmlops.reporting import report_store
 
-WINDOW_PATTERN = re.compile(r"^\d{8}T\d{6}Z$")  # monitoring's per-window folder names
+WINDOW_PATTERN = full_pattern(r"\d{8}T\d{6}Z")  # monitoring's per-window folder names
 # secmlops.monitoring.drift's file names (not imported: that module loads torch and pandas, which
 # a page view should not pay for; tests/plugins checks they agree).
 DRIFT_HTML = "drift-report.html"
@@ -107,7 +107,7 @@ def latest_drift_report(
         (
             name
             for name in reversed(names)
-            if WINDOW_PATTERN.match(name)
+            if matches(WINDOW_PATTERN, name)
             and any(
                 report_store.has_file(reports_root, name, f, s3_endpoint_url)
                 for f in (DRIFT_JSON, DRIFT_HTML)

@@ -12,11 +12,11 @@ resolved path (symlinks followed) must still lie inside the configured root.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from secmlops.errors import DataError, IntegrityError, PolicyError
+from secmlops.names import FILE_NAME, matches
 from secmlops.settings import Settings, env_name
 from secmlops.supplychain.keys import Keyring
 
@@ -29,7 +29,7 @@ REPORT_MEDIA_TYPES = {
     ".png": "image/png",
     ".svg": "image/svg+xml",
 }
-PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+PLAIN_NAME = FILE_NAME  # matched in full: "window\n" names no report folder
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def report_file(root: Path, folder: str, name: str) -> Path:
             probing tells nothing about the server's files.
     """
     refused = DataError(f"no report {folder}/{name}")
-    if not all(PLAIN_NAME.match(part) and ".." not in part for part in (folder, name)):
+    if not all(matches(PLAIN_NAME, part) and ".." not in part for part in (folder, name)):
         raise refused
     if Path(name).suffix.lower() not in REPORT_MEDIA_TYPES:
         raise refused

@@ -38,6 +38,7 @@ class InferenceLog:
         self.uri = text
         self._lock = threading.Lock()
         self._buffer: list[str] = []
+        self._buffered = 0  # records in the buffer
         self._flush_every = flush_every
         if text.startswith("s3://"):
             bucket, _, prefix = text[5:].partition("/")
@@ -53,19 +54,27 @@ class InferenceLog:
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record (a `time` field in UTC ISO format is added if absent)."""
+        self.extend([record])
+
+    def extend(self, records: list[dict[str, Any]]) -> None:
+        """Write several records at once (one file append, or one S3 buffer update)."""
         now = dt.datetime.now(dt.UTC)
-        record = {"time": now.isoformat(timespec="milliseconds"), **record}
-        line = json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
+        stamp = now.isoformat(timespec="milliseconds")
+        text = "".join(
+            json.dumps({"time": stamp, **record}, separators=(",", ":"), allow_nan=False) + "\n"
+            for record in records
+        )
         with self._lock:
             if self._folder is not None:
                 path = self._folder / _partition(now) / "records.jsonl"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open(path, "a", encoding="utf-8") as handle:
-                    handle.write(line)
+                    handle.write(text)
                     handle.flush()
                 return
-            self._buffer.append(line)
-            if len(self._buffer) >= self._flush_every:
+            self._buffer.append(text)
+            self._buffered += len(records)
+            if self._buffered >= self._flush_every:
                 self._flush_locked(now)
 
     def flush(self) -> None:
@@ -83,6 +92,7 @@ class InferenceLog:
         )
         self._s3.put_object(Bucket=self._bucket, Key=key, Body="".join(self._buffer).encode())
         self._buffer.clear()
+        self._buffered = 0
 
 
 def read_inference_log(

@@ -342,8 +342,14 @@ class Screener:
         )
         return cls(model, calibration)
 
-    def __call__(self, images: Images) -> Screening:
-        """Detections and screening of a batch (float [B,3,H,W] in [0,1] or a list of [3,H,W])."""
+    def __call__(self, images: Images, energy: Tensor | None = None) -> Screening:
+        """Detections and screening of a batch (float [B,3,H,W] in [0,1] or a list of [3,H,W]).
+
+        Args:
+            images: the batch.
+            energy: `high_frequency_energy(images)` when the caller already has it (serving
+                computes it per image while decoding, off the model's thread).
+        """
         cal = self.calibration
         with torch.no_grad():
             detections, maps = score_maps(self.model, images)
@@ -364,7 +370,9 @@ class Screener:
                     floor = cal.escalate_at / max(cal.uncertainty_threshold, 1e-12)
                     score = score.clone()
                     score[index] = ratio.clamp(min=floor)
-            degraded = high_frequency_energy(images).to(score.device) > cal.noise_bound
+            if energy is None:
+                energy = high_frequency_energy(images)
+            degraded = energy.to(score.device) > cal.noise_bound
         return Screening(detections, score, escalated, degraded)
 
 

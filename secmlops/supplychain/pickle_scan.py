@@ -8,6 +8,13 @@ global it can reach is on an explicit allowlist of what a torch state dict needs
 a nested pickle via `torch.storage._load_from_bytes`, a TorchScript archive, bytes we cannot
 parse) raises `UnsafePickle`: what cannot be checked is refused.
 
+A zip checkpoint is opened the way torch opens it (`secmlops.supplychain.torch_archive`): the
+data.pkl scanned is the one torch's own reader returns, and an archive that two zip readers
+could read differently, holds members torch.save does not write, or declares more bytes than
+allowed is refused before anything in it is unpacked. The storages a pickle references are
+matched against the tensor bytes there are, so a small file cannot make torch allocate a large
+one.
+
 Threat model: an attacker controls every byte of the file (MITRE ATLAS AML.T0010.003, ML supply
 chain: model). Trail of Bits' fickling gives an independent second opinion (its ML allowlist and
 its overtly-malicious detectors); it can only add refusals, never overrule the allowlist.
@@ -20,29 +27,21 @@ import hashlib
 import io
 import pickletools
 import tarfile
-import zipfile
-from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from secmlops.errors import IntegrityError
-
-# Storage classes torch.save names in its persistent ids (one per dtype).
-_STORAGE_KINDS = (
-    "Float",
-    "Double",
-    "Half",
-    "BFloat16",
-    "Long",
-    "Int",
-    "Short",
-    "Char",
-    "Byte",
-    "Bool",
-    "ComplexFloat",
-    "ComplexDouble",
+from secmlops.fsutil import read_bytes_at_most
+from secmlops.supplychain.torch_archive import (
+    ELEMENT_SIZES,
+    MAX_UNPACKED_BYTES,
+    Global,
+    check_legacy_storages,
+    check_storages,
+    read_torch_zip,
 )
+
 # dtypes and devices are inert values (calling one with pickle arguments does nothing useful).
 _DTYPES = (
     "float64",
@@ -65,7 +64,7 @@ ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
         ("torch._utils", "_rebuild_parameter"),
         ("torch", "device"),
         ("torch", "Size"),
-        *(("torch", f"{kind}Storage") for kind in _STORAGE_KINDS),
+        *(("torch", storage) for storage in ELEMENT_SIZES),  # one per dtype, in persistent ids
         *(("torch", dtype) for dtype in _DTYPES),
     }
 )
@@ -83,7 +82,15 @@ _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 # torch's legacy (non-zip) format: magic, protocol, sys_info, the object, storage keys; then raw
 # storage bytes that torch reads without unpickling.
 _TORCH_LEGACY_PICKLES = 5
+_LEGACY_OBJECT = 3  # the fourth pickle is the object; its persistent ids name the storages
 _UNICODE_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"})
+# Opcodes whose argument is the value they push: kept, so persistent ids can be read back.
+_LITERAL_OPS = frozenset(
+    {"BININT", "BININT1", "BININT2", "INT", "LONG", "LONG1", "LONG4", "SHORT_BINSTRING",
+     "BINSTRING", "STRING", "SHORT_BINBYTES", "BINBYTES", "BINBYTES8", "BINFLOAT", "FLOAT"}
+)  # fmt: skip
+_CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False, "EMPTY_TUPLE": ()}
+_TUPLE_SIZES = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
 _GET_OPS = frozenset({"GET", "BINGET", "LONG_BINGET"})
 _PUT_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
 _EXT_OPS = frozenset({"EXT1", "EXT2", "EXT4"})
@@ -128,6 +135,7 @@ class _Findings:
     globals: set[tuple[str, str]]
     reasons: list[str]
     fickling: list[tuple[int, str, str]]
+    persistent_ids: dict[str, list[Any]] = field(default_factory=dict)  # where -> ids
 
 
 def scan_pickle_file(path: Path) -> ScanResult:
@@ -141,21 +149,26 @@ def scan_pickle_file(path: Path) -> ScanResult:
 
     Raises:
         UnsafePickle: a non-allowlisted global, or content that cannot be verified.
-        IntegrityError: the file cannot be read.
+        IntegrityError: the file cannot be read, or is larger than `MAX_UNPACKED_BYTES`.
     """
     try:
-        data = Path(path).read_bytes()
+        data = read_bytes_at_most(Path(path), MAX_UNPACKED_BYTES)
     except OSError as exc:
         raise IntegrityError(f"{path}: cannot read weights file ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise IntegrityError(f"{path}: weights file {exc}") from None
     return scan_pickle_bytes(data, str(path))
 
 
-def scan_pickle_bytes(data: bytes, name: str) -> ScanResult:
+def scan_pickle_bytes(
+    data: bytes, name: str, *, max_unpacked_bytes: int = MAX_UNPACKED_BYTES
+) -> ScanResult:
     """Scan in-memory bytes (load these same bytes afterwards, not the file again).
 
     Args:
         data: the file's contents.
         name: how to name the file in messages.
+        max_unpacked_bytes: the most a zip checkpoint's members may declare, all together.
 
     Returns:
         The scan result.
@@ -168,7 +181,7 @@ def scan_pickle_bytes(data: bytes, name: str) -> ScanResult:
     # that the bytes we check are the bytes torch would unpickle.
     if data[:4] == b"PK\x03\x04":
         fmt: Format = "torch-zip"
-        streams = _scan_zip(data, found)
+        streams = _scan_zip(data, found, max_unpacked_bytes)
     elif _is_tar(data):
         fmt = "pickle"
         streams = []
@@ -219,39 +232,18 @@ def _is_tar(data: bytes) -> bool:
         return False
 
 
-def _scan_zip(data: bytes, found: _Findings) -> list[str]:
-    """Check the archive layout torch.save writes, then every pickle member in it."""
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        members = [info for info in archive.infolist() if not info.is_dir()]
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        found.reasons.append(f"unreadable zip archive ({exc})")
-        return []
-    names = [info.filename for info in members]
-    duplicated = sorted(n for n, count in Counter(names).items() if count > 1)
-    if duplicated:
-        # Zip readers disagree on which duplicate wins; torch's might read one we did not.
-        found.reasons.append(f"duplicate archive members {duplicated}")
-    prefixes = {PurePosixPath(n).parts[0] for n in names}
-    if len(prefixes) != 1:
-        found.reasons.append(f"expected one top-level folder, found {sorted(prefixes)}")
-    if any(PurePosixPath(n).name == "constants.pkl" or "/code/" in n for n in names):
-        found.reasons.append("TorchScript archive (it carries code, not only weights)")
-    if sum(PurePosixPath(n).name == "data.pkl" for n in names) != 1:
-        found.reasons.append("expected exactly one data.pkl (torch.save layout)")
+def _scan_zip(data: bytes, found: _Findings, max_unpacked_bytes: int) -> list[str]:
+    """Scan the data.pkl torch would unpickle; check every other member is raw tensor bytes."""
+    view = read_torch_zip(data, max_unpacked_bytes)
+    found.reasons += view.reasons
     scanned = []
-    for info in members:
-        if not info.filename.endswith(".pkl"):
-            continue  # tensor bytes and metadata: torch reads them raw, never unpickles them
-        try:
-            payload = archive.read(info)
-        except (zipfile.BadZipFile, OSError, ValueError, RuntimeError) as exc:
-            found.reasons.append(f"cannot read {info.filename} ({exc})")
-            continue
-        end = _scan_stream(payload, 0, info.filename, found)
+    for member, payload in view.pickles:
+        end = _scan_stream(payload, 0, member, found)
         if end is not None and end != len(payload):
-            found.reasons.append(f"{info.filename}: {len(payload) - end} bytes after STOP")
-        scanned.append(info.filename)
+            found.reasons.append(f"{member}: {len(payload) - end} bytes after STOP")
+        scanned.append(member)
+    if not view.reasons and scanned:
+        found.reasons += check_storages(view, found.persistent_ids.get(scanned[0], []))
     return scanned
 
 
@@ -270,6 +262,8 @@ def _scan_raw(data: bytes, found: _Findings) -> tuple[Format, list[str]]:
             fmt = "torch-legacy"
         offset = end
         if fmt == "torch-legacy" and len(streams) == _TORCH_LEGACY_PICKLES:
+            references = found.persistent_ids.get(streams[_LEGACY_OBJECT], [])
+            found.reasons += check_legacy_storages(references, len(data) - offset)
             break  # the rest is raw storage bytes
     return fmt, streams
 
@@ -295,19 +289,37 @@ def _scan_stream(data: bytes, start: int, where: str, found: _Findings) -> int |
     try:
         for op, arg, pos in pickletools.genops(stream):
             name = op.name
-            if name in _UNICODE_OPS:
+            if name in _UNICODE_OPS or name in _LITERAL_OPS:
                 stack.append(arg)
+            elif name in _CONSTANTS:
+                stack.append(_CONSTANTS[name])
             elif name in ("GLOBAL", "INST"):
                 module, _, attr = str(arg).partition(" ")
                 found.globals.add((module, attr))
                 _apply_stack_effect(op, stack, marks)
+                if name == "GLOBAL":
+                    stack[-1] = Global(module, attr)
             elif name == "STACK_GLOBAL":
                 attr, module = stack.pop(), stack.pop()
                 if not (isinstance(module, str) and isinstance(attr, str)):
                     found.reasons.append(f"{where}: STACK_GLOBAL at byte {pos} with computed names")
+                    stack.append(_UNKNOWN)
                 else:
                     found.globals.add((module, attr))
-                stack.append(_UNKNOWN)
+                    stack.append(Global(module, attr))
+            elif name == "TUPLE":
+                items = tuple(stack[marks[-1] :]) if marks else ()
+                _apply_stack_effect(op, stack, marks)
+                stack[-1] = items
+            elif name in _TUPLE_SIZES:
+                count = _TUPLE_SIZES[name]
+                items = tuple(stack[len(stack) - count :])
+                _apply_stack_effect(op, stack, marks)
+                stack[-1] = items
+            elif name in ("BINPERSID", "PERSID"):
+                pid = arg if name == "PERSID" else (stack[-1] if stack else _UNKNOWN)
+                found.persistent_ids.setdefault(where, []).append(pid)
+                _apply_stack_effect(op, stack, marks)
             elif name in _EXT_OPS:
                 found.reasons.append(f"{where}: {name} (copyreg extension registry) at byte {pos}")
                 stack.append(_UNKNOWN)

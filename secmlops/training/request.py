@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from secmlops.errors import InvalidRequest, ModelError
+from secmlops.names import json_schema_pattern
 
 if TYPE_CHECKING:
     from secmlops.training.trainer import TrainConfig
@@ -30,7 +31,9 @@ ARCHITECTURES: tuple[str, ...] = (
 DEFAULT_EPS = "4/255"
 # What the form accepts as eps: a positive number or a fraction with a non-zero numerator and
 # denominator ("0" and "4/0" are refused at the form, not by a failed training task).
-EPS_PATTERN = r"^(?=[0-9.]*[1-9])[0-9]*\.?[0-9]+(/(?=[0-9.]*[1-9])[0-9]*\.?[0-9]+)?$"
+EPS_PATTERN = json_schema_pattern(
+    r"(?=[0-9.]*[1-9])[0-9]*\.?[0-9]+(/(?=[0-9.]*[1-9])[0-9]*\.?[0-9]+)?"
+)
 
 
 @dataclass(frozen=True)

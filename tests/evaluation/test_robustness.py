@@ -257,7 +257,7 @@ def test_bad_split_missing_model_and_empty_split_are_clear_errors(scenes, small_
     empty = tmp_path / "empty"
     empty.mkdir()
     shutil.copy(scenes / "annotations.json", empty / "annotations.json")
-    (empty / "images").symlink_to(scenes / "images")
+    shutil.copytree(scenes / "images", empty / "images")  # a dataset holds its own images/
     splits = json.loads((scenes / "splits.json").read_text())
     (empty / "splits.json").write_text(json.dumps({**splits, "test": []}))
     with pytest.raises(DataError, match="empty"):

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from secmlops.registry.trust_chain import ChainBroken, SequenceState, sign_alias_move
 
-from .conftest import NAME, TOKEN, alias_file, detect, jpeg, load_events, model_source
+from .conftest import AUTH, NAME, TOKEN, alias_file, detect, jpeg, load_events, model_source
 
 BROKEN = "trust chain broken at the alias record"
 
@@ -109,7 +109,7 @@ def test_a_tampered_alias_record_is_refused_and_the_old_model_keeps_serving(serv
     assert source.current is kept and source.current.version in ("v1", "v2")
     assert source.last_error.startswith(BROKEN) and detail in source.last_error
     assert detect(client, jpeg()).json()["model"]["version"] == kept.version
-    health = client.get("/healthz").json()
+    health = client.get("/v1/model", headers=AUTH).json()
     assert (health["version"], health["sequence"]) == (kept.version, kept.sequence)
     assert health["last_refusal"] == source.last_error
     (fail,) = load_events(served["tmp"] / "audit.jsonl", "fail")

@@ -15,7 +15,7 @@ from secmlops.serving.app import ServingConfig, create_app
 from secmlops.serving.inference_log import InferenceLog, read_inference_log
 from secmlops.serving.model_source import ModelSource
 
-from .conftest import NAME, TOKEN, detect, gate_and_sign, jpeg
+from .conftest import AUTH, NAME, TOKEN, detect, gate_and_sign, jpeg
 
 
 def test_detect_returns_detections_score_and_logs_the_request(served):
@@ -69,11 +69,12 @@ def test_hot_reload_follows_the_alias_and_refuses_a_tampered_version(served):
     assert source.refresh() is False  # the refused record is not retried every interval
     assert source.current.version == "v1"
     assert detect(client, jpeg()).json()["model"]["version"] == "v1"
-    assert "differs from the digest recorded" in client.get("/healthz").json()["last_refusal"]
+    refusal = client.get("/v1/model", headers=AUTH).json()["last_refusal"]
+    assert "differs from the digest recorded" in refusal
     served["promote"]("v3")
     assert source.refresh() is True
     assert detect(client, jpeg()).json()["model"]["version"] == "v3"
-    health = client.get("/healthz").json()
+    health = client.get("/v1/model", headers=AUTH).json()
     assert health["version"] == "v3" and health["sequence"] == 3 and health["last_refusal"] is None
     loads = [
         (e["decision"], e["details"].get("version"))

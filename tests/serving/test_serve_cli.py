@@ -2,9 +2,7 @@
 
 import json
 import os
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,50 +10,13 @@ import httpx
 import pytest
 
 from secmlops.audit import AuditLog
-from secmlops.registry import Registry
 
 from .conftest import NAME, alias_file, load_events
-
-TOKEN = "cli-test-token-" + "y" * 16
-SECMLOPS = str(Path(sys.executable).with_name("secmlops"))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def serve_env(tmp_path: Path, pki, serving_policy) -> dict[str, str]:
-    """The settings a deployment gives `secmlops serve`: keys, policy, its own trust state."""
-    return {
-        **os.environ, **pki.env(), "SECMLOPS_POLICY": str(serving_policy),
-        "SECMLOPS_WORKDIR": str(tmp_path / "work"),
-        "SECMLOPS_TRUST_STATE": str(tmp_path / "trust" / "alias-sequences.json"),
-        "SECMLOPS_SERVING_TOKEN": TOKEN, "OMP_NUM_THREADS": "1",
-    }  # fmt: skip
-
-
-def serve_command(tmp_path: Path, port: int) -> list[str]:
-    return [
-        SECMLOPS, "serve", "--registry", str(tmp_path / "registry"), "--port", str(port),
-        "--model-name", NAME, "--inference-log", str(tmp_path / "inference"),
-        "--audit-log", str(tmp_path / "audit.jsonl"),
-    ]  # fmt: skip
-
-
-def stock(tmp_path: Path, pki, policy, releases) -> Registry:
-    """A registry with v1 in production, moved by the approver."""
-    audit = AuditLog(tmp_path / "audit.jsonl")
-    registry = Registry.open(tmp_path / "registry")
-    registry.push(releases["v1"], NAME, "v1", pki.keyring, audit)
-    registry.promote(NAME, "v1", "production", pki.keyring, audit, key=pki["approver"].key,
-                     policy=policy)  # fmt: skip
-    return registry
+from .live import SECMLOPS, TOKEN, free_port, serve_command, serve_env, stock
 
 
 def test_serve_starts_verifies_and_authenticates(tmp_path, pki, policy, serving_policy, releases):
-    registry = stock(tmp_path, pki, policy, releases)
+    registry = stock(tmp_path, pki, policy, releases["v1"])
     port = free_port()
     env = serve_env(tmp_path, pki, serving_policy)
     server = subprocess.Popen(
@@ -72,8 +33,14 @@ def test_serve_starts_verifies_and_authenticates(tmp_path, pki, policy, serving_
                 if server.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(server.stdout.read().decode() if server.stdout else "no output")
                 time.sleep(0.3)
-        assert health.json()["version"] == "v1" and health.json()["status"] == "ok"
-        assert health.json()["sequence"] == 1
+        assert health.json() == {"status": "ok"}  # liveness says nothing about the install
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        assert httpx.get(f"{base}/readyz").json() == {"status": "ready", "version": "v1"}
+        serving = httpx.get(f"{base}/v1/model", headers=auth).json()
+        assert serving["version"] == "v1" and serving["sequence"] == 1
+        assert httpx.get(f"{base}/v1/model").status_code == 401
+        assert httpx.get(f"{base}/docs").status_code == 401
+        assert httpx.get(f"{base}/openapi.json", headers=auth).status_code == 404  # off
         # The accepted sequence is remembered in the installation's trust state.
         state = json.loads(Path(env["SECMLOPS_TRUST_STATE"]).read_text())
         (accepted,) = state.values()  # one alias of one registry, as accepted at start
@@ -81,9 +48,7 @@ def test_serve_starts_verifies_and_authenticates(tmp_path, pki, policy, serving_
         assert accepted["sequence"] == 1 and len(accepted["digest"]) == 64
         files = {"image": ("x.png", b"\x89PNG\r\n\x1a\n", "image/png")}
         assert httpx.post(f"{base}/v1/detect", files=files).status_code == 401
-        authorised = httpx.post(
-            f"{base}/v1/detect", files=files, headers={"Authorization": f"Bearer {TOKEN}"}
-        )
+        authorised = httpx.post(f"{base}/v1/detect", files=files, headers=auth)
         assert authorised.status_code == 422  # authenticated, then refused as undecodable
     finally:
         server.terminate()
@@ -94,7 +59,7 @@ def test_serve_refuses_to_start_on_an_edited_alias_record(
     tmp_path, pki, policy, serving_policy, releases
 ):
     """Write access to the store only: production's record edited to name an ungated version."""
-    registry = stock(tmp_path, pki, policy, releases)
+    registry = stock(tmp_path, pki, policy, releases["v1"])
     registry.push(
         releases["nogate"], NAME, "nogate", pki.keyring, AuditLog(tmp_path / "audit.jsonl")
     )
