@@ -82,6 +82,7 @@ def serve_command(
     import uvicorn
 
     from secmlops.serving.app import ServingConfig, create_app
+    from secmlops.serving.engine import EngineConfig
     from secmlops.serving.inference_log import InferenceLog
     from secmlops.serving.limits import guarded_protocol
     from secmlops.serving.model_source import ModelSource
@@ -110,14 +111,17 @@ def serve_command(
     log = InferenceLog(
         inference_log or settings.inference_log, endpoint_url=settings.s3_endpoint_url
     )
-    config = ServingConfig(
-        token=token, max_bytes=max_bytes, max_pixels=max_pixels,
-        reload_interval_s=reload_interval, queue_size=queue_size, max_batch=max_batch,
-        batch_wait_ms=batch_wait_ms, decode_threads=decode_threads,
+    limits = EngineConfig(
+        max_bytes=max_bytes,
+        max_pixels=max_pixels,
+        queue_size=queue_size,
+        max_batch=max_batch,
+        batch_wait_ms=batch_wait_ms,
+        decode_threads=decode_threads,
         torch_threads=torch_threads or max(1, (os.cpu_count() or 2) - 1),
-        body_timeout_s=body_timeout,
-        docs=docs,
-    )  # fmt: skip
+    )
+    config = ServingConfig(token=token, engine=limits, reload_interval_s=reload_interval,
+                           body_timeout_s=body_timeout, docs=docs)  # fmt: skip
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(source, log, config), host=host, port=port, log_level="info",

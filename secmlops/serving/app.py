@@ -50,11 +50,8 @@ class ServingConfig:
 
     Args:
         token: the bearer token clients must present.
-        max_bytes: largest accepted image.
-        max_pixels: largest accepted width x height (decompression bombs are refused).
+        engine: the upload limits, the queue and the batching (`EngineConfig`).
         reload_interval_s: how often the alias is checked for a new version (0: never).
-        score_threshold: detections below this score are not returned.
-        queue_size, max_batch, batch_wait_ms, decode_threads, torch_threads: see `EngineConfig`.
         body_timeout_s: the whole body must arrive within this (408 after).
         docs: serve /docs and /openapi.json (behind the token).
         detect: (model, batch) -> (detections, adversarial scores [B]); default: the release's
@@ -62,29 +59,11 @@ class ServingConfig:
     """
 
     token: str
-    max_bytes: int = 8 * 1024 * 1024
-    max_pixels: int = 4096 * 4096
+    engine: EngineConfig = field(default_factory=EngineConfig)
     reload_interval_s: float = 10.0
-    score_threshold: float = 0.3
-    queue_size: int = 64
-    max_batch: int = 8
-    batch_wait_ms: float = 2.0
-    decode_threads: int = 1
-    torch_threads: int | None = None
     body_timeout_s: float = 30.0
     docs: bool = False
     detect: Detector | None = None
-    extra_log_fields: dict[str, Any] = field(default_factory=dict)
-
-    def engine(self) -> EngineConfig:
-        """The engine's part of the configuration."""
-        return EngineConfig(
-            max_bytes=self.max_bytes, max_pixels=self.max_pixels,
-            score_threshold=self.score_threshold, queue_size=self.queue_size,
-            max_batch=self.max_batch, batch_wait_ms=self.batch_wait_ms,
-            decode_threads=self.decode_threads, torch_threads=self.torch_threads,
-            extra_log_fields=self.extra_log_fields,
-        )  # fmt: skip
 
 
 def create_app(source: ModelSource, log: InferenceLog, config: ServingConfig) -> ASGIApp:
@@ -96,7 +75,7 @@ def create_app(source: ModelSource, log: InferenceLog, config: ServingConfig) ->
     """
     if not config.token or len(config.token) < 16:
         raise ValueError("the serving token must be at least 16 characters")
-    engine = InferenceEngine(source, log, config.engine(), config.detect)
+    engine = InferenceEngine(source, log, config.engine, config.detect)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -150,7 +129,7 @@ def create_app(source: ModelSource, log: InferenceLog, config: ServingConfig) ->
     return RequestGuard(
         app, token=config.token, public_paths=PUBLIC_PATHS,
         body_routes=frozenset({("POST", DETECT_PATH)}),
-        max_body_bytes=config.max_bytes + FORM_OVERHEAD_BYTES,
+        max_body_bytes=config.engine.max_bytes + FORM_OVERHEAD_BYTES,
         body_timeout_s=config.body_timeout_s, admit=engine.admit, release=engine.release,
         retry_after_s=engine.config.retry_after_s,
     )  # fmt: skip

@@ -164,7 +164,9 @@ def served(stocked, pki, policy) -> Any:
 
     source = model_source(stocked, pki, policy)
     log = InferenceLog(stocked["tmp"] / "inference")
-    config = ServingConfig(token=TOKEN, max_bytes=200_000, max_pixels=1_000_000,
-                           reload_interval_s=0, detect=fixed_score)  # fmt: skip
+    from secmlops.serving.engine import EngineConfig
+
+    limits = EngineConfig(max_bytes=200_000, max_pixels=1_000_000)
+    config = ServingConfig(token=TOKEN, engine=limits, reload_interval_s=0, detect=fixed_score)
     with TestClient(create_app(source, log, config)) as client:
         yield {**stocked, "client": client, "source": source}

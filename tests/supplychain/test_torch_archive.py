@@ -20,20 +20,7 @@ from secmlops.cli import EXIT_USER_ERROR, app
 from secmlops.models.importing import import_weights
 from secmlops.supplychain.pickle_scan import UnsafePickle, scan_pickle_bytes
 
-
-class Payload:
-    def __init__(self, func, *args):
-        self.func, self.args = func, args
-
-    def __reduce__(self):
-        return self.func, self.args
-
-
-def torch_bytes(obj, **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer, **kwargs)
-    return buffer.getvalue()
-
+from .test_pickle_scan import Payload, torch_bytes
 
 CLEAN = torch_bytes({"w": torch.zeros(2)})
 MEMBERS = [(i.filename, zipfile.ZipFile(io.BytesIO(CLEAN)).read(i))
