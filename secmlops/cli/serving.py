@@ -125,9 +125,10 @@ def serve_command(
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(source, log, config), host=host, port=port, log_level="info",
-            http=guarded_protocol(header_timeout), limit_concurrency=max_connections,
-            # SIGTERM: stop accepting, answer what was admitted, drain the log (lifespan).
-            timeout_graceful_shutdown=int(max(body_timeout, 30)),
+            http=guarded_protocol(header_timeout), ws="none", limit_concurrency=max_connections,
+            # SIGTERM: stop accepting, answer what was admitted (a body still arriving, then a
+            # full queue of forward passes), drain the log (lifespan).
+            timeout_graceful_shutdown=int(body_timeout + 60),
         )
     )  # fmt: skip
     server.run()

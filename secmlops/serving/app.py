@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,7 @@ from secmlops.serving.limits import (
 )
 from secmlops.serving.model_source import ModelSource
 
+logger = logging.getLogger(__name__)
 DETECT_PATH = "/v1/detect"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 
@@ -138,4 +140,7 @@ def create_app(source: ModelSource, log: InferenceLog, config: ServingConfig) ->
 async def _follow_alias(source: ModelSource, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
-        await asyncio.to_thread(source.refresh)
+        try:
+            await asyncio.to_thread(source.refresh)
+        except Exception:  # a network blip must not end the following (the old model serves)
+            logger.exception("serving: checking the alias failed; retrying in %g s", interval_s)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ from typing import Any
 
 from secmlops.errors import DataError
 from secmlops.s3 import s3_client
+
+logger = logging.getLogger(__name__)
 
 
 class InferenceLog:
@@ -39,6 +42,7 @@ class InferenceLog:
         self._lock = threading.Lock()
         self._buffer: list[str] = []
         self._buffered = 0  # records in the buffer
+        self._max_buffered = 10 * flush_every  # while S3 refuses writes
         self._flush_every = flush_every
         if text.startswith("s3://"):
             bucket, _, prefix = text[5:].partition("/")
@@ -60,10 +64,7 @@ class InferenceLog:
         """Write several records at once (one file append, or one S3 buffer update)."""
         now = dt.datetime.now(dt.UTC)
         stamp = now.isoformat(timespec="milliseconds")
-        text = "".join(
-            json.dumps({"time": stamp, **record}, separators=(",", ":"), allow_nan=False) + "\n"
-            for record in records
-        )
+        text = "".join(_line({"time": stamp, **record}) for record in records)
         with self._lock:
             if self._folder is not None:
                 path = self._folder / _partition(now) / "records.jsonl"
@@ -90,7 +91,17 @@ class InferenceLog:
         key = "/".join(
             part for part in (self._prefix, _partition(now), f"{uuid.uuid4().hex}.jsonl") if part
         )
-        self._s3.put_object(Bucket=self._bucket, Key=key, Body="".join(self._buffer).encode())
+        try:
+            self._s3.put_object(Bucket=self._bucket, Key=key, Body="".join(self._buffer).encode())
+        except Exception:
+            # S3 is down: keep what fits in a bounded buffer for the next flush, drop the oldest
+            # beyond it (said in the service's log), so memory stays bounded.
+            while self._buffered > self._max_buffered and len(self._buffer) > 1:
+                dropped = self._buffer.pop(0)
+                self._buffered -= dropped.count("\n")
+                logger.error("inference log: S3 unreachable; dropped %d records",
+                             dropped.count("\n"))  # fmt: skip
+            raise
         self._buffer.clear()
         self._buffered = 0
 
@@ -129,6 +140,17 @@ def _parse_lines(text: str, source: str) -> Iterator[dict[str, Any]]:
             yield json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{source}:{number}: not a JSON record ({exc.msg})") from None
+
+
+def _line(record: dict[str, Any]) -> str:
+    """One JSON line; a record that cannot be written as JSON (a NaN from a broken model) keeps
+    its request id and says so, instead of taking its neighbours down with it."""
+    try:
+        return json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
+    except (TypeError, ValueError) as exc:
+        logger.error("inference log: record %s is not JSON (%s)", record.get("request_id"), exc)
+        kept = {k: record[k] for k in ("time", "request_id", "model_version") if k in record}
+        return json.dumps({**kept, "unserialisable": str(exc)}, default=str) + "\n"
 
 
 def _partition(now: dt.datetime) -> str:

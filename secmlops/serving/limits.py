@@ -72,8 +72,11 @@ class RequestGuard:
         self.admit, self.release, self.retry_after_s = admit, release, retry_after_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":  # lifespan
+        if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":  # websockets: none are served, and none get past here
+            await send({"type": "websocket.close", "code": 1008})
             return
         headers = _headers(scope)
         body = _BodyProgress(headers)

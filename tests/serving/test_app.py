@@ -15,7 +15,7 @@ from secmlops.serving.app import ServingConfig, create_app
 from secmlops.serving.inference_log import InferenceLog, read_inference_log
 from secmlops.serving.model_source import ModelSource
 
-from .conftest import AUTH, NAME, TOKEN, detect, gate_and_sign, jpeg
+from .conftest import AUTH, NAME, TOKEN, detect, gate_and_sign, jpeg, model_source
 
 
 def test_detect_returns_detections_score_and_logs_the_request(served):
@@ -165,3 +165,42 @@ def test_a_release_with_a_calibrated_screener_reports_alarms(
             answers.append(detect(client, buffer.getvalue(), "image/png").json())
     assert set(answers[0]["screening"]) == {"flagged", "escalated", "degraded"}
     assert answers[1]["adversarial_score"] > answers[0]["adversarial_score"]
+
+
+def test_a_record_that_is_not_json_does_not_take_its_neighbours_down(tmp_path):
+    log = InferenceLog(tmp_path / "log")
+    log.extend([{"request_id": "a", "score": float("nan")}, {"request_id": "b", "score": 0.5}])
+    records = {r["request_id"]: r for r in read_inference_log(tmp_path / "log")}
+    assert records["b"]["score"] == 0.5
+    assert "unserialisable" in records["a"] and "score" not in records["a"]
+
+
+def test_websockets_are_closed_by_the_guard(served):
+    from starlette.websockets import WebSocketDisconnect
+
+    with pytest.raises(WebSocketDisconnect), served["client"].websocket_connect("/v1/detect"):
+        pass
+
+
+def test_following_the_alias_survives_an_unexpected_error(stocked, pki, policy):
+    """A network blip inside a reload (not a refusal) must not end the follower task."""
+    import time
+
+    source = model_source(stocked, pki, policy)
+    calls = []
+    real_refresh = source.refresh
+
+    def flaky() -> bool:
+        calls.append(1)
+        if len(calls) == 2:
+            raise ConnectionResetError("S3 read cut short")
+        return real_refresh()
+
+    source.refresh = flaky  # type: ignore[method-assign]
+    app = create_app(source, InferenceLog(stocked["tmp"] / "log"),
+                     ServingConfig(token=TOKEN, reload_interval_s=0.05))  # fmt: skip
+    with TestClient(app):
+        deadline = time.monotonic() + 10
+        while len(calls) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert len(calls) >= 4  # start, the failing check, and checks after it

@@ -138,6 +138,19 @@ def jpeg_with_frame(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+def progressive_jpeg(side: int, extra_scans: int = 0) -> bytes:
+    """A progressive JPEG; with `extra_scans`, its last scan repeated that many more times (a
+    CPU bomb: each scan is another pass over the whole image)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((side, side, 3), np.uint8)).save(
+        buffer, "JPEG", progressive=True, quality=50
+    )
+    data = buffer.getvalue()
+    last_scan = data.rindex(b"\xff\xda")
+    end = data.rindex(b"\xff\xd9")
+    return data[:end] + data[last_scan:end] * extra_scans + data[end:]
+
+
 def post(server, data: bytes, content_type: str, headers=AUTH):
     import httpx
 
@@ -167,6 +180,15 @@ def test_an_image_at_the_pixel_limit_is_served(server):
     Image.fromarray(np.zeros((1000, 1000, 3), np.uint8)).save(buffer, "PNG")
     response = post(server, buffer.getvalue(), "image/png")
     assert response.status_code == 200, response.text
+
+
+def test_a_jpeg_of_thousands_of_scans_is_refused_before_decoding(server):
+    bomb = progressive_jpeg(512, extra_scans=3000)
+    assert len(bomb) < MAX_BYTES
+    response = post(server, bomb, "image/jpeg")
+    assert response.status_code == 422 and "scans; at most 64" in response.json()["detail"]
+    # Its good twin, an ordinary progressive JPEG (about 10 scans), is served.
+    assert post(server, progressive_jpeg(512), "image/jpeg").status_code == 200
 
 
 def test_malformed_forms_and_headers_get_clear_refusals(server):
