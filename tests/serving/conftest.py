@@ -106,6 +106,21 @@ def detect(client, data, content_type="image/jpeg", headers=AUTH):
     return client.post("/v1/detect", files={"image": ("x", data, content_type)}, headers=headers)
 
 
+def logged(folder: Path, count: int, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+    """The inference log's records once it holds `count` (they are written by the service's log
+    thread after the answer leaves, so a client may read the log before they land)."""
+    import time
+
+    from secmlops.serving.inference_log import read_inference_log
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = list(read_inference_log(folder)) if folder.exists() else []
+        if len(records) >= count or time.monotonic() > deadline:
+            return records
+        time.sleep(0.02)
+
+
 def alias_file(root: Path, alias: str = "production") -> Path:
     """Where the file registry under `root` keeps an alias record (what an attacker edits)."""
     return root / "models" / NAME / "aliases" / f"{alias}.json"

@@ -15,7 +15,7 @@ from secmlops.serving.app import ServingConfig, create_app
 from secmlops.serving.inference_log import InferenceLog, read_inference_log
 from secmlops.serving.model_source import ModelSource
 
-from .conftest import AUTH, NAME, TOKEN, detect, gate_and_sign, jpeg, model_source
+from .conftest import AUTH, NAME, TOKEN, detect, gate_and_sign, jpeg, logged, model_source
 
 
 def test_detect_returns_detections_score_and_logs_the_request(served):
@@ -24,7 +24,7 @@ def test_detect_returns_detections_score_and_logs_the_request(served):
     body = response.json()
     assert body["model"]["version"] == "v1" and body["adversarial_score"] == 0.25
     assert isinstance(body["detections"], list)
-    records = list(read_inference_log(served["tmp"] / "inference"))
+    records = logged(served["tmp"] / "inference", 1)
     assert len(records) == 1 and records[0]["request_id"] == body["request_id"]
     features = records[0]["features"]
     assert set(features) >= {"brightness", "contrast", "sharpness", "hf_energy", "detections"}
@@ -56,7 +56,7 @@ def test_bad_uploads_are_refused_and_the_server_keeps_serving(served):
     Image.new("RGB", (1200, 1000)).save(huge, "PNG")  # tiny file, too many pixels
     assert detect(client, huge.getvalue(), "image/png").status_code == 413
     assert detect(client, jpeg()).status_code == 200
-    assert len(list(read_inference_log(served["tmp"] / "inference"))) == 1
+    assert len(logged(served["tmp"] / "inference", 1)) == 1
 
 
 def test_hot_reload_follows_the_alias_and_refuses_a_tampered_version(served):
