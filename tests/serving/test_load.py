@@ -7,7 +7,6 @@ import io
 import json
 import signal
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -17,7 +16,7 @@ from PIL import Image
 
 from secmlops.serving.inference_log import read_inference_log
 
-from .conftest import jpeg
+from .conftest import jpeg, logged
 from .live import AUTH, health_probe, running_server, serve_env, stock
 
 LARGE_SIDE = 1024
@@ -103,7 +102,8 @@ def test_sigterm_answers_what_it_admitted_and_logs_every_answer(tmp_path, stocke
         threads = [threading.Thread(target=client, args=(i,)) for i in range(32)]
         for thread in threads:
             thread.start()
-        time.sleep(0.3)  # requests in flight
+        # SIGTERM once the server is answering, with the other requests in flight.
+        assert logged(tmp_path / "inference", 1, timeout_s=60), "nothing was answered"
         code = server.stop()
         for thread in threads:
             thread.join(60)
@@ -113,9 +113,9 @@ def test_sigterm_answers_what_it_admitted_and_logs_every_answer(tmp_path, stocke
     served = [a for a in answers if isinstance(a, httpx.Response) and a.status_code == 200]
     assert served, f"nothing was served before SIGTERM: {answers}"
     assert all(isinstance(a, Exception) or a.status_code in (200, 503) for a in answers), answers
-    logged = {record["request_id"] for record in read_inference_log(tmp_path / "inference")}
-    assert {a.json()["request_id"] for a in served} <= logged
-    assert len(logged) == len(served)  # and nothing else: one record per answer
+    in_log = {record["request_id"] for record in read_inference_log(tmp_path / "inference")}
+    assert {a.json()["request_id"] for a in served} <= in_log
+    assert len(in_log) == len(served)  # and nothing else: one record per answer
 
 
 def test_batched_answers_equal_single_image_answers(tmp_path, tiny_model, tiny_scenes):
