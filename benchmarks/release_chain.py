@@ -59,8 +59,11 @@ def role_keys(root: Path) -> RoleKeys:
     return RoleKeys(keys, Keyring.from_paths(pubs).with_roles(roles), policy, privates, pubs)
 
 
-def gate_report(weights_sha256: str, suite: dict[str, Any], gated: list[str]) -> dict[str, Any]:
-    """A robustness report that passes the repository's gate (figures well above every floor)."""
+def gate_report(
+    weights_sha256: str, suite: dict[str, Any], gated: list[str], operating_point: dict[str, Any]
+) -> dict[str, Any]:
+    """A robustness report that passes the repository's gate (figures well above every floor),
+    scored at the model's own operating point."""
     names = set(gated) | {
         f"{kind}_linf_{level}" for level in suite["linf_eps_levels"] for kind in ("fgsm", "pgd")
     }
@@ -75,7 +78,8 @@ def gate_report(weights_sha256: str, suite: dict[str, Any], gated: list[str]) ->
                   "defence": {"adversarial": {"method": "fgsm-rs", "eps": 4 / 255}}},
         "data": {"dir": "bench", "split": "test", "images": 100, "boxes": 500},
         "suite": suite,
-        "clean": {"mAP50": 0.9, "mAP50_95": 0.5},
+        "operating_point": operating_point,
+        "clean": {"mAP50": 0.9, "mAP50_95": 0.5, "recall": 0.9, "fppi": 0.1},
         "attacks": attacks,
         "cross_check": {"attack": "pgd_linf_4", "art_mAP50": 0.9, "ours_mAP50": 0.9,
                         "difference": 0.0, "tolerance": 0.03, "passed": True},
@@ -86,11 +90,14 @@ def gate_report(weights_sha256: str, suite: dict[str, Any], gated: list[str]) ->
 
 def sign_release(model_dir: Path, work: Path, keys: RoleKeys) -> Path:
     """Gate `model_dir` (a passing record signed by the gate key) and sign its provenance."""
-    digest = read_card(model_dir).weights_sha256
+    card = read_card(model_dir)
+    if card.operating_point is None:
+        raise ValueError(f"{model_dir}: save the model with an operating point to gate it")
     content = yaml.safe_load(keys.policy.read_text())
     report = gate_report(
-        digest, content["gate"]["attacks"], list(content["gate"]["min_robust_map50"])
-    )
+        card.weights_sha256, content["gate"]["attacks"],
+        list(content["gate"]["min_robust_map50"]), card.operating_point.model_dump(mode="json"),
+    )  # fmt: skip
     label = model_dir.name
     (work / f"{label}-report.json").write_text(json.dumps(report))
     record = work / f"{label}-gate-record.json"

@@ -35,7 +35,7 @@ from pathlib import Path
 from release_chain import RoleKeys, role_keys, sign_release
 
 from secmlops.audit import AuditLog
-from secmlops.models import build, save
+from secmlops.models import OperatingPoint, build, save
 from secmlops.policy import load_policy
 from secmlops.registry import Registry
 from secmlops.registry.trust_chain import SequenceState, verify_chain
@@ -58,7 +58,9 @@ def make_release(root: Path, label: str, keys: RoleKeys, seed: int) -> Path:
     import torch
 
     torch.manual_seed(seed)
-    save(build("compact_centernet"), root / label)
+    # As training records it: chosen at the policy's 0.1 false positives per validation image.
+    point = OperatingPoint(score_threshold=0.4, chosen_by="fppi", target_fppi=0.1, split="val")
+    save(build("compact_centernet"), root / label, operating_point=point)
     return sign_release(root / label, root, keys)
 
 

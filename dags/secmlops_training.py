@@ -166,7 +166,7 @@ def secmlops_training():
 
         request = TrainingRequest(**plan["request"])
         run_id = get_current_context()["run_id"]
-        return train(lifecycle_settings(), data, run_id, request, name=CANDIDATE)
+        return train(lifecycle_settings(), data, run_id, request, plan["policy"], name=CANDIDATE)
 
     @lifecycle_task(execution_timeout=timedelta(hours=6), queue=DEPLOYMENT.training_queue)
     def train_baseline(plan: TrainingPlan, data: VerifiedData) -> TrainedModel | None:
@@ -176,7 +176,9 @@ def secmlops_training():
         if not request.defended:
             return None  # the candidate is undefended itself: nothing to compare
         run_id = get_current_context()["run_id"]
-        return train(lifecycle_settings(), data, run_id, request.undefended(), name=BASELINE)
+        return train(
+            lifecycle_settings(), data, run_id, request.undefended(), plan["policy"], name=BASELINE
+        )
 
     @lifecycle_task(execution_timeout=timedelta(hours=2))
     def evaluate_model(

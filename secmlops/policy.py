@@ -9,11 +9,12 @@ written reason and returns the record that the caller appends to the audit log; 
 `policy_digest` so an audit shows which thresholds they were made under.
 
 Layout: one model per lifecycle stage, each a required field of `Policy`: `roles:` (which keys
-may act in which role of the release chain), `data:` (validation, leakage and poisoning screens)
-and `gate:` (the robustness validation gate: the attack suite its evidence must come from, clean
-and robust mAP floors, the accuracy a defence may cost, the regression allowed against
-production, how long a gate record stays valid) and `monitoring:` (drift and attack signals
-that request retraining, and the cooldown between requests).
+may act in which role of the release chain), `data:` (validation, leakage and poisoning screens),
+`gate:` (the robustness validation gate: the attack suite its evidence must come from, the
+operating point a release serves at, the clean recall at that point, clean and robust mAP floors,
+the accuracy a defence may cost, the regression allowed against production, how long a gate
+record stays valid) and `monitoring:` (drift and attack signals that request retraining, and the
+cooldown between requests).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from pydantic import (
 
 from secmlops.errors import PolicyError
 
-POLICY_VERSION = 2
+POLICY_VERSION = 3
 KEY_ID_PATTERN = r"^ed25519:[0-9a-f]{32}$"
 
 ATTACK_NAME_PATTERN = r"^[a-z0-9_]+$"
@@ -149,14 +150,31 @@ class AttackSuitePolicy(_Section):
         return levels
 
 
+class OperatingPointPolicy(_Section):
+    """The score threshold a release serves at, and how many false alarms it may raise."""
+
+    target_fppi: float = Field(
+        gt=0, le=10, description="training picks the lowest score threshold whose false "
+        "positives per image on the validation split are at most this",
+    )  # fmt: skip
+    max_clean_fppi: float = Field(
+        gt=0, le=10, description="most false positives per clean test image at the operating point"
+    )
+
+
 class GatePolicy(_Section):
     """Thresholds of the robustness validation gate (secmlops/evaluation/gate.py)."""
 
     attacks: AttackSuitePolicy
+    operating_point: OperatingPointPolicy
     min_clean_map50: Fraction = Field(description="lowest clean mAP@0.5 on the test split")
     min_robust_map50: dict[AttackName, Fraction] = Field(
         min_length=1, description="attack name -> lowest mAP@0.5 under that attack"
     )
+    min_clean_recall: Fraction = Field(
+        description="lowest share of the clean test split's people found at the operating point"
+    )
+
     max_defence_cost: Fraction = Field(
         description="most clean mAP@0.5 a defence may cost against the undefended baseline model"
     )
@@ -215,7 +233,7 @@ class MonitoringPolicy(_Section):
 class Policy(_Section):
     """The whole policy file: its format version and one section per lifecycle stage."""
 
-    version: Literal[2]
+    version: Literal[3]
     roles: RolesPolicy
     data: DataPolicy
     gate: GatePolicy
@@ -232,6 +250,11 @@ class Policy(_Section):
                 f"must be {POLICY_VERSION}: version 1 trusted data keys in "
                 "data.trusted_data_keys; version 2 moves them to roles.data_owner and adds "
                 "roles.trainer, roles.gate, roles.approver and gate.record_validity_days"
+            )
+        if value == 2:
+            raise ValueError(
+                f"must be {POLICY_VERSION}: version 3 adds gate.operating_point (the score "
+                "threshold a release serves at, and its false alarms) and gate.min_clean_recall"
             )
         return value
 

@@ -33,7 +33,7 @@ ROLE_KEYS = {
 
 def valid() -> dict[str, Any]:
     return {
-        "version": 2,
+        "version": 3,
         "roles": {role: list(keys) for role, keys in ROLE_KEYS.items()},
         "data": {
             "min_box_width": 4,
@@ -50,7 +50,9 @@ def valid() -> dict[str, Any]:
                 "patch_fraction": 0.15,
                 "corruption_severity": 3,
             },
+            "operating_point": {"target_fppi": 0.1, "max_clean_fppi": 0.3},
             "min_clean_map50": 0.75,
+            "min_clean_recall": 0.7,
             "min_robust_map50": {"pgd_linf_4": 0.3, "patch": 0.4},
             "max_defence_cost": 0.1,
             "max_regression": 0.02,
@@ -90,7 +92,7 @@ def test_valid_file_loads(tmp_path):
 
 def test_repo_policy_loads():
     policy = load_policy(REPO_POLICY)
-    assert policy.version == 2
+    assert policy.version == 3
     assert 0 < policy.data.max_empty_image_ratio < 1
     assert 0 < policy.gate.min_clean_map50 < 1
     assert policy.gate.min_robust_map50  # every gated attack is one the suite runs (schema)
@@ -278,8 +280,14 @@ def test_version_1_policy_gets_a_migration_hint(tmp_path):
     assert "version 2 moves them to roles.data_owner" in error_of(write(tmp_path, content))
 
 
-@pytest.mark.parametrize("version", [3, True, "2"])
-def test_only_version_2_is_read(tmp_path, version):
+def test_version_2_policy_gets_a_migration_hint(tmp_path):
+    content = valid()
+    content["version"] = 2
+    assert "version 3 adds gate.operating_point" in error_of(write(tmp_path, content))
+
+
+@pytest.mark.parametrize("version", [4, True, "3"])
+def test_only_version_3_is_read(tmp_path, version):
     content = valid()
     content["version"] = version
     assert "policy.yaml: version: " in error_of(write(tmp_path, content))
@@ -294,7 +302,7 @@ def test_malformed_yaml_names_file_and_line(tmp_path, text):
 
 
 def test_repeated_yaml_key_is_an_error(tmp_path):
-    text = yaml.safe_dump(valid()) + "version: 2\n"
+    text = yaml.safe_dump(valid()) + "version: 3\n"
     assert "key 'version' appears twice" in error_of(write(tmp_path, text))
 
 

@@ -13,6 +13,15 @@ people vanish, move or multiply.
 - FGSM with random start, FGSM-RS (Wong, Rice, Kolter, 2020, "Fast is better than free:
   Revisiting adversarial training", arXiv:2001.03994): one step of size 1.25*eps from a uniform
   random start; as strong a training signal as PGD at the price of one gradient.
+- The APGD step schedule (Croce, Hein, 2020, "Reliable evaluation of adversarial robustness with
+  an ensemble of diverse parameter-free attacks", arXiv:2003.01690), `schedule="apgd"`: steps
+  start at 2*eps with momentum 0.75 and halve at fixed checkpoints when the objective stopped
+  rising, restarting from the best point found; what makes a fixed step budget strong without
+  tuning a step size per model. Progress is judged per image where the objective is per image
+  (vanishing, fabrication) and per batch for the training losses.
+
+The objective is the sum of the training losses ("loss") or a score-level one
+(`secmlops.attacks.objectness`: "vanishing", "fabrication"), set by `AttackConfig.objective`.
 
 Both run without leaving the device (no numpy round trips), without computing weight gradients
 (only the input needs one), and on a copy of the model whose frozen batch norms are folded into
@@ -39,11 +48,18 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from secmlops.attacks.objectness import OBJECTIVES, fabrication_objective, vanishing_objective
 from secmlops.errors import ModelError
 
 Norm = Literal["inf", "2"]
 Method = Literal["pgd", "fgsm-rs"]
+Objective = Literal["loss", "vanishing", "fabrication"]
+Schedule = Literal["fixed", "apgd"]
 METHODS: tuple[str, ...] = ("pgd", "fgsm-rs")
+# APGD's constants (Croce and Hein 2020, section 3): momentum, and the share of steps since the
+# last checkpoint that must have raised the objective for the step size to stay.
+_APGD_MOMENTUM = 0.75
+_APGD_RHO = 0.75
 # Loss scale under AMP: keeps float16 input gradients of a mean loss away from underflow.
 _AMP_LOSS_SCALE = 2.0**12
 
@@ -60,6 +76,10 @@ class AttackConfig:
         step_size: per-step size; default 2.5*eps/steps for PGD (Madry et al.), 1.25*eps for
             FGSM-RS (Wong et al.).
         random_start: start from a uniform point in the eps-ball (FGSM-RS requires it).
+        objective: what the attack maximises: "loss" (the training losses against the true
+            boxes), "vanishing" or "fabrication" (objectness scores, no ground truth needed).
+        schedule: "fixed" steps of `step_size`, or "apgd" (PGD only: step size from 2*eps,
+            momentum, halving at checkpoints; `step_size` must then be unset).
     """
 
     method: Method = "pgd"
@@ -68,6 +88,8 @@ class AttackConfig:
     norm: Norm = "inf"
     step_size: float | None = None
     random_start: bool = True
+    objective: Objective = "loss"
+    schedule: Schedule = "fixed"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -82,6 +104,15 @@ class AttackConfig:
             raise ModelError(f"steps must be at least 1, got {self.steps}")
         if self.method == "fgsm-rs" and (self.steps != 1 or not self.random_start):
             raise ModelError("FGSM-RS takes exactly one step from a random start")
+        if self.objective not in OBJECTIVES:
+            raise ModelError(
+                f"unknown attack objective {self.objective!r}; "
+                f"choose one of {', '.join(OBJECTIVES)}"
+            )
+        if self.schedule not in ("fixed", "apgd"):
+            raise ModelError(f"unknown step schedule {self.schedule!r}; choose fixed or apgd")
+        if self.schedule == "apgd" and (self.method != "pgd" or self.step_size is not None):
+            raise ModelError("the APGD schedule is for PGD and sets its own step sizes")
 
     @property
     def alpha(self) -> float:
@@ -169,6 +200,22 @@ def attack_loss(
     return sum((losses[k].float() for k in keys), torch.zeros((), device=images.device))
 
 
+def attack_objective(
+    model: nn.Module,
+    images: Tensor,
+    targets: Sequence[dict[str, Tensor]],
+    objective: Objective,
+    loss_keys: Sequence[str] | None = None,
+) -> Tensor:
+    """What the attack maximises on `images`: per image [B], or one scalar for the training
+    losses (which a detector normalises over the whole batch)."""
+    if objective == "vanishing":
+        return vanishing_objective(model, images)
+    if objective == "fabrication":
+        return fabrication_objective(model, images)
+    return attack_loss(model, images, targets, loss_keys)
+
+
 def perturb(
     model: nn.Module,
     images: Tensor,
@@ -205,18 +252,100 @@ def perturb(
     )
     delta = (clean + delta).clamp_(0, 1) - clean
     scale = _AMP_LOSS_SCALE if amp else 1.0
-    with loss_mode(fold_batch_norm(model)) as attacked:
+    # enable_grad: a caller inside torch.no_grad() still gets an attack, not a silent no-op.
+    with loss_mode(fold_batch_norm(model)) as attacked, torch.enable_grad():
+        if config.schedule == "apgd":
+            return _apgd(attacked, clean, delta, targets, config, loss_keys, amp)
         for _ in range(config.steps):
             delta.requires_grad_(True)
             with torch.autocast(clean.device.type, enabled=amp):
-                loss = attack_loss(attacked, clean + delta, targets, loss_keys)
-            (grad,) = torch.autograd.grad(loss * scale, delta)
+                loss = attack_objective(
+                    attacked, clean + delta, targets, config.objective, loss_keys
+                )
+            (grad,) = torch.autograd.grad(loss.sum() * scale, delta)
             with torch.no_grad():
                 grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
                 delta = delta.detach() + config.alpha * _direction(grad, config.norm)
                 delta = _project(delta, config.eps, config.norm)
                 delta = (clean + delta).clamp_(0, 1) - clean
     return (clean + delta).detach()
+
+
+def apgd_checkpoints(steps: int) -> list[int]:
+    """The iterations at which APGD may halve its step size (Croce and Hein 2020, eq. 4, as
+    their reference code rounds it): the first after int(0.22 * steps), then windows shrinking
+    by int(0.03 * steps) down to int(0.06 * steps) (each at least 1)."""
+    window = max(int(0.22 * steps), 1)
+    shrink, shortest = max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+    checkpoints, at = [], window
+    while at < steps:
+        checkpoints.append(at)
+        window = max(window - shrink, shortest)
+        at += window
+    return checkpoints
+
+
+def _apgd(
+    attacked: nn.Module,
+    clean: Tensor,
+    delta: Tensor,
+    targets: Sequence[dict[str, Tensor]],
+    config: AttackConfig,
+    loss_keys: Sequence[str] | None,
+    amp: bool,
+) -> Tensor:
+    """APGD (Croce and Hein 2020, algorithm 1) from `clean + delta`; returns the best point seen
+    per image (`steps` updates, each followed by one gradient evaluation)."""
+    batch = len(clean)
+    shape = (batch, 1, 1, 1)
+    scale = _AMP_LOSS_SCALE if amp else 1.0
+
+    def evaluate(x: Tensor) -> tuple[Tensor, Tensor]:
+        x = x.detach().requires_grad_(True)
+        with torch.autocast(clean.device.type, enabled=amp):
+            value = attack_objective(attacked, x, targets, config.objective, loss_keys)
+        (grad,) = torch.autograd.grad(value.sum() * scale, x)
+        per_image = value.detach().float().reshape(-1).expand(batch).clone()
+        return per_image, torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def project(x: Tensor) -> Tensor:
+        return (clean + _project(x - clean, config.eps, config.norm)).clamp_(0, 1)
+
+    x = clean + delta
+    value, grad = evaluate(x)
+    best_value, best_x, best_grad = value.clone(), x.clone(), grad.clone()
+    eta = torch.full(shape, 2 * config.eps, device=clean.device)
+    previous_x, previous_value = x.clone(), value.clone()
+    checkpoints = apgd_checkpoints(config.steps)
+    last_checkpoint, rises = 0, torch.zeros(batch, device=clean.device)
+    eta_at_checkpoint, best_at_checkpoint = eta.clone(), best_value.clone()
+    for k in range(config.steps):
+        with torch.no_grad():
+            z = project(x + eta * _direction(grad, config.norm))
+            momentum = 1.0 if k == 0 else _APGD_MOMENTUM
+            x, previous_x = project(x + momentum * (z - x) + (1 - momentum) * (x - previous_x)), x
+        value, grad = evaluate(x)
+        with torch.no_grad():
+            rises += (value > previous_value).float()
+            previous_value = value
+            improved = value > best_value
+            best_value = torch.where(improved, value, best_value)
+            best_x[improved], best_grad[improved] = x[improved], grad[improved]
+            if k + 1 in checkpoints:
+                window = k + 1 - last_checkpoint
+                stalled = rises < _APGD_RHO * window
+                unchanged = (eta.view(-1) == eta_at_checkpoint.view(-1)) & (
+                    best_value == best_at_checkpoint
+                )
+                halve = stalled | unchanged
+                eta[halve] /= 2
+                # Restart the halved images from their best point (with its gradient).
+                x, grad = x.clone(), grad.clone()
+                x[halve], grad[halve] = best_x[halve], best_grad[halve]
+                previous_x = torch.where(halve.view(shape), x, previous_x)
+                last_checkpoint, rises = k + 1, torch.zeros_like(rises)
+                eta_at_checkpoint, best_at_checkpoint = eta.clone(), best_value.clone()
+    return best_x.detach()
 
 
 def _random_start(clean: Tensor, config: AttackConfig, generator: torch.Generator | None) -> Tensor:

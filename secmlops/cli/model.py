@@ -38,6 +38,15 @@ def import_command(
     input_size: Annotated[
         str | None, typer.Option(help="HxW the model sees (default: the architecture's).")
     ] = None,
+    score_threshold: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="The score the release serves at (recorded as a fixed operating point; "
+            "without it serving refuses the model).",
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a model already in --out.")] = False,
 ) -> None:
     """Scan a pickle's opcodes against an allowlist, then load it weights-only and save safetensors.
@@ -48,7 +57,10 @@ def import_command(
     from secmlops.models.importing import import_weights
 
     size = parse_size(input_size)
-    card = import_weights(weights, architecture, out, input_size=size, overwrite=overwrite)
+    card = import_weights(
+        weights, architecture, out, input_size=size, score_threshold=score_threshold,
+        overwrite=overwrite,
+    )  # fmt: skip
     scan = card.training.get("scan", "")
     console.print(
         f"imported {weights.name} as {card.architecture} {card.input_size[0]}x{card.input_size[1]} "

@@ -59,6 +59,13 @@ def train_command(
     eps_warmup_epochs: Annotated[
         int, typer.Option(help="Epochs over which eps grows from 0 to --eps.")
     ] = DEFAULTS.eps_warmup_epochs,
+    target_fppi: Annotated[
+        float,
+        typer.Option(
+            help="Operating point: the lowest score threshold with at most this many false "
+            "positives per validation image (the policy's gate.operating_point.target_fppi)."
+        ),
+    ] = 0.1,
 ) -> None:
     """Train a pedestrian detector; checkpoints every epoch, keeps the best validation epoch.
 
@@ -73,7 +80,7 @@ def train_command(
     })  # fmt: skip
     config = request.train_config(
         batch_size=batch_size, learning_rate=learning_rate, input_size=parse_size(input_size),
-        device=device,
+        device=device, target_fppi=target_fppi,
     )  # fmt: skip
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -112,3 +119,12 @@ def train_command(
         f"best epoch {result.best_epoch}: val mAP@0.5 {val.get('mAP50', float('nan')):.3f}, "
         f"mAP@[.5:.95] {val.get('mAP50_95', float('nan')):.3f} -> {out}"
     )
+    from secmlops.models import read_card
+
+    point = read_card(out).operating_point
+    if point is not None:
+        figures = ", ".join(f"{k} {v:.3f}" for k, v in point.metrics.items())
+        console.print(
+            f"operating point: score >= {point.score_threshold:.3f} ({point.chosen_by}"
+            + (f" at {point.target_fppi} FPPI on {point.split}: {figures})" if figures else ")")
+        )

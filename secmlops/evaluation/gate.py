@@ -152,6 +152,12 @@ def run_gate(
             "report_sha256": hashlib.sha256(report_bytes).hexdigest(),
             "policy_digest": digest,
             "policy_path": str(policy_path),
+            # The threshold recall was judged at; the chain holds serving to it.
+            "operating_point": (
+                report["operating_point"]
+                if isinstance(report.get("operating_point"), dict)
+                else None
+            ),
             "overrides": [*applied_overrides, *applied],
             "production_report_path": str(production_report) if production_report else None,
             "production_report_sha256": (

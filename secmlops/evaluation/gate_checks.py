@@ -19,7 +19,9 @@ from secmlops.policy import AttackSuitePolicy, GatePolicy
 REPORT_SCHEMA = "secmlops.robustness/v1"
 ABSENT = object()  # what `get_path` returns for a missing key (distinct from a JSON null)
 
-_SECTIONS = ("model", "data", "suite", "clean", "attacks", "cross_check", "baseline")
+_SECTIONS = (
+    "model", "data", "suite", "operating_point", "clean", "attacks", "cross_check", "baseline"
+)  # fmt: skip
 # "all" of a dataset is evidence only when the model was trained on another dataset (PETS frames
 # 601-795 imported as their own dataset, say); "train" never is.
 _NEGATED = {">=": "<", "<=": ">"}
@@ -106,7 +108,16 @@ def evaluate_gate(
         _evidence_check(_evidence_problems(report), report.get("schema")),
         _suite_check(report.get("suite"), policy.attacks),
         _at_least("clean_map50", "clean mAP@0.5", clean, policy.min_clean_map50),
-    ]
+        _operating_point_check(report.get("operating_point", ABSENT), policy),
+        _at_least(
+            "clean_recall", "clean recall at the operating point",
+            get_path(report, "clean", "recall"), policy.min_clean_recall,
+        ),
+        _at_most(
+            "clean_fppi", "clean false positives per image at the operating point",
+            get_path(report, "clean", "fppi"), policy.operating_point.max_clean_fppi,
+        ),
+    ]  # fmt: skip
     for name, floor in sorted(policy.min_robust_map50.items()):
         robust = get_path(report, "attacks", name, "mAP50")
         checks.append(_at_least(f"robust_map50.{name}", f"{name} robust mAP@0.5", robust, floor))
@@ -141,6 +152,44 @@ def _at_least(name: str, label: str, value: Any, floor: float, note: str = "") -
     return GateCheck(name, label, measured, floor, ">=", measured >= floor, note)
 
 
+def _at_most(name: str, label: str, value: Any, ceiling: float) -> GateCheck:
+    measured = value if _is_number(value) and math.isfinite(value) and value >= 0 else None
+    if measured is None:
+        problem = "missing from the report" if value is ABSENT else f"not a count >= 0: {value!r}"
+        return GateCheck(name, label, None, ceiling, "<=", False, problem)
+    return GateCheck(name, label, float(measured), ceiling, "<=", measured <= ceiling)
+
+
+def _operating_point_check(point: Any, policy: GatePolicy) -> GateCheck:
+    """The report was scored at an operating point chosen on validation data at the policy's
+    false-alarm rate: a threshold picked any other way (by hand, on the test split, at a looser
+    rate) would make the recall figures say something else."""
+    name, label = "operating_point", "operating point"
+    target = policy.operating_point.target_fppi
+    wanted = f"chosen at {target} FPPI on val"
+    if not isinstance(point, dict):
+        note = "missing: the model card has no signed operating point to score at"
+        return GateCheck(name, label, None, wanted, "==", False, note)
+    threshold = _fraction(point.get("score_threshold"))
+    problems = []
+    if threshold is None:
+        problems.append(f"score_threshold {point.get('score_threshold')!r} is not in 0..1")
+    if point.get("chosen_by") != "fppi":
+        problems.append(f"chosen_by {point.get('chosen_by')!r}, not 'fppi'")
+    if not _is_number(point.get("target_fppi")) or point.get("target_fppi") != target:
+        problems.append(f"target_fppi {point.get('target_fppi')!r}, policy {target}")
+    if point.get("split") != "val":
+        problems.append(f"chosen on {point.get('split')!r}, not 'val'")
+    measured = (
+        f"score >= {threshold:.3f}, chosen by {point.get('chosen_by')} at "
+        f"{point.get('target_fppi')} FPPI on {point.get('split')}"
+        if threshold is not None
+        else None
+    )
+    note = "; ".join(problems) or "as the policy asks"
+    return GateCheck(name, label, measured, wanted, "==", not problems, note)
+
+
 def _evidence_check(problems: list[str], schema: Any = None) -> GateCheck:
     measured = schema if isinstance(schema, str) else None
     note = "; ".join(problems) or "complete"
@@ -157,6 +206,8 @@ def _evidence_problems(report: dict[str, Any]) -> list[str]:
     if missing:
         problems.append(f"missing sections: {', '.join(missing)}")
     for section in _SECTIONS[:-1]:
+        if section == "operating_point":
+            continue  # judged by its own check, which names what is wrong with it
         if section in report and not isinstance(report[section], dict):
             problems.append(f"{section} is not an object")
     if report.get("baseline") is not None and not isinstance(report["baseline"], dict):
@@ -277,7 +328,8 @@ def _regression_checks(
         note = "not comparable with the production report: " + "; ".join(problems)
         return [GateCheck("regression", "production comparison", None, None, "==", False, note)]
     metrics: list[tuple[str, str, tuple[str, ...]]] = [
-        ("clean_map50", "clean mAP@0.5", ("clean", "mAP50"))
+        ("clean_map50", "clean mAP@0.5", ("clean", "mAP50")),
+        ("clean_recall", "clean recall", ("clean", "recall")),
     ]
     metrics += [
         (a, f"{a} mAP@0.5", ("attacks", a, "mAP50")) for a in sorted(policy.min_robust_map50)

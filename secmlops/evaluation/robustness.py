@@ -1,6 +1,8 @@
 """The robustness suite: a detector's mAP under attack and under natural corruptions.
 
-One call measures, on one dataset split, a model's clean COCO mAP and its mAP under:
+One call measures, on one dataset split, a model's clean COCO mAP, its pedestrian figures at the
+operating point signed in its model card (recall, miss rate, precision, false positives per image,
+and the log-average miss rate MR^-2: `secmlops.evaluation.miss_rate`), and its mAP under:
 - evasion attacks from ART (`fgsm_linf_<k>`, `pgd_linf_<k>` for every eps level k/255 of the
   suite): white-box, untargeted, L-inf bounded (see `secmlops.evaluation.art_attacks`);
 - one universal physical patch from ART (`patch`, RobustDPatch): unbounded pixels in a square;
@@ -41,6 +43,7 @@ from secmlops.evaluation.coco_map import coco_map
 from secmlops.evaluation.corruptions import CORRUPTIONS, corrupt, corruption_params
 from secmlops.evaluation.gate_checks import REPORT_SCHEMA
 from secmlops.evaluation.inference import predict_prepared, select_split
+from secmlops.evaluation.miss_rate import operating_point_metrics
 from secmlops.policy import AttackSuitePolicy
 from secmlops.training.batches import PreparedSplit, prepare_split
 from secmlops.training.trainer import pick_device
@@ -54,6 +57,8 @@ SEED = 0
 # tested on all of them: a sticker is made once, not per frame.
 PATCH_TRAIN_IMAGES = 16
 PATCH_ITERATIONS = 20
+# The pedestrian figures a report carries at the operating point (miss_rate: 1 - recall).
+PEDESTRIAN_FIGURES = ("recall", "miss_rate", "precision", "fppi", "mr2")
 
 Progress = Callable[[str, int, int], None]  # (step about to run or "done", steps done, total)
 
@@ -138,7 +143,15 @@ def evaluate_robustness(
         done += 1
 
     step("clean")
-    clean = coco_map(records, predict_prepared(model, prepared, batch_size))
+    clean_predictions = predict_prepared(model, prepared, batch_size)
+    clean = coco_map(records, clean_predictions)
+    point = card.operating_point
+    # Without a signed operating point there is no threshold to judge at: the figures stay
+    # absent and the gate fails on the missing evidence.
+    pedestrian: dict[str, float] = {}
+    if point is not None:
+        figures = operating_point_metrics(records, clean_predictions, point.score_threshold)
+        pedestrian = {k: figures[k] for k in PEDESTRIAN_FIGURES}
     estimator = art_attacks.art_detector(model, card.architecture, torch_device)
     attacks: dict[str, dict[str, Any]] = {}
     with art_attacks.input_gradients_only(model):
@@ -214,7 +227,8 @@ def evaluate_robustness(
             "boxes": sum(len(r.boxes) for r in records),
         },
         "suite": suite.model_dump(mode="json"),
-        "clean": {"mAP50": clean["mAP50"], "mAP50_95": clean["mAP50_95"]},
+        "operating_point": point.model_dump(mode="json") if point is not None else None,
+        "clean": {"mAP50": clean["mAP50"], "mAP50_95": clean["mAP50_95"], **pedestrian},
         "attacks": attacks,
         "cross_check": cross_check,
         "baseline": baseline_report,

@@ -76,11 +76,13 @@ def plan_training(
 
 
 def train(
-    settings: Settings, data: VerifiedData, run_id: str, request: TrainingRequest, *,
-    name: str = CANDIDATE, on_epoch: Callable[[dict[str, float]], None] | None = None,
+    settings: Settings, data: VerifiedData, run_id: str, request: TrainingRequest,
+    run_policy: RunPolicy, *, name: str = CANDIDATE,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainedModel:  # fmt: skip
     """Train `request` on the verified data into the run's folder `<run>/<name>`, resuming from
-    a checkpoint there (a retried task continues where the failed attempt stopped).
+    a checkpoint there (a retried task continues where the failed attempt stopped). The
+    operating point is chosen at the run policy's `gate.operating_point.target_fppi`.
 
     Args:
         name: the model's folder in the run: `model` (the candidate) or `baseline` (the
@@ -99,8 +101,10 @@ def train(
 
     model_dir = settings.run_dir(run_id) / name
     resume = (model_dir / CHECKPOINT_DIR / "state.json").exists()
+    target_fppi = load_run_policy(run_policy).gate.operating_point.target_fppi
     result = train_detector(
-        Path(data["data_dir"]), model_dir, request.train_config(), resume=resume, overwrite=True,
+        Path(data["data_dir"]), model_dir, request.train_config(target_fppi=target_fppi),
+        resume=resume, overwrite=True,
         on_epoch=on_epoch or report,
     )  # fmt: skip
     return {

@@ -1,9 +1,10 @@
 """Detectors behind one contract, and the model directory format.
 
 A model directory holds `model.safetensors` (weights, never pickle) and `model.json` (the model
-card: architecture, its config, input size, classes, the weights' SHA-256, metrics and training
-parameters). `load` rebuilds the architecture from the card and refuses a directory whose files are
-missing, malformed or do not match each other.
+card: architecture, its config, input size, classes, the weights' SHA-256, metrics, training
+parameters and the operating point: the score threshold the release serves at). `load` rebuilds
+the architecture from the card and refuses a directory whose files are missing, malformed or do
+not match each other.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
@@ -30,6 +31,22 @@ CARD_FILE = "model.json"
 ARCHITECTURES = (DEFAULT_ARCHITECTURE, *TORCHVISION_BUILDERS)
 
 
+class OperatingPoint(BaseModel):
+    """The score threshold a release serves at, and how it was chosen.
+
+    `chosen_by` "fppi": the lowest threshold with at most `target_fppi` false positives per
+    image on `split` (validation); "fixed": a set value (no validation split to choose on).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    score_threshold: float = Field(ge=0, le=1)
+    chosen_by: Literal["fppi", "fixed"]
+    target_fppi: float | None = None
+    split: str | None = None
+    metrics: dict[str, float] = {}
+
+
 class ModelCard(BaseModel):
     """The contents of `model.json`."""
 
@@ -44,6 +61,21 @@ class ModelCard(BaseModel):
     created_at: str
     metrics: dict[str, Any] = {}
     training: dict[str, Any] = {}
+    operating_point: OperatingPoint | None = None
+
+    def serving_threshold(self) -> float:
+        """The score threshold detections must reach to be acted on.
+
+        Raises:
+            ModelError: the card has no operating point (a model from before it was recorded,
+                or an import that did not set one): no threshold is guessed.
+        """
+        if self.operating_point is None:
+            raise ModelError(
+                "model.json has no operating_point: retrain, or import with --score-threshold, "
+                "so the release says which score it serves at"
+            )
+        return self.operating_point.score_threshold
 
 
 def build(name: str = DEFAULT_ARCHITECTURE, **config: Any) -> nn.Module:
@@ -81,12 +113,31 @@ def loss_keys(name: str) -> tuple[str, ...]:
     return TORCHVISION_LOSS_KEYS[name]
 
 
+def objectness_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Per-location person logits of `model` on float [B,3,H,W] images: [B, h, w].
+
+    Raises:
+        ModelError: the architecture exposes no objectness map (the torchvision detectors'
+            scores come out of NMS and anchor matching; the score-level attacks do not reach
+            them).
+    """
+    method = getattr(_unwrap(model), "objectness_logits", None)
+    if method is None:
+        name = getattr(model, "secmlops_spec", {}).get("architecture", type(model).__name__)
+        raise ModelError(
+            f"{name} exposes no objectness map: the vanishing, fabrication and person-patch "
+            f"attacks need one ({DEFAULT_ARCHITECTURE} has it)"
+        )
+    return method(images)
+
+
 def save(
     model: nn.Module,
     model_dir: Path,
     *,
     metrics: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
+    operating_point: OperatingPoint | None = None,
 ) -> ModelCard:
     """Write `model.safetensors` and `model.json` into `model_dir` (each atomically).
 
@@ -110,6 +161,7 @@ def save(
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         metrics=metrics or {},
         training=_jsonable(training or {}),
+        operating_point=operating_point,
     )
     atomic_write_json(model_dir / CARD_FILE, card.model_dump(mode="json"))
     return card

@@ -112,6 +112,17 @@ class CompactCenterNet(nn.Module):
             return centernet_losses(heatmap, size, offset, scaled, self.stride)
         return self._decode(heatmap, size, offset, original_sizes)
 
+    def objectness_logits(self, images: Sequence[Tensor] | Tensor) -> Tensor:
+        """Raw person-centre logits [B, H/4, W/4] on the input-size grid (stride 4).
+
+        What the score-level attacks (vanishing, fabrication, person-worn patch) act on: a
+        detection's score is the sigmoid of a local maximum of this map. Works in train or eval
+        mode; the caller decides whether gradients flow.
+        """
+        batch, _ = self._prepare(images)
+        heatmap, _, _ = self._raw_outputs(batch)
+        return heatmap[:, 0]
+
     def _prepare(self, images: Sequence[Tensor] | Tensor) -> tuple[Tensor, list[tuple[int, int]]]:
         if isinstance(images, Tensor) and images.dim() == 4:
             sizes = [(int(images.shape[-2]), int(images.shape[-1]))] * images.shape[0]

@@ -22,7 +22,7 @@ from safetensors.torch import load as load_safetensors
 
 from secmlops.errors import ModelError
 from secmlops.fsutil import read_bytes_at_most, staged_directory
-from secmlops.models import ModelCard, build, save
+from secmlops.models import ModelCard, OperatingPoint, build, save
 from secmlops.supplychain.pickle_scan import scan_pickle_bytes
 from secmlops.supplychain.torch_archive import MAX_UNPACKED_BYTES
 
@@ -42,6 +42,7 @@ def import_weights(
     *,
     config: Mapping[str, Any] | None = None,
     input_size: tuple[int, int] | None = None,
+    score_threshold: float | None = None,
     overwrite: bool = False,
 ) -> ModelCard:
     """Convert external weights into a model directory (model.safetensors + model.json).
@@ -53,6 +54,8 @@ def import_weights(
         out_dir: the model directory to create; written only when everything succeeded.
         config: architecture keyword arguments (as for `secmlops.models.build`).
         input_size: (height, width) the model sees; overrides `config["input_size"]`.
+        score_threshold: the operating point to record (`chosen_by` "fixed"); None records
+            none, and serving refuses the model until one is set.
         overwrite: replace an existing non-empty `out_dir`.
 
     Returns:
@@ -103,7 +106,12 @@ def import_weights(
     _load_exactly(model, state_dict, architecture, source)
     try:
         with staged_directory(Path(out_dir), overwrite=overwrite) as staging:
-            card = save(model, staging, training=record)
+            point = (
+                None
+                if score_threshold is None
+                else OperatingPoint(score_threshold=score_threshold, chosen_by="fixed")
+            )
+            card = save(model, staging, training=record, operating_point=point)
     except FileExistsError as exc:
         raise ModelError(f"{exc}; pass overwrite to replace it") from None
     return card

@@ -21,9 +21,6 @@ from torch import Tensor
 
 IMAGE_FEATURES = ("brightness", "contrast", "sharpness", "colourfulness", "hf_energy")
 DETECTION_FEATURES = ("detections", "score_mean", "score_max", "box_area_mean")
-# A detection counts when its score reaches this (the usual operating point of the detector).
-SCORE_THRESHOLD = 0.3
-
 # RGB -> (luma (ITU-R BT.601), red-green, yellow-blue): the three planes every feature reads,
 # made by one matrix product over the pixels.
 _OPPONENT = torch.tensor([[0.299, 1.0, 0.5], [0.587, -1.0, 0.5], [0.114, 0.0, -1.0]])
@@ -72,9 +69,12 @@ def _box_blur(plane: Tensor) -> Tensor:
     return sums / (counts_h[:, None] * counts_w[None, :])
 
 
-def detection_features(detections: dict[str, Tensor], image_area: float) -> dict[str, float]:
-    """Statistics of one image's detections (scores >= SCORE_THRESHOLD)."""
-    keep = detections["scores"] >= SCORE_THRESHOLD
+def detection_features(
+    detections: dict[str, Tensor], image_area: float, score_threshold: float
+) -> dict[str, float]:
+    """Statistics of one image's detections at the release's operating point (scores >=
+    `score_threshold`), as serving acts on them."""
+    keep = detections["scores"] >= score_threshold
     scores, boxes = detections["scores"][keep], detections["boxes"][keep]
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / max(image_area, 1.0)
     return {
@@ -85,11 +85,14 @@ def detection_features(detections: dict[str, Tensor], image_area: float) -> dict
     }
 
 
-def request_features(image: Tensor, detections: dict[str, Tensor]) -> dict[str, float]:
+def request_features(
+    image: Tensor, detections: dict[str, Tensor], score_threshold: float
+) -> dict[str, float]:
     """What serving logs for one request, and the reference profile holds for one image: the
-    input features of a [1,3,H,W] image and the statistics of its detections (CPU tensors)."""
+    input features of a [1,3,H,W] image and the statistics of its detections (CPU tensors) at
+    the operating point."""
     height, width = image.shape[-2:]
     return {
         **image_features(image.cpu())[0],
-        **detection_features(detections, float(width * height)),
+        **detection_features(detections, float(width * height), score_threshold),
     }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,7 @@ from secmlops.data.dataset import load_dataset, read_rgb
 from secmlops.errors import DataError, ModelError
 from secmlops.evaluation.inference import select_split
 from secmlops.fsutil import atomic_write_bytes
+from secmlops.models import ModelCard
 from secmlops.monitoring.embedding import (
     EmbeddingProjection,
     capture_embeddings,
@@ -72,6 +74,8 @@ def _describe(model: nn.Module, images: list[Tensor]) -> tuple[list[dict[str, fl
     from secmlops.serving.screening import detect_and_score
 
     device = next(model.parameters()).device
+    # Detections are described at the release's operating point, as serving logs them.
+    threshold = cast(ModelCard, model.secmlops_card).serving_threshold()
     rows: list[dict[str, float]] = []
     embeddings: list[Tensor] = []
     for image in images:
@@ -81,7 +85,8 @@ def _describe(model: nn.Module, images: list[Tensor]) -> tuple[list[dict[str, fl
             detections, scores = detect_and_score(model, batch)
         embeddings.append(captured[0][0])
         found = {k: v.cpu() for k, v in detections[0].items()}
-        rows.append({**request_features(batch, found), SCORE_COLUMN: float(scores[0])})
+        features = request_features(batch, found, threshold)
+        rows.append({**features, SCORE_COLUMN: float(scores[0])})
     return rows, torch.stack(embeddings).numpy() if embeddings else np.empty((0, 0))
 
 

@@ -327,6 +327,7 @@ def verify_chain(
     gate_sha = sha256_file(model_dir / GATE_RECORD_FILE)
     if model.predicate.get("gate_record_sha256") != gate_sha:
         raise ChainBroken("gate record", "not the record the provenance signed")
+    _check_operating_point(model_dir, gate)
     data = model.predicate.get("data") or {}
     if not data.get("manifest_digest") or not data.get("signer"):
         raise ChainBroken("dataset", "the provenance names no verified dataset manifest")
@@ -361,6 +362,30 @@ def verify_chain(
                 "the approver accepted no exception",
             )
     return VerifiedRelease(model, gate, move)
+
+
+def _check_operating_point(model_dir: Path, gate: dict[str, Any]) -> None:
+    """The score threshold serving will act on (signed in model.json) is the one the gate judged
+    recall and false alarms at: a release cannot be gated at one threshold and served at another.
+
+    Raises:
+        ChainBroken: at the "gate record" link.
+    """
+    from secmlops.errors import ModelError
+    from secmlops.models import read_card
+
+    judged = gate.get("operating_point")
+    judged = judged.get("score_threshold") if isinstance(judged, dict) else None
+    try:
+        served = read_card(model_dir).operating_point
+    except ModelError as exc:
+        raise ChainBroken("provenance", str(exc)) from None
+    if served is None or judged != served.score_threshold:
+        serves = "no threshold" if served is None else f"score >= {served.score_threshold}"
+        raise ChainBroken(
+            "gate record",
+            f"it judged the model at score threshold {judged!r}; model.json serves at {serves}",
+        )
 
 
 def check_openssf_bundle(

@@ -55,7 +55,6 @@ class EngineConfig:
     Args:
         max_bytes: largest accepted image (413 above).
         max_pixels: largest accepted width x height (413 above, read from the header).
-        score_threshold: detections below this score are not returned.
         queue_size: requests admitted at once (reading, waiting, decoding or in the model);
             the next one gets 503 with Retry-After.
         max_batch: images per forward pass at most.
@@ -67,7 +66,6 @@ class EngineConfig:
 
     max_bytes: int = 8 * 1024 * 1024
     max_pixels: int = 4096 * 4096
-    score_threshold: float = 0.3
     queue_size: int = 64
     max_batch: int = 8
     batch_wait_ms: float = 2.0
@@ -291,7 +289,7 @@ class InferenceEngine:
         results = []
         for i, job in enumerate(jobs):
             detections = {k: v.cpu() for k, v in outputs[i].items()}
-            keep = detections["scores"] >= self.config.score_threshold
+            keep = detections["scores"] >= loaded.score_threshold
             people = [
                 {"box": [round(v, 1) for v in box], "score": round(s, 4)}
                 for box, s in zip(
@@ -317,7 +315,7 @@ class InferenceEngine:
                 "bytes": job.nbytes,
                 "features": {
                     **job.features,
-                    **detection_features(detections, float(width * height)),
+                    **detection_features(detections, float(width * height), loaded.score_threshold),
                 },
                 **({"embedding": projected[i]} if projected else {}),
                 "detections": people,

@@ -13,15 +13,16 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
 from secmlops.audit import AuditLog
 from secmlops.errors import IntegrityError, ModelError, SecMLOpsError
 from secmlops.fsutil import safe_name
+from secmlops.models import ModelCard
 from secmlops.monitoring.embedding import EmbeddingProjection
 from secmlops.policy import Policy
 from secmlops.registry import Registry, RegistryError
@@ -42,6 +43,8 @@ class LoadedModel:
     screener: Any = None  # a calibrated `Screener` when the release carries screening.json
     # The reference profile's embedding PCA (signed with the model): serving logs the projection.
     projection: EmbeddingProjection | None = None
+    # The operating point signed in the release's model.json: detections below it are dropped.
+    score_threshold: float = field(kw_only=True)
 
 
 class ModelSource:
@@ -137,6 +140,10 @@ class ModelSource:
             raise IntegrityError(f"{self.name}@{self.alias}: no verified alias move")
         version = move.version
         model = load(folder, device=self.device)
+        try:
+            threshold = cast(ModelCard, model.secmlops_card).serving_threshold()
+        except ModelError as exc:
+            raise ModelError(f"{self.name}@{version}: {exc}") from None
         screener = None
         if (folder / SCREENING_FILE).is_file():  # signed with the model: verified above
             try:
@@ -159,6 +166,7 @@ class ModelSource:
             token,
             screener,
             projection,
+            score_threshold=threshold,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -170,5 +178,6 @@ class ModelSource:
             "version": current.version if current else None,
             "sequence": current.sequence if current else None,
             "weights_sha256": current.weights_sha256 if current else None,
+            "score_threshold": current.score_threshold if current else None,
             "last_refusal": self.last_error,
         }

@@ -282,7 +282,10 @@ def _tamper_model(release: Path, kind: str, rng: np.random.Generator, attacker_k
             for parameter in model.parameters():
                 parameter.mul_(float(rng.uniform(0.9, 1.1)))
         card = models.read_card(release)
-        models.save(model, release, metrics=card.metrics, training=card.training)
+        models.save(
+            model, release, metrics=card.metrics, training=card.training,
+            operating_point=card.operating_point,
+        )  # fmt: skip
         if kind == "unsigned":
             (release / PROVENANCE_FILE).unlink()
         elif kind == "attacker-signed":

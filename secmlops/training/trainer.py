@@ -29,6 +29,7 @@ from secmlops.data.dataset import DetectionDataset, load_dataset
 from secmlops.errors import DataError, ModelError
 from secmlops.evaluation.coco_map import coco_map
 from secmlops.evaluation.inference import predict_prepared
+from secmlops.evaluation.miss_rate import operating_point_metrics, threshold_at_fppi
 from secmlops.fsutil import atomic_write_json
 from secmlops.training.batches import AugmentConfig, PreparedSplit, augment_batch, prepare_split
 
@@ -38,6 +39,8 @@ MAX_INPUT_SIDE = 384
 # Optimizer steps the default schedule aims for; epochs follow from the training-set size.
 TARGET_STEPS = 600
 MIN_EPOCHS, MAX_EPOCHS = 8, 60
+# The operating point of a model trained without a validation split to choose one on.
+FIXED_SCORE_THRESHOLD = 0.3
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,10 @@ class AdversarialConfig:
     def from_json(cls, data: dict[str, Any]) -> AdversarialConfig:
         """Inverse of `to_json`."""
         attack = AttackConfig(
-            **{k: data[k] for k in ("method", "eps", "steps", "norm", "step_size", "random_start")}
+            **{k: data[k] for k in ("method", "eps", "steps", "norm", "step_size", "random_start")},
+            # Absent from cards and checkpoints written before score-level objectives existed.
+            objective=data.get("objective", "loss"),
+            schedule=data.get("schedule", "fixed"),
         )
         return cls(attack=attack, mix=data["mix"], eps_warmup_epochs=data["eps_warmup_epochs"])
 
@@ -120,6 +126,9 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model_config: dict[str, Any] = field(default_factory=dict)
     adversarial: AdversarialConfig | None = None
+    # The operating point: the lowest score threshold with at most this many false positives per
+    # validation image (the policy's gate.operating_point.target_fppi in the lifecycle).
+    target_fppi: float = 0.1
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form recorded in model.json and checkpoints."""
@@ -315,10 +324,12 @@ def train(
     best.load_state_dict(load_file(str(checkpoint_dir / "best.safetensors")))
     best = best.to(device).eval()
     val_metrics = _validation_metrics(best, val_split) if val_split else {}
+    operating_point = choose_operating_point(best, val_split, config.target_fppi)
     seconds = time.perf_counter() - started
     models.save(
         best,
         out_dir,
+        operating_point=operating_point,
         metrics={"val": val_metrics},
         training={
             **config.to_json(),
@@ -345,6 +356,23 @@ def train(
         device=str(device),
         resumed_from_epoch=resumed_from_epoch,
     )
+
+
+def choose_operating_point(
+    model: nn.Module, val_split: PreparedSplit | None, target_fppi: float
+) -> models.OperatingPoint:
+    """The score threshold a model serves at: the lowest one with at most `target_fppi` false
+    positives per validation image, with its validation figures; without a validation split,
+    `FIXED_SCORE_THRESHOLD` (recorded as fixed, which the gate refuses as evidence)."""
+    if val_split is None or len(val_split) == 0:
+        return models.OperatingPoint(score_threshold=FIXED_SCORE_THRESHOLD, chosen_by="fixed")
+    predictions = predict_prepared(model, val_split)
+    threshold = threshold_at_fppi(val_split.records, predictions, target_fppi)
+    figures = operating_point_metrics(val_split.records, predictions, threshold)
+    return models.OperatingPoint(
+        score_threshold=threshold, chosen_by="fppi", target_fppi=target_fppi, split="val",
+        metrics={k: figures[k] for k in ("recall", "precision", "fppi", "mr2")},
+    )  # fmt: skip
 
 
 def _adversarial_mix(
@@ -389,6 +417,8 @@ def _resolve_config(
         resolved.epochs = choose_epochs(len(dataset.splits.get("train", [])), resolved.batch_size)
     if resolved.epochs < 1 or resolved.batch_size < 1:
         raise ModelError("epochs and batch size must be at least 1")
+    if not (0 < resolved.target_fppi <= 10 and math.isfinite(resolved.target_fppi)):
+        raise ModelError(f"target FPPI must be in (0, 10], got {resolved.target_fppi}")
     return resolved
 
 

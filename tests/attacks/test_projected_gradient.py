@@ -7,6 +7,7 @@ from secmlops import models
 from secmlops.attacks.budget import parse_eps
 from secmlops.attacks.projected_gradient import (
     AttackConfig,
+    apgd_checkpoints,
     attack_loss,
     fgsm_rs,
     fold_batch_norm,
@@ -141,6 +142,10 @@ def test_empty_batch_and_wrong_shapes(batch):
         ({"steps": 0}, "at least 1"),
         ({"method": "fgsm-rs", "steps": 3}, "exactly one step"),
         ({"method": "fgsm-rs", "steps": 1, "random_start": False}, "random start"),
+        ({"objective": "confuse"}, "unknown attack objective"),
+        ({"schedule": "cosine"}, "unknown step schedule"),
+        ({"schedule": "apgd", "step_size": 0.01}, "sets its own step sizes"),
+        ({"schedule": "apgd", "method": "fgsm-rs", "steps": 1}, "APGD schedule is for PGD"),
     ],
 )
 def test_invalid_settings_are_refused(kwargs, message):
@@ -165,3 +170,83 @@ def test_eps_is_read_as_a_fraction_or_a_number(text, value):
 def test_unreadable_eps_is_refused(text):
     with pytest.raises(ModelError, match="eps"):
         parse_eps(text)
+
+
+# ------------------------------------------------------------------ score-level objectives
+def _people_found(model, images, threshold: float = 0.3) -> int:
+    model.eval()
+    with torch.no_grad():
+        return sum(int((out["scores"] >= threshold).sum()) for out in model(images))
+
+
+@pytest.fixture(scope="module")
+def finder(small_model, small_scenes):
+    """A detector that finds people (the tiny one barely does), and 16 of its scenes."""
+    model = models.load(small_model)
+    dataset = load_dataset(small_scenes)
+    prepared = prepare_split(dataset, dataset.images[:16], tuple(model.input_size))
+    targets = [
+        {"boxes": b, "labels": torch.ones(len(b), dtype=torch.int64), "ignore": ig}
+        for b, ig in zip(prepared.boxes, prepared.ignore, strict=True)
+    ]
+    return model, prepared.images.float() / 255, targets
+
+
+@pytest.mark.parametrize("schedule", ["fixed", "apgd"])
+def test_vanishing_hides_people_that_noise_leaves(finder, schedule, one_thread):
+    """TOG-vanishing needs no labels and leaves almost nobody; noise of the same budget does not."""
+    model, images, targets = finder
+    clean = _people_found(model, images)
+    assert clean >= 20
+    config = AttackConfig(eps=8 / 255, steps=10, objective="vanishing", schedule=schedule)
+    no_labels = [{"boxes": torch.zeros(0, 4)} for _ in targets]  # the attacker has none
+    vanished = perturb(model, images, no_labels, config, generator=torch.Generator().manual_seed(0))
+    assert float((vanished - images).abs().max()) <= 8 / 255 + 1e-6
+    noise = (images + (torch.rand_like(images) * 2 - 1).sign() * 8 / 255).clamp(0, 1)
+    assert _people_found(model, vanished) <= clean // 10
+    assert _people_found(model, noise) >= clean // 2
+
+
+def test_fabrication_raises_objectness_everywhere(finder, one_thread):
+    model, images, targets = finder
+    config = AttackConfig(eps=8 / 255, steps=5, objective="fabrication")
+    fabricated = perturb(model, images, targets, config, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = float(models.objectness_logits(model, images).sigmoid().mean())
+        after = float(models.objectness_logits(model, fabricated).sigmoid().mean())
+    assert after > 2 * before  # 0.047 -> 0.142 here
+    assert _people_found(model, fabricated) > 2 * _people_found(model, images)
+
+
+def test_apgd_stays_in_budget_and_is_no_weaker_than_fixed_steps(finder, one_thread):
+    """APGD keeps the best point per image, so its objective is at least the start's, and in
+    this budget it matches or beats fixed-step PGD (Croce and Hein's claim, checked here)."""
+    from secmlops.attacks.objectness import vanishing_objective
+
+    model, images, targets = finder
+    fixed = AttackConfig(eps=2 / 255, steps=10, objective="vanishing", random_start=False)
+    apgd = AttackConfig(
+        eps=2 / 255, steps=10, objective="vanishing", random_start=False, schedule="apgd"
+    )
+    with loss_mode(model), torch.no_grad():
+        start = vanishing_objective(model, images)
+        after_fixed = vanishing_objective(model, perturb(model, images, targets, fixed))
+        adversarial = perturb(model, images, targets, apgd)
+        after_apgd = vanishing_objective(model, adversarial)
+    assert float((adversarial - images).abs().max()) <= 2 / 255 + 1e-6
+    assert float(adversarial.min()) >= 0 and float(adversarial.max()) <= 1
+    assert bool((after_apgd >= start).all())
+    assert float(after_apgd.sum()) >= float(after_fixed.sum()) * 1.02  # objectives are negative
+
+
+def test_apgd_checkpoints_follow_the_paper():
+    # Windows 22, 19, 16, 13, 10, 7, 6, 6 (eq. 4: p_1 = 0.22, shrinking by 0.03, at least 0.06).
+    assert apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert apgd_checkpoints(10) == [2, 3, 4, 5, 6, 7, 8, 9]  # every window rounds to 1 step
+
+
+def test_score_objectives_need_an_objectness_map(batch):
+    _, images, targets = batch
+    model = models.build("ssdlite320", input_size=(128, 160))
+    with pytest.raises(ModelError, match="exposes no objectness map"):
+        perturb(model, images[:1], targets[:1], AttackConfig(objective="vanishing"))

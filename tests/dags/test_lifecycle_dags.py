@@ -19,6 +19,8 @@ GATED = ("fgsm_linf_2", "fgsm_linf_4", "pgd_linf_2", "pgd_linf_4", "patch", "gau
          "gaussian_blur", "brightness", "jpeg")  # fmt: skip
 SMALL_POLICY = {
     "gate.min_clean_map50": 0.05,
+    "gate.min_clean_recall": 0.0,
+    "gate.operating_point.max_clean_fppi": 10.0,
     "gate.max_defence_cost": 1.0,
     **{f"gate.min_robust_map50.{name}": 0.0 for name in GATED},
 }

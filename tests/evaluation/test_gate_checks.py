@@ -21,7 +21,9 @@ GATE: dict[str, Any] = {
         "patch_fraction": 0.15,
         "corruption_severity": 3,
     },
+    "operating_point": {"target_fppi": 0.1, "max_clean_fppi": 0.3},
     "min_clean_map50": 0.75,
+    "min_clean_recall": 0.7,
     "min_robust_map50": {"fgsm_linf_4": 0.35, "pgd_linf_4": 0.30, "patch": 0.40, "jpeg": 0.5},
     "max_defence_cost": 0.10,
     "max_regression": 0.02,
@@ -44,7 +46,22 @@ def passing_report(**attacks: float) -> dict[str, Any]:
         },
         "data": {"dir": "runs/data/test", "split": "test", "images": 100, "boxes": 530},
         "suite": copy.deepcopy(GATE["attacks"]),
-        "clean": {"mAP50": 0.86, "mAP50_95": 0.42},
+        "operating_point": {
+            "score_threshold": 0.41,
+            "chosen_by": "fppi",
+            "target_fppi": 0.1,
+            "split": "val",
+            "metrics": {"recall": 0.83, "precision": 0.95, "fppi": 0.1, "mr2": 0.31},
+        },
+        "clean": {
+            "mAP50": 0.86,
+            "mAP50_95": 0.42,
+            "recall": 0.81,
+            "miss_rate": 0.19,
+            "precision": 0.94,
+            "fppi": 0.12,
+            "mr2": 0.33,
+        },
         "attacks": {
             name: {"family": "evasion", "library": "art", "mAP50": value, "seconds": 1.0}
             for name, value in scores.items()
@@ -64,6 +81,13 @@ def passing_report(**attacks: float) -> dict[str, Any]:
         },
         "seconds": 95.0,
     }
+
+
+def gated_operating_point() -> Any:
+    """The operating point `passing_report` says the gate judged at (what model.json signs)."""
+    from secmlops.models import OperatingPoint
+
+    return OperatingPoint.model_validate(passing_report()["operating_point"])
 
 
 def failed_names(report: dict[str, Any], production: dict[str, Any] | None = None) -> list[str]:
@@ -305,3 +329,54 @@ def test_production_report_lacking_a_gated_metric_fails():
     production = passing_report()
     del production["attacks"]["jpeg"]
     assert failed_names(passing_report(), production) == ["regression.jpeg"]
+
+
+# --------------------------------------------------------------------- the operating point
+def test_clean_recall_and_false_alarms_at_the_operating_point_are_gated():
+    low = passing_report()
+    low["clean"]["recall"] = 0.69
+    assert failed_names(low) == ["clean_recall"]
+    noisy = passing_report()
+    noisy["clean"]["fppi"] = 0.31
+    assert failed_names(noisy) == ["clean_fppi"]
+    message = evaluate_gate(noisy, POLICY).message()
+    assert "clean false positives per image at the operating point 0.310 > 0.300" in message
+    at_limits = passing_report()
+    at_limits["clean"].update(recall=0.7, fppi=0.3)
+    assert evaluate_gate(at_limits, POLICY).passed
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda p: p.update(chosen_by="fixed"), "chosen_by 'fixed', not 'fppi'"),
+        (lambda p: p.update(target_fppi=1.0), "target_fppi 1.0, policy 0.1"),
+        (lambda p: p.update(split="test"), "chosen on 'test', not 'val'"),
+        (lambda p: p.update(score_threshold=1.5), "not in 0..1"),
+        (lambda p: p.update(score_threshold=True), "not in 0..1"),
+    ],
+)
+def test_an_operating_point_chosen_otherwise_fails(mutate, expected):
+    """A threshold picked by hand, on the test split or at a looser false-alarm rate makes the
+    recall figures say something else: the report is not evidence for this policy."""
+    report = passing_report()
+    mutate(report["operating_point"])
+    decision = evaluate_gate(report, POLICY)
+    assert [c.name for c in decision.failures] == ["operating_point"]
+    assert expected in decision.failures[0].note
+
+
+@pytest.mark.parametrize("value", ["absent", None, [0.4]])
+def test_missing_operating_point_or_pedestrian_figures_fail(value):
+    report = passing_report()
+    if value == "absent":
+        del report["operating_point"]
+    else:
+        report["operating_point"] = value
+    assert "operating_point" in failed_names(report)
+    figures = passing_report()
+    del figures["clean"]["recall"], figures["clean"]["fppi"]
+    assert failed_names(figures) == ["clean_recall", "clean_fppi"]
+    bad = passing_report()
+    bad["clean"]["fppi"] = float("nan")
+    assert failed_names(bad) == ["clean_fppi"]

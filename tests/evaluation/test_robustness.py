@@ -29,31 +29,15 @@ SUITE = RobustnessSuite(
     linf_eps_levels=[2, 4], pgd_steps=10, patch_fraction=0.15, corruption_severity=3
 )
 EVAL_IMAGES = 12
-# The smallest schedule that gives a clearly useful model on these 64 scenes (mAP@0.5 ~0.48 on
-# all of them, 0.36 at 25 epochs, 0.25 at 15): an untrained model has nothing to lose to attacks.
-EPOCHS = 30
 
 
 @pytest.fixture(scope="module")
-def scenes(tmp_path_factory) -> Path:
-    from secmlops.data.synthetic import generate_scenes
-
-    out = tmp_path_factory.mktemp("robustness-data") / "scenes"
-    return generate_scenes(out, 64, seed=11, width=160, height=128, workers=1)
+def scenes(small_scenes) -> Path:
+    return small_scenes
 
 
 @pytest.fixture(scope="module")
-def small_model(scenes, one_thread, tmp_path_factory) -> Path:
-    """A compact detector trained until it finds people (clean mAP@0.5 well above 0.3)."""
-    from secmlops.training.trainer import TrainConfig, train
-
-    out = tmp_path_factory.mktemp("robustness-models") / "small"
-    train(scenes, out, TrainConfig(epochs=EPOCHS, batch_size=8, warmup_steps=10, seed=1))
-    return out
-
-
-@pytest.fixture(scope="module")
-def report(small_model, scenes) -> dict:
+def report(small_model, scenes, one_thread) -> dict:
     return evaluate_robustness(
         small_model, scenes, "all", SUITE, baseline_dir=small_model, max_images=EVAL_IMAGES
     )

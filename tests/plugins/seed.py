@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..evaluation.test_gate_checks import GATE, passing_report
+from ..evaluation.test_gate_checks import GATE, gated_operating_point, passing_report
 
 MODEL = "pds"
 WINDOW = "20260601T120000Z"
@@ -72,6 +72,7 @@ def seed_workdir(workdir: Path) -> Seeded:
         save(
             build("compact_centernet", input_size=(64, 64), widths=(8, 8, 8, 8), neck_width=8),
             model_dir,
+            operating_point=gated_operating_point(),
         )
         digest = read_card(model_dir).weights_sha256
         report = passing_report() if passes else passing_report(pgd_linf_4=0.01)

@@ -20,7 +20,7 @@ import pytest
 
 from secmlops.errors import GateFailed
 
-from ..evaluation.test_gate_checks import GATE, WEIGHTS, passing_report
+from ..evaluation.test_gate_checks import GATE, WEIGHTS, gated_operating_point, passing_report
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -113,7 +113,7 @@ def _make_release(root: Path, label: str, pki: RolePKI, policy: Path, scenes: Pa
     spec = RELEASES[label]
     model_dir = root / label
     model = build("compact_centernet", input_size=(64, 64), widths=(8, 8, 8, 8), neck_width=8)
-    save(model, model_dir)
+    save(model, model_dir, operating_point=gated_operating_point())
     if label == "v1":  # one release carries a drift reference: serving then logs embeddings
         from secmlops.monitoring.reference import profile_model
 

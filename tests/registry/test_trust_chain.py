@@ -37,8 +37,10 @@ from .conftest import (
     NAME,
     OVERRIDE,
     audit_entries,
+    copy_release,
     read_alias_bytes,
     s3_endpoint_setting,
+    sign_release,
     write_alias_bytes,
 )
 
@@ -542,3 +544,26 @@ def test_a_deleted_production_alias_is_not_mistaken_for_no_production(
     })  # fmt: skip
     no_production = evaluate_production(fresh, {}, {"rev": "data/street/v1"}, "run-1")  # type: ignore[arg-type]
     assert no_production is None
+
+
+def test_a_release_served_at_another_threshold_than_gated_is_refused(
+    releases, pki, policy, tmp_path
+):
+    """A trainer who lowers the threshold in model.json after the gate (more people found,
+    far more false alarms) signs a valid provenance, but not the threshold the gate judged."""
+    from secmlops.fsutil import atomic_write_json
+
+    release = copy_release(releases["v1"], tmp_path / "v1")
+    card = json.loads((release / "model.json").read_text())
+    card["operating_point"]["score_threshold"] = 0.05
+    atomic_write_json(release / "model.json", card)
+    sign_release(release, pki["trainer"].key, pki["data_owner"].id, release / "gate-record.json")
+    with pytest.raises(ChainBroken) as refused:
+        verify_chain(
+            release, pki.keyring, policy, registry_weights=read_card(release).weights_sha256
+        )
+    assert refused.value.link == "gate record"
+    assert "judged the model at score threshold 0.41; model.json serves at score >= 0.05" in str(
+        refused.value
+    )
+    verify_chain(releases["v1"], pki.keyring, policy, registry_weights=digest(releases["v1"]))

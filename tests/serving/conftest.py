@@ -26,7 +26,7 @@ from secmlops.errors import GateFailed
 from secmlops.registry import Registry
 from secmlops.registry.trust_chain import SequenceState
 
-from ..evaluation.test_gate_checks import GATE, passing_report
+from ..evaluation.test_gate_checks import GATE, gated_operating_point, passing_report
 
 NAME = "pds"
 TOKEN = "t0ken-for-tests-" + "x" * 16
@@ -47,7 +47,10 @@ def gate_and_sign(model_dir: Path, pki: Any, policy: Path, gate: str | None = "p
     record = None
     if gate is not None:
         report = passing_report(pgd_linf_4=0.01) if gate == "fail" else passing_report()
-        report["model"]["weights_sha256"] = read_card(model_dir).weights_sha256
+        card = read_card(model_dir)
+        report["model"]["weights_sha256"] = card.weights_sha256
+        if card.operating_point is not None:  # a trained model: judged at its own threshold
+            report["operating_point"] = card.operating_point.model_dump(mode="json")
         work = model_dir.parent / f"{model_dir.name}-gate"
         work.mkdir()
         (work / "report.json").write_text(json.dumps(report))
@@ -83,7 +86,7 @@ def releases(tmp_path_factory, pki, serving_policy, tiny_scenes) -> dict[str, Pa
     out = {}
     for label, gate in RELEASES.items():
         model = build("compact_centernet", input_size=(64, 64), widths=(8, 8, 8, 8), neck_width=8)
-        save(model, root / label)
+        save(model, root / label, operating_point=gated_operating_point())
         if label == "v1":  # one release carries a drift reference: serving then logs embeddings
             profile_model(root / label, tiny_scenes, "train", max_images=24)
         out[label] = gate_and_sign(root / label, pki, serving_policy, gate)

@@ -130,7 +130,7 @@ def test_batched_answers_equal_single_image_answers(tmp_path, tiny_model, tiny_s
 
     model = load(tiny_model)
     model.score_threshold = 0.0  # every peak (100 per image): many boxes to compare
-    loaded = LoadedModel(model, "v1", "0" * 64, "trainer", 1, "token")
+    loaded = LoadedModel(model, "v1", "0" * 64, "trainer", 1, "token", score_threshold=0.0)
     source = SimpleNamespace(current=loaded)  # the engine reads only `current`
     paths = sorted((tiny_scenes / "images").iterdir())[:8]
     boundary = "b0undary"
@@ -143,7 +143,7 @@ def test_batched_answers_equal_single_image_answers(tmp_path, tiny_model, tiny_s
         return head + buffer.getvalue() + f"\r\n--{boundary}--\r\n".encode()
 
     async def answers(max_batch: int, log: str) -> list[dict]:
-        config = EngineConfig(score_threshold=0.0, max_batch=max_batch, batch_wait_ms=500)
+        config = EngineConfig(max_batch=max_batch, batch_wait_ms=500)
         engine = InferenceEngine(source, InferenceLog(tmp_path / log), config)  # type: ignore[arg-type]
         engine.start()
         try:

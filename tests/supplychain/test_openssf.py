@@ -28,7 +28,7 @@ from secmlops.supplychain.openssf import (
 )
 from secmlops.supplychain.provenance import sign_model, verify_model
 
-from ..evaluation.test_gate_checks import GATE, passing_report
+from ..evaluation.test_gate_checks import GATE, gated_operating_point, passing_report
 
 MODEL_SIGNING = Path(sys.executable).with_name("model_signing")
 
@@ -50,7 +50,7 @@ def pulled(tmp_path_factory, pki, openssf_keys):
     policy = load_policy(policy_path)
     model_dir = root / "model"
     save(build("compact_centernet", input_size=(64, 64), widths=(8, 8, 8, 8), neck_width=8),
-         model_dir)  # fmt: skip
+         model_dir, operating_point=gated_operating_point())  # fmt: skip
     report = passing_report()
     report["model"]["weights_sha256"] = read_card(model_dir).weights_sha256
     (root / "report.json").write_text(json.dumps(report))

@@ -32,6 +32,15 @@ def test_short_training_run_lowers_the_loss_and_writes_a_model(tiny_scenes, tmp_
     assert card.training["epochs"] == 4 and card.training["input_size"] == [128, 160]
     assert "mAP50" in card.metrics["val"]
     assert 1 <= result.best_epoch <= 4
+    point = card.operating_point
+    assert point is not None and point.chosen_by == "fppi" and point.split == "val"
+    assert point.target_fppi == 0.1 and 0 <= point.score_threshold <= 1
+    assert point.metrics["fppi"] <= 0.1 and set(point.metrics) == {
+        "recall",
+        "precision",
+        "fppi",
+        "mr2",
+    }
     loaded = models.load(tmp_path / "m")
     with torch.no_grad():
         assert len(loaded([torch.rand(3, 128, 160)])) == 1
@@ -120,6 +129,8 @@ def test_adversarial_training_records_its_defence_and_resumes_exactly(tiny_scene
         "norm": "inf",
         "step_size": pytest.approx(2.5 * 4 / 255 / 2),
         "random_start": True,
+        "objective": "loss",
+        "schedule": "fixed",
         "mix": 0.5,
         "eps_warmup_epochs": 1,
     }
@@ -192,3 +203,23 @@ def test_adversarial_training_is_chosen_by_name():
         adversarial_config("trades", "4/255", 3, 0.5)
     with pytest.raises(ModelError, match="eps"):
         adversarial_config("pgd", "lots", 3, 0.5)
+
+
+def test_the_operating_point_follows_the_target_false_alarm_rate(tiny_model, tiny_scenes):
+    """A looser false-alarm budget can only lower the threshold and raise recall; the chosen
+    threshold is the one the validation split gives at that budget."""
+    from secmlops.data.dataset import load_dataset
+    from secmlops.training.batches import prepare_split
+    from secmlops.training.trainer import choose_operating_point
+
+    model = models.load(tiny_model)
+    dataset = load_dataset(tiny_scenes)
+    val = prepare_split(dataset, dataset.split("val"), tuple(model.input_size))
+    strict = choose_operating_point(model, val, 0.1)
+    loose = choose_operating_point(model, val, 2.0)
+    assert strict == models.read_card(tiny_model).operating_point
+    assert loose.score_threshold <= strict.score_threshold
+    assert loose.metrics["recall"] >= strict.metrics["recall"]
+    assert strict.metrics["fppi"] <= 0.1 and loose.metrics["fppi"] <= 2.0
+    fixed = choose_operating_point(model, None, 0.1)
+    assert fixed.chosen_by == "fixed" and fixed.score_threshold == 0.3
