@@ -28,9 +28,10 @@ import torch
 from secmlops import models
 from secmlops.attacks.projected_gradient import AttackConfig, fgsm_rs
 from secmlops.data.dataset import load_dataset
-from secmlops.evaluation.robustness import map_under_attack
+from secmlops.evaluation.attack_runs import map_under_attack
 from secmlops.training.batches import prepare_split
-from secmlops.training.trainer import AdversarialConfig, TrainConfig, train
+from secmlops.training.defences import AdversarialConfig
+from secmlops.training.trainer import TrainConfig, train
 
 
 class _StopAfterSteps(Exception):

@@ -28,7 +28,7 @@ from secmlops import models
 from secmlops.attacks.projected_gradient import AttackConfig, perturb
 from secmlops.data.dataset import load_dataset
 from secmlops.data.synthetic import generate_scenes
-from secmlops.evaluation.robustness import map_under_transform
+from secmlops.evaluation.attack_runs import map_under_transform
 from secmlops.training.batches import PreparedSplit, prepare_split
 
 

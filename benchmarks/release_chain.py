@@ -68,9 +68,22 @@ def gate_report(
         f"{kind}_linf_{level}" for level in suite["linf_eps_levels"] for kind in ("fgsm", "pgd")
     }
     attacks = {
-        name: {"family": "evasion", "library": "art", "mAP50": 0.9, "seconds": 1.0}
+        name: {"family": "evasion", "library": "art", "mAP50": 0.9, "recall": 0.9, "mr2": 0.1,
+               "seconds": 1.0}
         for name in sorted(names)
-    }
+    }  # fmt: skip
+    largest = max(suite["linf_eps_levels"])
+    levels = sorted({*suite["linf_eps_levels"], *suite["sanity_eps_levels"]})
+    # Working attacks: recall falls to 0 at the largest eps; more effort and transfer find no more.
+    sanity = {
+        "images": suite["sanity_images"], "people": 5 * suite["sanity_images"], "threshold": 0.4,
+        "sweep": [{"eps": k, "vanishing": 0.9 * (1 - i / (len(levels) - 1)),
+                   "worst_case": 0.9 * (1 - i / (len(levels) - 1))} for i, k in enumerate(levels)],
+        "effort": {"eps": largest, "recall": 0.5, "more_steps": {"recall": 0.5},
+                   "more_restarts": {"recall": 0.5}},
+        "transfer": {"eps": largest, "white_box_recall": 0.5, "transfer_recall": 0.7,
+                     "source": {"dir": "bench-plain", "weights_sha256": "7" * 64}},
+    }  # fmt: skip
     return {
         "schema": "secmlops.robustness/v1",
         "model": {"dir": "bench", "weights_sha256": weights_sha256,
@@ -83,6 +96,7 @@ def gate_report(
         "attacks": attacks,
         "cross_check": {"attack": "pgd_linf_4", "art_mAP50": 0.9, "ours_mAP50": 0.9,
                         "difference": 0.0, "tolerance": 0.03, "passed": True},
+        "sanity": sanity,
         "baseline": {"dir": "bench-plain", "weights_sha256": "7" * 64, "clean_mAP50": 0.92},
         "seconds": 1.0,
     }  # fmt: skip
@@ -96,7 +110,9 @@ def sign_release(model_dir: Path, work: Path, keys: RoleKeys) -> Path:
     content = yaml.safe_load(keys.policy.read_text())
     report = gate_report(
         card.weights_sha256, content["gate"]["attacks"],
-        list(content["gate"]["min_robust_map50"]), card.operating_point.model_dump(mode="json"),
+        [*content["gate"]["min_robust_map50"], *content["gate"]["min_robust_recall"],
+         *content["gate"]["max_robust_mr2"]],
+        card.operating_point.model_dump(mode="json"),
     )  # fmt: skip
     label = model_dir.name
     (work / f"{label}-report.json").write_text(json.dumps(report))

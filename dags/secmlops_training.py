@@ -124,6 +124,22 @@ A refused control fails its task once, without retries; every decision is in the
             maximum=1,
             description="Share of every batch replaced by adversarial examples.",
         ),
+        "objectives": Param(
+            DEFAULTS.objectives,
+            type="string",
+            enum=list(TrainingRequest.OBJECTIVE_FORMS),
+            description="What the training attack maximises; loss+vanishing: half the "
+            "adversarial share against the true boxes, half with every person score pushed "
+            "down (adversarial none: loss only).",
+        ),
+        "patch_augmentation": Param(
+            DEFAULTS.patch_augmentation,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="Probability that a training image's people wear a random torso patch "
+            "(the defence against person-worn patches; 0: none).",
+        ),
         "max_eval_images": Param(
             DEPLOYMENT.eval_max_images,
             type=["null", "integer"],

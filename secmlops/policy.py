@@ -46,7 +46,7 @@ KEY_ID_PATTERN = r"^ed25519:[0-9a-f]{32}$"
 
 ATTACK_NAME_PATTERN = r"^[a-z0-9_]+$"
 # Attack names the evaluation suite derives from an L-inf eps level k (in 1/255 pixel steps).
-LINF_ATTACK_PATTERN = re.compile(r"^(?:fgsm|pgd)_linf_([0-9]+)$")
+LINF_ATTACK_PATTERN = re.compile(r"^(?:fgsm|pgd|vanishing|fabrication|worst_case)_linf_([0-9]+)$")
 
 KeyId = Annotated[str, StringConstraints(pattern=KEY_ID_PATTERN)]
 AttackName = Annotated[str, StringConstraints(pattern=ATTACK_NAME_PATTERN)]
@@ -130,17 +130,34 @@ class AttackSuitePolicy(_Section):
 
     linf_eps_levels: list[EpsLevel] = Field(
         min_length=1, description="L-inf budgets in 1/255 pixel levels; level k names the attacks "
-        "fgsm_linf_<k> and pgd_linf_<k>",
+        "fgsm_linf_<k>, pgd_linf_<k>, vanishing_linf_<k>, fabrication_linf_<k> and "
+        "worst_case_linf_<k>",
     )  # fmt: skip
-    pgd_steps: int = Field(ge=1, description="PGD iterations per image")
+    pgd_steps: int = Field(ge=1, description="PGD iterations per image (also APGD's)")
+    restarts: int = Field(
+        ge=1, le=100, description="random restarts of the score-level attacks, the worst kept "
+        "per image",
+    )  # fmt: skip
     patch_fraction: float = Field(
         gt=0, le=0.5, description="adversarial patch side as a fraction of the image's short side"
     )
+    person_patch_fraction: float = Field(
+        gt=0, le=1, description="side of the person-worn patch as a fraction of the wearer's "
+        "height",
+    )  # fmt: skip
+    person_patch_steps: int = Field(ge=1, description="optimisation steps of the person patch")
     corruption_severity: int = Field(
         ge=1, le=5, description="natural corruption severity (ImageNet-C scale)"
     )
+    sanity_eps_levels: list[EpsLevel] = Field(
+        min_length=1, description="extra L-inf levels of the sanity checks' eps sweep (the "
+        "largest should be far beyond any defence, e.g. 64)",
+    )  # fmt: skip
+    sanity_images: int = Field(
+        ge=1, description="images with people the sanity checks attack (spread over the split)"
+    )
 
-    @field_validator("linf_eps_levels")
+    @field_validator("linf_eps_levels", "sanity_eps_levels")
     @classmethod
     def _no_repeated_levels(cls, levels: list[int]) -> list[int]:
         # A repeat would run one attack twice under the same name; it is always a typo.
@@ -162,6 +179,30 @@ class OperatingPointPolicy(_Section):
     )
 
 
+class SanityPolicy(_Section):
+    """How far the evidence may stray from what working attacks show (Carlini et al. 2019).
+
+    Every figure is a recall at the operating point on the sanity subset, under the white-box
+    attacks (vanishing and the per-image worst case); a report outside these bounds is not
+    evidence of robustness, whatever its robust figures say.
+    """
+
+    max_recall_at_largest_eps: Fraction = Field(
+        description="most recall left at the sweep's largest eps (a working attack hides "
+        "nearly everyone there)"
+    )
+    max_recall_rise: Fraction = Field(
+        description="most recall may rise from one eps level to the next larger one"
+    )
+    max_effort_gain: Fraction = Field(
+        description="most recall 4x the steps or 4x the restarts may take off the suite's figure"
+    )
+    max_transfer_gap: Fraction = Field(
+        description="most the white-box recall may exceed the recall under the same attack "
+        "transferred from the independently trained baseline"
+    )
+
+
 class GatePolicy(_Section):
     """Thresholds of the robustness validation gate (secmlops/evaluation/gate.py)."""
 
@@ -174,6 +215,15 @@ class GatePolicy(_Section):
     min_clean_recall: Fraction = Field(
         description="lowest share of the clean test split's people found at the operating point"
     )
+    min_robust_recall: dict[AttackName, Fraction] = Field(
+        min_length=1, description="attack name -> lowest share of people found at the "
+        "operating point under that attack",
+    )  # fmt: skip
+    max_robust_mr2: dict[AttackName, Fraction] = Field(
+        description="attack name -> highest log-average miss rate MR^-2 under that attack "
+        "(may be empty)"
+    )
+    sanity: SanityPolicy
 
     max_defence_cost: Fraction = Field(
         description="most clean mAP@0.5 a defence may cost against the undefended baseline model"
@@ -185,7 +235,7 @@ class GatePolicy(_Section):
         ge=1, le=366, description="days a passed gate record may be used to promote its model"
     )
 
-    @field_validator("min_robust_map50")
+    @field_validator("min_robust_map50", "min_robust_recall", "max_robust_mr2")
     @classmethod
     def _gated_attacks_are_in_the_suite(
         cls, thresholds: dict[str, float], info: ValidationInfo
@@ -254,7 +304,10 @@ class Policy(_Section):
         if value == 2:
             raise ValueError(
                 f"must be {POLICY_VERSION}: version 3 adds gate.operating_point (the score "
-                "threshold a release serves at, and its false alarms) and gate.min_clean_recall"
+                "threshold a release serves at, and its false alarms), gate.min_clean_recall, "
+                "gate.min_robust_recall, gate.max_robust_mr2, gate.sanity, and "
+                "gate.attacks.restarts, person_patch_fraction, person_patch_steps, "
+                "sanity_eps_levels and sanity_images"
             )
         return value
 

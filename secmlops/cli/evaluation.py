@@ -51,7 +51,8 @@ def evaluate_command(
         bool,
         typer.Option(
             "--attacks",
-            help="Run the robustness suite (ART FGSM/PGD, patch, corruptions, cross-check).",
+            help="Run the robustness suite (FGSM/PGD, vanishing, fabrication, worst case, patch, "
+            "corruptions, cross-check, sanity checks).",
         ),
     ] = False,
     policy: Annotated[
@@ -124,12 +125,22 @@ def _clean_evaluation(model: Path, data: Path, split: str, out: Path | None, dev
 
 
 def _print_robustness(report: dict[str, Any], split: str, baseline: Path | None, out: Path) -> None:
-    table = Table(title=f"robustness on {split} ({report['data']['images']} images)")
-    for column in ("attack", "family", "robust mAP@0.5", "seconds"):
+    point = report.get("operating_point")
+    at = f" at score >= {point['score_threshold']:.3f}" if point else " (no operating point)"
+    table = Table(title=f"robustness on {split} ({report['data']['images']} images){at}")
+    columns = ("attack", "family", "mAP@0.5", "recall", "FPPI", "MR^-2", "seconds")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("attack", "family") else "right")
-    table.add_row("clean", "-", f"{report['clean']['mAP50']:.3f}", "-")
+
+    def row(name: str, family: str, figures: dict[str, Any], seconds: str) -> None:
+        shown = [f"{figures[k]:.3f}" if k in figures else "-" for k in ("mAP50", "recall")]
+        shown += [f"{figures['fppi']:.2f}" if "fppi" in figures else "-"]
+        shown += [f"{figures['mr2']:.3f}" if "mr2" in figures else "-"]
+        table.add_row(name, family, *shown, seconds)
+
+    row("clean", "-", report["clean"], "-")
     for name, result in report["attacks"].items():
-        table.add_row(name, result["family"], f"{result['mAP50']:.3f}", f"{result['seconds']:.1f}")
+        row(name, result["family"], result, f"{result['seconds']:.1f}")
     console.print(table)
     if report["baseline"] is not None:
         console.print(f"baseline {baseline}: clean mAP@0.5 {report['baseline']['clean_mAP50']:.3f}")
@@ -140,6 +151,21 @@ def _print_robustness(report: dict[str, Any], split: str, baseline: Path | None,
         f"{cross['ours_mAP50']:.3f} (difference {cross['difference']:+.3f}, tolerance "
         f"{cross['tolerance']}): {verdict}"
     )
+    sanity = report.get("sanity")
+    if sanity:
+        sweep = ", ".join(
+            f"{row['eps']}/255 {row['vanishing']:.2f}|{row['worst_case']:.2f}"
+            for row in sanity["sweep"]
+        )
+        effort, transfer = sanity["effort"], sanity["transfer"]
+        moved = transfer["transfer_recall"]
+        console.print(
+            f"sanity on {sanity['images']} images ({sanity['people']} people), recall under "
+            f"vanishing|worst case: {sweep}; at {effort['eps']}/255 with 4x steps "
+            f"{effort['more_steps']['recall']:.2f}, 4x restarts "
+            f"{effort['more_restarts']['recall']:.2f}; transferred from the baseline "
+            + (f"{moved:.2f}" if moved is not None else "not measured (no --baseline)")
+        )
     console.print(f"report -> {out}  ({report['seconds']:.0f} s)")
 
 

@@ -10,7 +10,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from secmlops.cli.common import console, err_console, exits_on_user_error
 from secmlops.cli.options import DeviceOption, parse_size
-from secmlops.training.request import ARCHITECTURES, DEFAULT_EPS, TrainingRequest
+from secmlops.training.request import (
+    ARCHITECTURES,
+    DEFAULT_EPS,
+    OBJECTIVE_FORMS,
+    TrainingRequest,
+)
 
 # The one definition of a training run's defaults, shared with the training DAG's form.
 DEFAULTS = TrainingRequest()
@@ -59,6 +64,21 @@ def train_command(
     eps_warmup_epochs: Annotated[
         int, typer.Option(help="Epochs over which eps grows from 0 to --eps.")
     ] = DEFAULTS.eps_warmup_epochs,
+    objectives: Annotated[
+        str,
+        typer.Option(
+            help=f"What the training attack maximises: {', '.join(OBJECTIVE_FORMS)} (each of "
+            "a '+'-joined list on an equal part of the adversarial share; vanishing pushes "
+            "every objectness score down, the attack that hides people)."
+        ),
+    ] = DEFAULTS.objectives,
+    patch_augmentation: Annotated[
+        float,
+        typer.Option(
+            help="Probability that a training image's people wear a random torso patch (the "
+            "defence against person-worn patches; 0: none)."
+        ),
+    ] = DEFAULTS.patch_augmentation,
     target_fppi: Annotated[
         float,
         typer.Option(
@@ -70,13 +90,16 @@ def train_command(
     """Train a pedestrian detector; checkpoints every epoch, keeps the best validation epoch.
 
     Unless --adversarial none, a --mix share of every batch is replaced by adversarial examples
-    crafted against the model being trained (FGSM with random start, or PGD-K).
+    crafted against the model being trained (FGSM with random start, or PGD-K), split between
+    the --objectives. With --patch-augmentation p, each training image's people wear a random
+    patch on the torso with probability p.
     """
     from secmlops.training.trainer import train
 
     request = TrainingRequest.from_params({
         "architecture": architecture, "epochs": epochs, "seed": seed, "adversarial": adversarial,
         "eps": eps, "mix": mix, "attack_steps": steps, "eps_warmup_epochs": eps_warmup_epochs,
+        "objectives": objectives, "patch_augmentation": patch_augmentation,
     })  # fmt: skip
     config = request.train_config(
         batch_size=batch_size, learning_rate=learning_rate, input_size=parse_size(input_size),
@@ -113,7 +136,13 @@ def train_command(
 
         atomic_write_json(history, result.history)
     val = result.val_metrics
-    defence = f" with {adversarial} adversarial training" if request.defended else " undefended"
+    defences = []
+    if request.adversarial != "none":
+        objective = "" if request.objectives == "loss" else f" ({request.objectives})"
+        defences.append(f"{request.adversarial} adversarial training{objective}")
+    if request.patch_augmentation > 0:
+        defences.append(f"patch augmentation {request.patch_augmentation:g}")
+    defence = f" with {' and '.join(defences)}" if defences else " undefended"
     console.print(
         f"trained {result.epochs} epochs{defence} on {result.device} in {result.seconds:.0f} s; "
         f"best epoch {result.best_epoch}: val mAP@0.5 {val.get('mAP50', float('nan')):.3f}, "

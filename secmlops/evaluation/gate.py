@@ -187,6 +187,13 @@ def run_gate(
         subject,
         {
             "failed": [check.describe() for check in decision.failures],
+            # What a person reads first: the people found, clean and under attack.
+            "figures": {
+                check.name: check.measured
+                for check in decision.checks
+                if check.name == "clean_recall" or check.name.startswith("robust_recall.")
+                if isinstance(check.measured, float)
+            },
             "record": str(record_path),
             "record_sha256": hashlib.sha256(envelope).hexdigest(),
             "policy_digest": digest,

@@ -9,10 +9,12 @@ is a failed check, never a pass; numbers are read strictly (a `true` or a "0.9" 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from typing import Any, TypeGuard
 
 from secmlops.errors import GateFailed
+from secmlops.evaluation.gate_decision import GateCheck, GateDecision
+from secmlops.evaluation.gate_decision import fraction as _fraction
+from secmlops.evaluation.gate_sanity import sanity_checks
 from secmlops.names import SHA256_HEX, matches
 from secmlops.policy import AttackSuitePolicy, GatePolicy
 
@@ -20,65 +22,11 @@ REPORT_SCHEMA = "secmlops.robustness/v1"
 ABSENT = object()  # what `get_path` returns for a missing key (distinct from a JSON null)
 
 _SECTIONS = (
-    "model", "data", "suite", "operating_point", "clean", "attacks", "cross_check", "baseline"
+    "model", "data", "suite", "operating_point", "clean", "attacks", "cross_check", "sanity",
+    "baseline",
 )  # fmt: skip
-# "all" of a dataset is evidence only when the model was trained on another dataset (PETS frames
-# 601-795 imported as their own dataset, say); "train" never is.
-_NEGATED = {">=": "<", "<=": ">"}
-
-
-@dataclass(frozen=True)
-class GateCheck:
-    """One threshold: what was measured, against what, and whether it held.
-
-    `comparison` is ">=" or "<=" for numbers, "==" for evidence that must match exactly.
-    """
-
-    name: str
-    label: str
-    measured: float | str | None
-    threshold: float | str | None
-    comparison: str
-    passed: bool
-    note: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """The check as JSON-ready data (the record and the audit log keep this form)."""
-        return asdict(self)
-
-    def describe(self) -> str:
-        """One phrase for the gate message, e.g. "pgd_linf_4 robust mAP@0.5 0.012 < 0.300"."""
-        m, t = self.measured, self.threshold
-        if isinstance(m, float) and isinstance(t, float):
-            holds = m >= t if self.comparison == ">=" else m <= t
-            op = self.comparison if holds else _NEGATED.get(self.comparison, self.comparison)
-            text = f"{self.label} {m:.3f} {op} {t:.3f}"
-            return f"{text} ({self.note})" if self.note else text
-        return f"{self.label}: {self.note}"
-
-
-@dataclass(frozen=True)
-class GateDecision:
-    """Every check of one gate run; it passed only if there were checks and all held."""
-
-    checks: tuple[GateCheck, ...]
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.checks) and all(check.passed for check in self.checks)
-
-    @property
-    def failures(self) -> list[GateCheck]:
-        return [check for check in self.checks if not check.passed]
-
-    def message(self) -> str:
-        """The verdict: "gate failed: <each failed threshold>" or "gate passed: N checks"."""
-        if self.passed:
-            return f"gate passed: {len(self.checks)} checks"
-        return "gate failed: " + "; ".join(check.describe() for check in self.failures)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "checks": [check.to_dict() for check in self.checks]}
+# Judged by their own checks, which name what is wrong with them.
+_OWN_CHECK = ("operating_point", "sanity")
 
 
 def evaluate_gate(
@@ -121,7 +69,15 @@ def evaluate_gate(
     for name, floor in sorted(policy.min_robust_map50.items()):
         robust = get_path(report, "attacks", name, "mAP50")
         checks.append(_at_least(f"robust_map50.{name}", f"{name} robust mAP@0.5", robust, floor))
+    for name, floor in sorted(policy.min_robust_recall.items()):
+        recall = get_path(report, "attacks", name, "recall")
+        label = f"{name} recall at the operating point"
+        checks.append(_at_least(f"robust_recall.{name}", label, recall, floor))
+    for name, ceiling in sorted(policy.max_robust_mr2.items()):
+        mr2 = get_path(report, "attacks", name, "mr2")
+        checks.append(_at_most(f"robust_mr2.{name}", f"{name} MR^-2", mr2, ceiling, fraction=True))
     checks.append(_cross_check(report.get("cross_check", ABSENT)))
+    checks.extend(sanity_checks(report.get("sanity"), policy.attacks, policy.sanity))
     checks.append(_defence_cost_check(report, policy.max_defence_cost))
     checks.extend(_regression_checks(report, production, policy))
     return GateDecision(tuple(checks))
@@ -136,14 +92,6 @@ def get_path(obj: Any, *keys: str) -> Any:
     return obj
 
 
-def _fraction(value: Any) -> float | None:
-    """A finite number in 0..1 (a mAP), else None; `true` is not a number here."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) and 0 <= value <= 1 else None
-
-
 def _at_least(name: str, label: str, value: Any, floor: float, note: str = "") -> GateCheck:
     measured = _fraction(value)
     if measured is None:
@@ -152,10 +100,16 @@ def _at_least(name: str, label: str, value: Any, floor: float, note: str = "") -
     return GateCheck(name, label, measured, floor, ">=", measured >= floor, note)
 
 
-def _at_most(name: str, label: str, value: Any, ceiling: float) -> GateCheck:
+def _at_most(
+    name: str, label: str, value: Any, ceiling: float, *, fraction: bool = False
+) -> GateCheck:
+    """`value` <= `ceiling`, for a count per image (>= 0) or, with `fraction`, a rate in 0..1."""
     measured = value if _is_number(value) and math.isfinite(value) and value >= 0 else None
+    if fraction:
+        measured = _fraction(value)
     if measured is None:
-        problem = "missing from the report" if value is ABSENT else f"not a count >= 0: {value!r}"
+        kind = "a rate in 0..1" if fraction else "a count >= 0"
+        problem = "missing from the report" if value is ABSENT else f"not {kind}: {value!r}"
         return GateCheck(name, label, None, ceiling, "<=", False, problem)
     return GateCheck(name, label, float(measured), ceiling, "<=", measured <= ceiling)
 
@@ -206,8 +160,8 @@ def _evidence_problems(report: dict[str, Any]) -> list[str]:
     if missing:
         problems.append(f"missing sections: {', '.join(missing)}")
     for section in _SECTIONS[:-1]:
-        if section == "operating_point":
-            continue  # judged by its own check, which names what is wrong with it
+        if section in _OWN_CHECK:
+            continue
         if section in report and not isinstance(report[section], dict):
             problems.append(f"{section} is not an object")
     if report.get("baseline") is not None and not isinstance(report["baseline"], dict):
@@ -231,7 +185,8 @@ def _evidence_problems(report: dict[str, Any]) -> list[str]:
 
 
 def _held_out(model: Any, data: dict[str, Any]) -> bool:
-    """Whether the evaluated dataset is not the one the model was trained on."""
+    """Whether the evaluated dataset is not the one the model was trained on: "all" of a dataset
+    is evidence only then (PETS frames 601-795 imported as their own dataset, say)."""
     trained_on = model.get("trained_on") if isinstance(model, dict) else None
     return isinstance(trained_on, str) and trained_on != data.get("dir")
 
@@ -267,10 +222,13 @@ def _suite_check(suite: Any, expected: AttackSuitePolicy) -> GateCheck:
 
 
 def _suite_text(suite: dict[str, Any]) -> str:
-    """A suite in one short line: "eps [2, 4]/255, pgd 10 steps, patch 0.15, severity 3"."""
+    """A suite in one short line: "eps [2, 4]/255, pgd 10 steps, 1 restarts, patch 0.15,
+    severity 3, sanity eps [8, 16, 64]/255 on 16 images"."""
     return (
         f"eps {suite.get('linf_eps_levels')}/255, pgd {suite.get('pgd_steps')} steps, "
-        f"patch {suite.get('patch_fraction')}, severity {suite.get('corruption_severity')}"
+        f"{suite.get('restarts')} restarts, patch {suite.get('patch_fraction')}, "
+        f"severity {suite.get('corruption_severity')}, sanity eps "
+        f"{suite.get('sanity_eps_levels')}/255 on {suite.get('sanity_images')} images"
     )
 
 
@@ -333,6 +291,10 @@ def _regression_checks(
     ]
     metrics += [
         (a, f"{a} mAP@0.5", ("attacks", a, "mAP50")) for a in sorted(policy.min_robust_map50)
+    ]
+    metrics += [
+        (f"{a}.recall", f"{a} recall", ("attacks", a, "recall"))
+        for a in sorted(policy.min_robust_recall)
     ]
     checks = []
     for name, label, path in metrics:

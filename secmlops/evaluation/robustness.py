@@ -1,22 +1,35 @@
-"""The robustness suite: a detector's mAP under attack and under natural corruptions.
+"""The robustness suite: a detector under attack and under natural corruptions, judged as a
+pedestrian detection system is.
 
-One call measures, on one dataset split, a model's clean COCO mAP, its pedestrian figures at the
-operating point signed in its model card (recall, miss rate, precision, false positives per image,
-and the log-average miss rate MR^-2: `secmlops.evaluation.miss_rate`), and its mAP under:
-- evasion attacks from ART (`fgsm_linf_<k>`, `pgd_linf_<k>` for every eps level k/255 of the
-  suite): white-box, untargeted, L-inf bounded (see `secmlops.evaluation.art_attacks`);
-- one universal physical patch from ART (`patch`, RobustDPatch): unbounded pixels in a square;
-- five ImageNet-C corruptions (`secmlops.evaluation.corruptions`), not adversarial.
+One call measures, on one dataset split, a model's clean figures and its figures under every
+attack of the suite: COCO mAP@0.5 and mAP@[.5:.95], and the pedestrian figures at the operating
+point signed in its model card (recall, miss rate, precision, false positives per image, and
+the log-average miss rate MR^-2: `secmlops.evaluation.miss_rate`). The attacks, per eps level
+k/255 of the suite:
+- `fgsm_linf_<k>`, `pgd_linf_<k>`: ART's evasion attacks on the training losses (white box,
+  untargeted, L-inf; `secmlops.evaluation.art_attacks`);
+- `vanishing_linf_<k>`, `fabrication_linf_<k>`: TOG-vanishing and TOG-fabrication on the
+  objectness map with the APGD step schedule and the suite's random restarts
+  (`secmlops.attacks.objectness`; ours: ART has no score-level detector attack);
+- `worst_case_linf_<k>`: per image, whichever of those four leaves the fewest people found at
+  the operating point (then the most false alarms): the attacker AutoAttack assumes;
+then the physical attacks (`secmlops.evaluation.patches`): ART's universal patch (`patch`,
+RobustDPatch: unbounded pixels in a fixed square), the person-worn patch of Thys et al.
+(`person_patch`, trained on the training split's people) and its random-pixel control
+(`person_patch_random`); and five ImageNet-C corruptions (`secmlops.evaluation.corruptions`, not
+adversarial). Architectures without an objectness map (the torchvision detectors) get no
+vanishing, fabrication or person-patch entries; their worst case is over FGSM and PGD.
 
 Threat model convention: the attacker controls the pixels the model sees, i.e. each image of the
 split at the model's input size, float [0,1]; detections are scaled back to the original image
-and scored against its ground truth. The gradient attacks move away from the ground-truth boxes
-(ignore regions stay ignore regions in the loss).
+and scored against its ground truth. The loss attacks move away from the ground-truth boxes
+(ignore regions stay ignore regions in the loss); the score-level ones need no ground truth.
 
-It also cross-checks our own on-device PGD (`secmlops.attacks.perturb`, the attack adversarial
-training uses) against ART's at the largest eps: same loss, same batches, same settings, so the
-two robust mAPs must agree within `CROSS_CHECK_TOLERANCE`; if they do not, one implementation is
-wrong or the model masks its gradients, and the training-time robustness claims are suspect.
+Two checks say whether the attacks can be trusted. The cross-check runs our on-device PGD
+(`secmlops.attacks.perturb`, the attack adversarial training uses) with ART's settings at the
+largest eps: the two robust mAPs must agree within `CROSS_CHECK_TOLERANCE`. The sanity section
+(`secmlops.evaluation.sanity`) measures the eps sweep to a large eps, the effect of more steps
+and restarts, and a transfer attack from the baseline model: evidence against gradient masking.
 
 The report (`REPORT_SCHEMA`) is the evidence the validation gate (`secmlops.evaluation.gate`)
 decides on.
@@ -25,7 +38,7 @@ decides on.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -35,15 +48,31 @@ import torch
 from torch import Tensor, nn
 
 from secmlops import models
-from secmlops.attacks.projected_gradient import AttackConfig, perturb
-from secmlops.data.dataset import load_dataset
+from secmlops.data.dataset import ImageAnnotations, load_dataset
 from secmlops.errors import DataError
 from secmlops.evaluation import art_attacks
+from secmlops.evaluation.attack_runs import (
+    Predictions,
+    attack_transform,
+    predict_under_transform,
+    score_predictions,
+    worst_per_image,
+)
 from secmlops.evaluation.coco_map import coco_map
 from secmlops.evaluation.corruptions import CORRUPTIONS, corrupt, corruption_params
 from secmlops.evaluation.gate_checks import REPORT_SCHEMA
 from secmlops.evaluation.inference import predict_prepared, select_split
-from secmlops.evaluation.miss_rate import operating_point_metrics
+from secmlops.evaluation.patches import (
+    person_patch_attacks,
+    training_people,
+    universal_patch_attack,
+)
+from secmlops.evaluation.sanity import (
+    loss_pgd_attack,
+    measure_sanity,
+    objectness_attack,
+    predict_with_restarts,
+)
 from secmlops.policy import AttackSuitePolicy
 from secmlops.training.batches import PreparedSplit, prepare_split
 from secmlops.training.trainer import pick_device
@@ -51,14 +80,11 @@ from secmlops.training.trainer import pick_device
 # Largest |ours - ART| robust mAP@0.5 difference accepted: both attack the same loss on the same
 # batches, so beyond float noise flipping a few gradient signs they should agree exactly.
 CROSS_CHECK_TOLERANCE = 0.03
-# Seeds the patch's initial pixels and transformations and the corruption noise.
+# Seeds the corruption noise.
 SEED = 0
-# The universal patch is trained on at most this many images (spread over the split), then
-# tested on all of them: a sticker is made once, not per frame.
-PATCH_TRAIN_IMAGES = 16
-PATCH_ITERATIONS = 20
-# The pedestrian figures a report carries at the operating point (miss_rate: 1 - recall).
-PEDESTRIAN_FIGURES = ("recall", "miss_rate", "precision", "fppi", "mr2")
+# The score-level attacks, and the gradient attacks whose per-image worst is the worst case.
+SCORE_ATTACKS = ("vanishing", "fabrication")
+GRADIENT_ATTACKS = ("fgsm", "pgd", *SCORE_ATTACKS)
 
 Progress = Callable[[str, int, int], None]  # (step about to run or "done", steps done, total)
 
@@ -68,14 +94,34 @@ Progress = Callable[[str, int, int], None]  # (step about to run or "done", step
 RobustnessSuite = AttackSuitePolicy
 
 
-def attack_names(suite: RobustnessSuite) -> list[str]:
-    """Names of a report's `attacks` entries, in the order they run."""
+def attack_names(suite: RobustnessSuite, *, score_attacks: bool = True) -> list[str]:
+    """Names of a report's `attacks` entries, in the order they run.
+
+    Args:
+        score_attacks: whether the model has an objectness map for vanishing and fabrication.
+    """
+    kinds = GRADIENT_ATTACKS if score_attacks else ("fgsm", "pgd")
     return [
-        *(f"fgsm_linf_{k}" for k in suite.linf_eps_levels),
-        *(f"pgd_linf_{k}" for k in suite.linf_eps_levels),
+        *(f"{kind}_linf_{k}" for kind in kinds for k in suite.linf_eps_levels),
+        *(f"worst_case_linf_{k}" for k in suite.linf_eps_levels),
         "patch",
+        *(("person_patch", "person_patch_random") if score_attacks else ()),
         *CORRUPTIONS,
     ]
+
+
+def report_defence(training: dict[str, Any]) -> dict[str, Any] | None:
+    """The report's `model.defence`: the defences a model card's `training` records, or None.
+
+    Any defence at all (adversarial training, patch augmentation) makes the gate ask for its
+    cost against the undefended baseline, so none may go unreported.
+    """
+    defence: dict[str, Any] = {}
+    if training.get("adversarial"):
+        defence["adversarial"] = training["adversarial"]
+    if training.get("patch_augmentation"):
+        defence["patch_augmentation"] = training["patch_augmentation"]
+    return defence or None
 
 
 def default_report_path(model_dir: Path, split: str) -> Path:
@@ -102,15 +148,17 @@ def evaluate_robustness(
         data_dir: a dataset version.
         split: train, val, test or all.
         suite: the attacks and corruptions to run.
-        baseline_dir: a second model (production) whose clean mAP the gate compares against.
+        baseline_dir: a second, independently trained model (the undefended baseline): the
+            gate compares clean mAP against it, and the transfer check attacks from it.
         device: auto, cpu, cuda or cuda:N.
         batch_size: images per attack batch (ART's and ours alike).
         max_images: evaluate only the first N images of the split (quick runs, tests).
         progress: called with (step name, steps done, total) before each step and at the end.
 
     Returns:
-        The report, schema `REPORT_SCHEMA`: model, data, suite, clean, attacks (name ->
-        family, library, method, params, mAP50, mAP50_95, seconds), cross_check, baseline.
+        The report, schema `REPORT_SCHEMA`: model, data, suite, operating_point, clean,
+        attacks (name -> family, library, method, params, mAP50, mAP50_95, the pedestrian
+        figures, seconds), cross_check, sanity, baseline.
 
     Raises:
         ModelError: a model directory is missing or invalid, or the device is unavailable.
@@ -131,9 +179,14 @@ def evaluate_robustness(
     if not records:
         raise DataError(f"{data_dir}: split {split!r} has no images")
     prepared = prepare_split(dataset, records, card.input_size)
+    point = card.operating_point
+    # Without a signed operating point there is no threshold to judge at: the pedestrian
+    # figures and the sanity checks stay absent and the gate fails on the missing evidence.
+    threshold = point.score_threshold if point is not None else None
+    score_attacks = models.has_objectness_map(model)
 
-    names = attack_names(suite)
-    steps = ["clean", *names, "cross_check", *(["baseline"] if baseline else [])]
+    names = attack_names(suite, score_attacks=score_attacks)
+    steps = ["clean", *names, "cross_check", "sanity", *(["baseline"] if baseline else [])]
     done = 0
 
     def step(name: str) -> None:
@@ -142,48 +195,71 @@ def evaluate_robustness(
             progress(name, done, len(steps))
         done += 1
 
+    def entry(family: str, library: str, method: str, params: dict[str, Any], run: Runner):
+        return _scored(records, threshold, family, library, method, params, run)
+
     step("clean")
-    clean_predictions = predict_prepared(model, prepared, batch_size)
-    clean = coco_map(records, clean_predictions)
-    point = card.operating_point
-    # Without a signed operating point there is no threshold to judge at: the figures stay
-    # absent and the gate fails on the missing evidence.
-    pedestrian: dict[str, float] = {}
-    if point is not None:
-        figures = operating_point_metrics(records, clean_predictions, point.score_threshold)
-        pedestrian = {k: figures[k] for k in PEDESTRIAN_FIGURES}
+    clean = score_predictions(records, predict_prepared(model, prepared, batch_size), threshold)
     estimator = art_attacks.art_detector(model, card.architecture, torch_device)
     attacks: dict[str, dict[str, Any]] = {}
     with art_attacks.input_gradients_only(model):
         for k in suite.linf_eps_levels:
             step(f"fgsm_linf_{k}")
-            attacks[f"fgsm_linf_{k}"] = _art_evasion(
-                model,
-                prepared,
-                batch_size,
-                "FastGradientMethod",
-                art_attacks.fgsm_params(k),
-                partial(art_attacks.fgsm, estimator, eps=k / 255),
-            )
+            craft = partial(art_attacks.fgsm, estimator, eps=k / 255)
+            run = partial(_art_evasion, model, prepared, batch_size, craft)
+            params = art_attacks.fgsm_params(k)
+            attacks[f"fgsm_linf_{k}"] = entry("evasion", "art", "FastGradientMethod", params, run)
         for k in suite.linf_eps_levels:
             step(f"pgd_linf_{k}")
-            attacks[f"pgd_linf_{k}"] = _art_evasion(
-                model,
-                prepared,
+            craft = partial(art_attacks.pgd, estimator, eps=k / 255, steps=suite.pgd_steps)
+            run = partial(_art_evasion, model, prepared, batch_size, craft)
+            params = art_attacks.pgd_params(k, suite.pgd_steps)
+            method = "ProjectedGradientDescent"
+            attacks[f"pgd_linf_{k}"] = entry("evasion", "art", method, params, run)
+    for kind in SCORE_ATTACKS if score_attacks else ():
+        for k in suite.linf_eps_levels:
+            step(f"{kind}_linf_{k}")
+            config = objectness_attack(kind, k, suite.pgd_steps)
+            params = {**config.to_json(), "eps_255": k, "restarts": suite.restarts}
+            run = partial(
+                predict_with_restarts, model, prepared, config, suite.restarts, threshold,
                 batch_size,
-                "ProjectedGradientDescent",
-                art_attacks.pgd_params(k, suite.pgd_steps),
-                partial(art_attacks.pgd, estimator, eps=k / 255, steps=suite.pgd_steps),
-            )
+            )  # fmt: skip
+            method = f"TOG-{kind} (APGD)"
+            attacks[f"{kind}_linf_{k}"] = entry("evasion", "secmlops", method, params, run)
+    for k in suite.linf_eps_levels:
+        step(f"worst_case_linf_{k}")
+        members = [f"{kind}_linf_{k}" for kind in GRADIENT_ATTACKS if f"{kind}_linf_{k}" in attacks]
+        attacks[f"worst_case_linf_{k}"] = _worst_case(records, attacks, members, threshold)
+    with art_attacks.input_gradients_only(model):
         step("patch")
-        attacks["patch"] = _patch_attack(model, estimator, prepared, suite, batch_size)
+        attacks["patch"] = universal_patch_attack(
+            model, estimator, prepared, suite, batch_size, entry
+        )
+    if score_attacks:
+        step("person_patch")
+        train = training_people(card.training.get("data"), card.input_size)
+        attacks.update(person_patch_attacks(model, prepared, train, suite, batch_size, entry))
+        step("person_patch_random")
     for name in CORRUPTIONS:
         step(name)
-        attacks[name] = _corruption(model, prepared, name, suite.corruption_severity, batch_size)
+        severity = suite.corruption_severity
+        attacks[name] = _corruption(model, prepared, name, severity, batch_size, entry)
+    for scored in attacks.values():
+        scored.pop("_predictions", None)  # only the worst case needed them
 
     step("cross_check")
     level = max(suite.linf_eps_levels)  # the cross-check runs the strongest attack
-    ours = _our_pgd_map(model, card.architecture, prepared, level, suite.pgd_steps, batch_size)
+    ours = coco_map(
+        records,
+        predict_under_transform(
+            model, prepared, batch_size,
+            attack_transform(
+                model, prepared, loss_pgd_attack(level, suite.pgd_steps),
+                models.loss_keys(card.architecture),
+            ),
+        ),
+    )  # fmt: skip
     art_map50 = attacks[f"pgd_linf_{level}"]["mAP50"]
     difference = ours["mAP50"] - art_map50
     cross_check = {
@@ -194,6 +270,16 @@ def evaluate_robustness(
         "tolerance": CROSS_CHECK_TOLERANCE,
         "passed": bool(abs(difference) <= CROSS_CHECK_TOLERANCE),
     }
+
+    step("sanity")
+    sanity = (
+        measure_sanity(
+            model, prepared, suite, threshold, baseline=baseline, baseline_dir=baseline_dir,
+            batch_size=batch_size,
+        )
+        if threshold is not None
+        else None
+    )  # fmt: skip
 
     baseline_report = None
     if baseline is not None:
@@ -209,14 +295,13 @@ def evaluate_robustness(
     if progress:
         progress("done", done, len(steps))
 
-    adversarial = card.training.get("adversarial")
     return {
         "schema": REPORT_SCHEMA,
         "model": {
             "dir": str(model_dir),
             "weights_sha256": card.weights_sha256,
             "architecture": card.architecture,
-            "defence": {"adversarial": adversarial} if adversarial else None,
+            "defence": report_defence(card.training),
             # Lets the gate tell a held-out dataset evaluated whole from the training data.
             "trained_on": card.training.get("data"),
         },
@@ -228,176 +313,105 @@ def evaluate_robustness(
         },
         "suite": suite.model_dump(mode="json"),
         "operating_point": point.model_dump(mode="json") if point is not None else None,
-        "clean": {"mAP50": clean["mAP50"], "mAP50_95": clean["mAP50_95"], **pedestrian},
+        "clean": clean,
         "attacks": attacks,
         "cross_check": cross_check,
+        "sanity": sanity,
         "baseline": baseline_report,
         "seconds": time.perf_counter() - started,
     }
 
 
 # --------------------------------------------------------------------------- attack runners
-def _timed(
+Runner = Callable[[], Predictions]
+
+
+def _scored(
+    records: list[ImageAnnotations],
+    threshold: float | None,
     family: str,
     library: str,
     method: str,
     params: dict[str, Any],
-    run: Callable[[], dict[str, float]],
+    run: Runner,
 ) -> dict[str, Any]:
-    """One `attacks` entry: run, score and time an attack."""
+    """One `attacks` entry: run, score and time an attack. `_predictions` stays in the entry
+    until the worst case has read it (the report drops it)."""
     started = time.perf_counter()
-    metrics = run()
+    predictions = run()
+    seconds = time.perf_counter() - started
     return {
         "family": family,
         "library": library,
         "method": method,
         "params": params,
-        "mAP50": metrics["mAP50"],
-        "mAP50_95": metrics["mAP50_95"],
-        "seconds": time.perf_counter() - started,
+        **score_predictions(records, predictions, threshold),
+        "seconds": seconds,
+        "_predictions": predictions,
     }
-
-
-def map_under_transform(
-    model: nn.Module,
-    prepared: PreparedSplit,
-    batch_size: int,
-    transform: Callable[[Tensor, slice], Tensor],
-) -> dict[str, float]:
-    """COCO mAP of `model` on the split with every batch passed through `transform` first.
-
-    Args:
-        transform: (float [b,3,H,W] CPU images in [0,1], their index range) -> the images the
-            model sees. Batch by batch, so memory stays bounded on large splits.
-    """
-    device = next(model.parameters()).device
-    in_h, in_w = prepared.images.shape[-2:]
-    predictions: dict[int, dict[str, Tensor]] = {}
-    for start in range(0, len(prepared), batch_size):
-        window = slice(start, start + batch_size)
-        images = transform(prepared.images[window].float().div_(255), window)
-        # ART leaves the model in train mode after a gradient; detections need eval mode.
-        model.eval()
-        with torch.no_grad():
-            outputs = model(images.to(device).float())
-        for record, out in zip(prepared.records[window], outputs, strict=True):
-            factor = torch.tensor(
-                [record.width / in_w, record.height / in_h] * 2, device=out["boxes"].device
-            )
-            predictions[record.id] = {
-                "boxes": (out["boxes"] * factor).cpu(),
-                "scores": out["scores"].cpu(),
-            }
-    return coco_map(prepared.records, predictions)
 
 
 def _art_evasion(
     model: nn.Module,
     prepared: PreparedSplit,
     batch_size: int,
-    method: str,
-    params: dict[str, Any],
     craft: Callable[[np.ndarray, list[dict]], np.ndarray],
-) -> dict[str, Any]:
-    """Score an ART evasion attack; ART sees exactly the batches our PGD sees."""
+) -> Predictions:
+    """Predictions under an ART evasion attack; ART sees exactly the batches our PGD sees."""
 
     def adversarial(images: Tensor, window: slice) -> Tensor:
         labels = art_attacks.art_labels(prepared.boxes[window], prepared.ignore[window])
         return torch.from_numpy(craft(images.numpy(), labels))
 
-    run = lambda: map_under_transform(model, prepared, batch_size, adversarial)  # noqa: E731
-    return _timed("evasion", "art", method, params, run)
+    return predict_under_transform(model, prepared, batch_size, adversarial)
 
 
-def _patch_attack(
-    model: nn.Module,
-    estimator: Any,
-    prepared: PreparedSplit,
-    suite: RobustnessSuite,
-    batch_size: int,
+def _worst_case(
+    records: list[ImageAnnotations],
+    attacks: dict[str, dict[str, Any]],
+    members: list[str],
+    threshold: float | None,
 ) -> dict[str, Any]:
-    """Train one universal patch on a spread of the split's images, then paste it on all."""
-    size = (int(prepared.images.shape[-2]), int(prepared.images.shape[-1]))
-    patch = art_attacks.UniversalPatch(
-        estimator, size, suite.patch_fraction, iterations=PATCH_ITERATIONS, seed=SEED
+    """The per-image worst of `members` at the operating point (nothing to choose by without
+    one: the entry then carries only the members, and no figures)."""
+    params: dict[str, Any] = {"members": members}
+    if threshold is None:
+        return {"family": "ensemble", "library": "secmlops", "method": "per-image worst",
+                "params": params, "seconds": 0.0}  # fmt: skip
+    started = time.perf_counter()
+    worst, chosen = worst_per_image(
+        records, {name: attacks[name]["_predictions"] for name in members}, threshold
     )
-    count = min(len(prepared), PATCH_TRAIN_IMAGES)
-    spread = torch.linspace(0, len(prepared) - 1, count).round().long().unique()
-
-    def run() -> dict[str, float]:
-        patch.train(prepared.images[spread].float().div_(255).numpy())
-        return map_under_transform(
-            model, prepared, batch_size, lambda x, _: torch.from_numpy(patch.apply(x.numpy()))
-        )
-
-    return _timed("patch", "art", "RobustDPatch", patch.params(len(spread)), run)
+    params["chosen"] = chosen
+    return {
+        "family": "ensemble",
+        "library": "secmlops",
+        "method": "per-image worst",
+        "params": params,
+        **score_predictions(records, worst, threshold),
+        # What an attacker pays: every member's time, and the choice.
+        "seconds": sum(attacks[m]["seconds"] for m in members) + time.perf_counter() - started,
+    }
 
 
 def _corruption(
-    model: nn.Module, prepared: PreparedSplit, name: str, severity: int, batch_size: int
+    model: nn.Module,
+    prepared: PreparedSplit,
+    name: str,
+    severity: int,
+    batch_size: int,
+    entry: Callable[..., dict[str, Any]],
 ) -> dict[str, Any]:
-    """mAP under one ImageNet-C corruption."""
+    """Figures under one ImageNet-C corruption."""
     size = (int(prepared.images.shape[-2]), int(prepared.images.shape[-1]))
     params = corruption_params(name, severity, size)
     if name == "gaussian_noise":
         params["seed"] = SEED
 
-    def run() -> dict[str, float]:
+    def run() -> Predictions:
         generator = torch.Generator().manual_seed(SEED)
-        return map_under_transform(
+        return predict_under_transform(
             model, prepared, batch_size, lambda x, _: corrupt(name, x, severity, generator)
         )
 
-    return _timed("corruption", "secmlops", name, params, run)
-
-
-def _our_pgd_map(
-    model: nn.Module,
-    architecture: str,
-    prepared: PreparedSplit,
-    level: int,
-    steps: int,
-    batch_size: int,
-) -> dict[str, float]:
-    """mAP under `secmlops.attacks.perturb` with exactly ART's PGD settings."""
-    eps = level / 255
-    config = AttackConfig(
-        method="pgd",
-        eps=eps,
-        steps=steps,
-        norm="inf",
-        step_size=art_attacks.pgd_step_size(eps, steps),
-        random_start=False,
-    )
-    return map_under_attack(model, prepared, config, batch_size, models.loss_keys(architecture))
-
-
-def map_under_attack(
-    model: nn.Module,
-    prepared: PreparedSplit,
-    attack: AttackConfig | None,
-    batch_size: int = 16,
-    loss_keys: Sequence[str] | None = None,
-) -> dict[str, float]:
-    """COCO mAP of `model` on `prepared` with every batch attacked by our `perturb` first.
-
-    Args:
-        attack: the attack (None: clean images).
-        loss_keys: the losses the attack maximises (default: all the model returns).
-    """
-    device = next(model.parameters()).device
-
-    def adversarial(images: Tensor, window: slice) -> Tensor:
-        if attack is None:
-            return images
-        targets = [
-            {
-                "boxes": boxes.to(device),
-                "labels": torch.ones(len(boxes), dtype=torch.int64, device=device),
-                "ignore": ignore.to(device),
-            }
-            for boxes, ignore in zip(prepared.boxes[window], prepared.ignore[window], strict=True)
-        ]
-        return perturb(model, images.to(device), targets, attack, loss_keys=loss_keys)
-
-    return map_under_transform(model, prepared, batch_size, adversarial)
+    return entry("corruption", "secmlops", name, params, run)

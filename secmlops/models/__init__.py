@@ -113,6 +113,11 @@ def loss_keys(name: str) -> tuple[str, ...]:
     return TORCHVISION_LOSS_KEYS[name]
 
 
+def has_objectness_map(model: nn.Module) -> bool:
+    """Whether `objectness_logits` works on `model` (the score-level attacks need it)."""
+    return callable(getattr(_unwrap(model), "objectness_logits", None))
+
+
 def objectness_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Per-location person logits of `model` on float [B,3,H,W] images: [B, h, w].
 

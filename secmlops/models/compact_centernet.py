@@ -53,6 +53,11 @@ class CompactCenterNet(nn.Module):
         max_detections: detections kept per image.
         nms_iou: IoU above which overlapping detections are merged (CenterNet's peak picking
             leaves a few duplicates on large people).
+        input_bits: round every input pixel to this many bits first (None: no rounding). This
+            is feature squeezing's bit-depth reduction (Xu, Evans, Qi 2018, arXiv:1704.01155);
+            its gradient is zero almost everywhere, so it MASKS gradients rather than adding
+            robustness (Athalye et al. 2018). It exists so the evaluation's sanity checks can be
+            shown to catch a masked model; do not ship it as a defence.
     """
 
     stride = 4
@@ -67,6 +72,7 @@ class CompactCenterNet(nn.Module):
         score_threshold: float = 0.05,
         max_detections: int = 100,
         nms_iou: float = 0.6,
+        input_bits: int | None = None,
     ) -> None:
         super().__init__()
         if len(input_size) != 2 or any(int(s) % 16 for s in input_size):
@@ -77,6 +83,9 @@ class CompactCenterNet(nn.Module):
         self.score_threshold = score_threshold
         self.max_detections = max_detections
         self.nms_iou = nms_iou
+        if input_bits is not None and not 1 <= input_bits <= 8:
+            raise ValueError(f"input_bits must be 1..8 (or None), got {input_bits}")
+        self.input_bits = input_bits
         w4, w8, w16, w32 = widths
         self.register_buffer("pixel_mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
@@ -130,6 +139,9 @@ class CompactCenterNet(nn.Module):
         else:
             sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
             batch = torch.cat([resize_to_input(im.unsqueeze(0), self.input_size) for im in images])
+        if self.input_bits is not None:
+            levels = 2**self.input_bits - 1
+            batch = torch.round(batch * levels) / levels
         batch = (batch - self.pixel_mean) / self.pixel_std
         return batch.contiguous(memory_format=torch.channels_last), sizes
 

@@ -231,6 +231,15 @@ def _summary(entry: dict[str, Any]) -> str:
         failed = details.get("failed") or []
         overrides = details.get("overrides") or []
         text = "; ".join(str(f) for f in failed) if failed else "all checks passed"
+        figures = details.get("figures") or {}
+        if not failed and isinstance(figures, dict) and figures:
+            shown = ", ".join(
+                f"{'clean' if name == 'clean_recall' else name.removeprefix('robust_recall.')} "
+                f"{value:.2f}"
+                for name, value in figures.items()
+                if isinstance(value, int | float)
+            )
+            text += f"; recall at the operating point: {shown}"
         return text + (f" (overrides: {', '.join(map(str, overrides))})" if overrides else "")
     if action == "override":
         return (

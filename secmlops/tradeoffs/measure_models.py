@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from secmlops import models
 from secmlops.evaluation import art_attacks
-from secmlops.evaluation.robustness import map_under_transform
+from secmlops.evaluation.attack_runs import map_under_transform
 from secmlops.tradeoffs.configurations import (
     Budget,
     EvalAttack,

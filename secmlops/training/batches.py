@@ -36,6 +36,16 @@ class PreparedSplit:
     def __len__(self) -> int:
         return len(self.records)
 
+    def subset(self, indices: Sequence[int]) -> PreparedSplit:
+        """The images at `indices`, in that order."""
+        picked = list(indices)
+        return PreparedSplit(
+            self.images[picked],
+            [self.boxes[i] for i in picked],
+            [self.ignore[i] for i in picked],
+            [self.records[i] for i in picked],
+        )
+
 
 def read_image_tensor(path: Path) -> Tensor:
     """Decode one image file to float [3,H,W] in [0,1] (the detector contract's input)."""

@@ -8,8 +8,9 @@ form from these defaults is parsed without importing the trainer.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from secmlops.errors import InvalidRequest, ModelError
 from secmlops.names import json_schema_pattern
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
     from secmlops.training.trainer import TrainConfig
 
 DEFENCE_METHODS: tuple[str, ...] = ("fgsm-rs", "pgd", "none")
+# What the adversarial share is crafted to do: "+"-joined objectives, each on an equal part
+# (`secmlops.training.defences.AdversarialConfig.objectives`).
+OBJECTIVE_FORMS: tuple[str, ...] = ("loss", "vanishing", "loss+vanishing")
 # `secmlops.models.ARCHITECTURES`, spelled out here so the trigger form needs no torch import
 # (a test keeps the two equal).
 ARCHITECTURES: tuple[str, ...] = (
@@ -44,11 +48,19 @@ class TrainingRequest:
     results.md: most of PGD-3 training's robustness at 1.5x a clean epoch instead of 2x);
     `adversarial="none"` trains without a defence. `attack_steps` is the training attack's PGD
     steps (3: PGD-3); the evaluation's PGD steps are the policy's `gate.attacks.pgd_steps`.
+    `objectives` says what the training attack maximises ("loss+vanishing": half the
+    adversarial share against the true boxes, half with every objectness score pushed down),
+    and `patch_augmentation` is the probability that a training image's people wear a random
+    torso patch (the defence against person-worn patches); either is a defence of its own.
 
     Raises:
-        InvalidRequest: an unknown architecture or defence, or an eps, mix, step or epoch count
-            out of range.
+        InvalidRequest: an unknown architecture, defence or objectives form, objectives other
+            than "loss" without adversarial training, or an eps, mix, patch probability, step
+            or epoch count out of range.
     """
+
+    # The objectives forms the trigger form offers (its enum) and the request accepts.
+    OBJECTIVE_FORMS: ClassVar[tuple[str, ...]] = OBJECTIVE_FORMS
 
     architecture: str = "compact_centernet"
     epochs: int | None = None
@@ -58,6 +70,8 @@ class TrainingRequest:
     mix: float = 0.5
     attack_steps: int = 3
     eps_warmup_epochs: int = 2
+    objectives: str = "loss"
+    patch_augmentation: float = 0.0
 
     def __post_init__(self) -> None:
         from secmlops.attacks.budget import parse_eps
@@ -82,6 +96,25 @@ class TrainingRequest:
             raise InvalidRequest("attack_steps must be >= 1 and eps_warmup_epochs >= 0")
         if self.epochs is not None and self.epochs < 1:
             raise InvalidRequest(f"epochs must be at least 1, got {self.epochs}")
+        if self.objectives not in OBJECTIVE_FORMS:
+            raise InvalidRequest(
+                f"unknown attack objectives {self.objectives!r}; choose one of "
+                f"{', '.join(OBJECTIVE_FORMS)}"
+            )
+        if self.adversarial == "none" and self.objectives != "loss":
+            raise InvalidRequest(
+                f"objectives {self.objectives!r} need adversarial training; choose "
+                "adversarial pgd or fgsm-rs, or leave the objectives at loss"
+            )
+        if not (
+            isinstance(self.patch_augmentation, int | float)
+            and not isinstance(self.patch_augmentation, bool)
+            and math.isfinite(self.patch_augmentation)
+            and 0 <= self.patch_augmentation <= 1
+        ):
+            raise InvalidRequest(
+                f"patch_augmentation is a probability in [0, 1], got {self.patch_augmentation!r}"
+            )
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> TrainingRequest:
@@ -93,7 +126,8 @@ class TrainingRequest:
         """
         from secmlops.attacks.budget import parse_eps
 
-        known = {k: v for k, v in params.items() if k in cls.__dataclass_fields__ and v is not None}
+        names = {f.name for f in fields(cls)}  # not __dataclass_fields__: it lists ClassVars
+        known = {k: v for k, v in params.items() if k in names and v is not None}
         if "eps" in known:
             try:
                 known["eps"] = parse_eps(known["eps"])
@@ -102,25 +136,33 @@ class TrainingRequest:
         return cls(**known)
 
     @property
+    def objective_list(self) -> tuple[str, ...]:
+        """`objectives` as the trainer takes them, e.g. ("loss", "vanishing")."""
+        return tuple(self.objectives.split("+"))
+
+    @property
     def defended(self) -> bool:
-        """Whether the request trains with a defence (else there is no baseline to compare)."""
-        return self.adversarial != "none"
+        """Whether the request trains with a defence, adversarial training or patch
+        augmentation (else there is no baseline to compare)."""
+        return self.adversarial != "none" or self.patch_augmentation > 0
 
     def undefended(self) -> TrainingRequest:
-        """The same request without the defence: the gate's defence-cost baseline."""
-        return replace(self, adversarial="none")
+        """The same request without any defence: the gate's defence-cost baseline."""
+        return replace(self, adversarial="none", objectives="loss", patch_augmentation=0.0)
 
     def train_config(self, **options: Any) -> TrainConfig:
         """The trainer's configuration for this request; `options` sets the trainer's other
         fields (batch_size, learning_rate, input_size, device, ...)."""
-        from secmlops.training.trainer import TrainConfig, adversarial_config
+        from secmlops.training.defences import adversarial_config
+        from secmlops.training.trainer import TrainConfig
 
         defence = adversarial_config(
-            self.adversarial, self.eps, self.attack_steps, self.mix, self.eps_warmup_epochs
-        )
+            self.adversarial, self.eps, self.attack_steps, self.mix, self.eps_warmup_epochs,
+            self.objective_list,
+        )  # fmt: skip
         return TrainConfig(
             architecture=self.architecture, epochs=self.epochs, seed=self.seed,
-            adversarial=defence, **options,
+            adversarial=defence, patch_augmentation=float(self.patch_augmentation), **options,
         )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:

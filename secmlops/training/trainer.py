@@ -20,11 +20,9 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
+from torch import nn
 
 from secmlops import models
-from secmlops.attacks.budget import parse_eps
-from secmlops.attacks.projected_gradient import AttackConfig, fgsm_rs, perturb
 from secmlops.data.dataset import DetectionDataset, load_dataset
 from secmlops.errors import DataError, ModelError
 from secmlops.evaluation.coco_map import coco_map
@@ -32,6 +30,11 @@ from secmlops.evaluation.inference import predict_prepared
 from secmlops.evaluation.miss_rate import operating_point_metrics, threshold_at_fppi
 from secmlops.fsutil import atomic_write_json
 from secmlops.training.batches import AugmentConfig, PreparedSplit, augment_batch, prepare_split
+from secmlops.training.defences import (
+    AdversarialConfig,
+    adversarial_mix,
+    patch_augment,
+)
 
 CHECKPOINT_DIR = "checkpoints"
 # Longest input side the default compact model trains at on a CPU; larger images are shrunk.
@@ -41,72 +44,6 @@ TARGET_STEPS = 600
 MIN_EPOCHS, MAX_EPOCHS = 8, 60
 # The operating point of a model trained without a validation split to choose one on.
 FIXED_SCORE_THRESHOLD = 0.3
-
-
-@dataclass(frozen=True)
-class AdversarialConfig:
-    """Adversarial augmentation: which attack crafts the examples and how many replace clean ones.
-
-    Args:
-        attack: the training-time attack (PGD-K or FGSM-RS, see `secmlops.attacks`).
-        mix: fraction of every batch replaced by adversarial versions of its images (0..1].
-            Keeping clean images in the batch limits the clean-accuracy cost of the defence.
-        eps_warmup_epochs: eps grows linearly from 0 to `attack.eps` over these epochs; a
-            detector that cannot yet find people learns nothing from attacks on them.
-    """
-
-    attack: AttackConfig
-    mix: float = 0.5
-    eps_warmup_epochs: int = 2
-
-    def __post_init__(self) -> None:
-        if not 0 < self.mix <= 1:
-            raise ModelError(f"mix must be in (0, 1], got {self.mix}")
-        if self.eps_warmup_epochs < 0:
-            raise ModelError(f"eps warm-up must be >= 0 epochs, got {self.eps_warmup_epochs}")
-
-    def to_json(self) -> dict[str, Any]:
-        """The form recorded in model.json (`training.adversarial`) and in checkpoints."""
-        return {
-            **self.attack.to_json(),
-            "mix": self.mix,
-            "eps_warmup_epochs": self.eps_warmup_epochs,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> AdversarialConfig:
-        """Inverse of `to_json`."""
-        attack = AttackConfig(
-            **{k: data[k] for k in ("method", "eps", "steps", "norm", "step_size", "random_start")},
-            # Absent from cards and checkpoints written before score-level objectives existed.
-            objective=data.get("objective", "loss"),
-            schedule=data.get("schedule", "fixed"),
-        )
-        return cls(attack=attack, mix=data["mix"], eps_warmup_epochs=data["eps_warmup_epochs"])
-
-    def eps_fraction(self, step: int, steps_per_epoch: int) -> float:
-        """Share of the full eps used at global optimizer step `step` (0-based)."""
-        warmup_steps = self.eps_warmup_epochs * steps_per_epoch
-        return 1.0 if warmup_steps == 0 else min(1.0, (step + 1) / warmup_steps)
-
-
-def adversarial_config(
-    method: str, eps: str | float, steps: int, mix: float, eps_warmup_epochs: int = 2
-) -> AdversarialConfig | None:
-    """The adversarial augmentation a user asked for by name ("none", "pgd" or "fgsm-rs").
-
-    Raises:
-        ModelError: an unknown method or invalid settings (eps, steps, mix).
-    """
-    if method == "none":
-        return None
-    if method == "fgsm-rs":
-        attack = fgsm_rs(parse_eps(eps))
-    elif method == "pgd":
-        attack = AttackConfig(method="pgd", eps=parse_eps(eps), steps=steps)
-    else:
-        raise ModelError(f"unknown adversarial training {method!r}; choose none, pgd or fgsm-rs")
-    return AdversarialConfig(attack=attack, mix=mix, eps_warmup_epochs=eps_warmup_epochs)
 
 
 @dataclass
@@ -129,6 +66,9 @@ class TrainConfig:
     # The operating point: the lowest score threshold with at most this many false positives per
     # validation image (the policy's gate.operating_point.target_fppi in the lifecycle).
     target_fppi: float = 0.1
+    # Probability that a training image's people wear a random patch this step (see
+    # `patch_augment`): the defence against person-worn patches. 0 draws nothing.
+    patch_augmentation: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form recorded in model.json and checkpoints."""
@@ -278,9 +218,13 @@ def train(
                 generator,
                 config.augment,
             )
+            if config.patch_augmentation > 0:  # 0: no draws, so older runs replay unchanged
+                images = patch_augment(
+                    images, [t["boxes"] for t in targets], config.patch_augmentation, generator
+                )
             global_step = (epoch - 1) * steps_per_epoch + step
             if config.adversarial is not None:
-                images = _adversarial_mix(
+                images = adversarial_mix(
                     model, images, targets, config.adversarial, global_step, steps_per_epoch,
                     attack_generator, use_amp,
                 )  # fmt: skip
@@ -375,23 +319,6 @@ def choose_operating_point(
     )  # fmt: skip
 
 
-def _adversarial_mix(
-    model: nn.Module,
-    images: Tensor,
-    targets: list[dict[str, Tensor]],
-    adversarial: AdversarialConfig,
-    global_step: int,
-    steps_per_epoch: int,
-    generator: torch.Generator,
-    amp: bool,
-) -> Tensor:
-    """Replace the first `mix` share of the (already shuffled) batch by adversarial examples."""
-    count = max(1, round(adversarial.mix * len(images)))
-    attack = adversarial.attack.scaled(adversarial.eps_fraction(global_step, steps_per_epoch))
-    crafted = perturb(model, images[:count], targets[:count], attack, generator=generator, amp=amp)
-    return torch.cat([crafted, images[count:]]) if count < len(images) else crafted
-
-
 def _resolve_config(
     config: TrainConfig, dataset: DetectionDataset, checkpoint_dir: Path | None
 ) -> TrainConfig:
@@ -419,6 +346,10 @@ def _resolve_config(
         raise ModelError("epochs and batch size must be at least 1")
     if not (0 < resolved.target_fppi <= 10 and math.isfinite(resolved.target_fppi)):
         raise ModelError(f"target FPPI must be in (0, 10], got {resolved.target_fppi}")
+    if not 0 <= resolved.patch_augmentation <= 1:
+        raise ModelError(
+            f"patch augmentation is a probability in [0, 1], got {resolved.patch_augmentation}"
+        )
     return resolved
 
 

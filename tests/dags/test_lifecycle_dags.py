@@ -23,6 +23,14 @@ SMALL_POLICY = {
     "gate.operating_point.max_clean_fppi": 10.0,
     "gate.max_defence_cost": 1.0,
     **{f"gate.min_robust_map50.{name}": 0.0 for name in GATED},
+    **{
+        f"gate.min_robust_recall.{name}": 0.0
+        for name in ("worst_case_linf_2", "worst_case_linf_4", "person_patch")
+    },
+    "gate.max_robust_mr2.worst_case_linf_4": 1.0,
+    # The person-worn patch and the sanity checks at a CI budget (the checks stay on).
+    "gate.attacks.person_patch_steps": 20,
+    "gate.attacks.sanity_images": 8,
 }
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 RUN_OVERRIDES = ["gate.attacks.pgd_steps=3"]

@@ -18,12 +18,25 @@ GATE: dict[str, Any] = {
     "attacks": {
         "linf_eps_levels": [2, 4],
         "pgd_steps": 10,
+        "restarts": 1,
         "patch_fraction": 0.15,
+        "person_patch_fraction": 0.25,
+        "person_patch_steps": 150,
         "corruption_severity": 3,
+        "sanity_eps_levels": [8, 16, 64],
+        "sanity_images": 16,
     },
     "operating_point": {"target_fppi": 0.1, "max_clean_fppi": 0.3},
     "min_clean_map50": 0.75,
     "min_clean_recall": 0.7,
+    "min_robust_recall": {"worst_case_linf_4": 0.4, "vanishing_linf_4": 0.45},
+    "max_robust_mr2": {"worst_case_linf_4": 0.8},
+    "sanity": {
+        "max_recall_at_largest_eps": 0.05,
+        "max_recall_rise": 0.05,
+        "max_effort_gain": 0.05,
+        "max_transfer_gap": 0.02,
+    },
     "min_robust_map50": {"fgsm_linf_4": 0.35, "pgd_linf_4": 0.30, "patch": 0.40, "jpeg": 0.5},
     "max_defence_cost": 0.10,
     "max_regression": 0.02,
@@ -32,10 +45,44 @@ GATE: dict[str, Any] = {
 POLICY = GatePolicy.model_validate(GATE)
 
 
+# Recall and MR^-2 at the operating point of the attacks GATE judges them for.
+PEDESTRIAN = {
+    "vanishing_linf_4": {"recall": 0.5, "mr2": 0.7},
+    "worst_case_linf_4": {"recall": 0.45, "mr2": 0.75},
+}
+
+
+def passing_sanity() -> dict[str, Any]:
+    """A sanity section that meets every tolerance of GATE's `sanity`."""
+    sweep = [(2, 0.6, 0.55), (4, 0.5, 0.45), (8, 0.3, 0.25), (16, 0.1, 0.08), (64, 0.0, 0.0)]
+    return {
+        "images": 16,
+        "people": 90,
+        "threshold": 0.41,
+        "sweep": [{"eps": k, "vanishing": v, "worst_case": w} for k, v, w in sweep],
+        "effort": {
+            "eps": 4,
+            "steps": 10,
+            "restarts": 1,
+            "recall": 0.5,
+            "more_steps": {"steps": 40, "recall": 0.47},
+            "more_restarts": {"restarts": 4, "recall": 0.48},
+        },
+        "transfer": {
+            "eps": 4,
+            "white_box_recall": 0.5,
+            "source": {"dir": "runs/models/plain", "weights_sha256": BASELINE_WEIGHTS},
+            "transfer_recall": 0.7,
+        },
+        "seconds": 12.0,
+    }
+
+
 def passing_report(**attacks: float) -> dict[str, Any]:
     """A report of a defended model that meets every threshold of GATE (overrides: attack=mAP)."""
     scores = {"fgsm_linf_2": 0.6, "fgsm_linf_4": 0.45, "pgd_linf_2": 0.5, "pgd_linf_4": 0.36,
-              "patch": 0.5, "jpeg": 0.7, **attacks}  # fmt: skip
+              "vanishing_linf_4": 0.5, "worst_case_linf_4": 0.3, "patch": 0.5, "jpeg": 0.7,
+              **attacks}  # fmt: skip
     return {
         "schema": "secmlops.robustness/v1",
         "model": {
@@ -63,7 +110,13 @@ def passing_report(**attacks: float) -> dict[str, Any]:
             "mr2": 0.33,
         },
         "attacks": {
-            name: {"family": "evasion", "library": "art", "mAP50": value, "seconds": 1.0}
+            name: {
+                "family": "evasion",
+                "library": "art",
+                "mAP50": value,
+                **PEDESTRIAN.get(name, {}),
+                "seconds": 1.0,
+            }
             for name, value in scores.items()
         },
         "cross_check": {
@@ -74,6 +127,7 @@ def passing_report(**attacks: float) -> dict[str, Any]:
             "tolerance": 0.03,
             "passed": True,
         },
+        "sanity": passing_sanity(),
         "baseline": {
             "dir": "runs/models/plain",
             "weights_sha256": BASELINE_WEIGHTS,
@@ -380,3 +434,49 @@ def test_missing_operating_point_or_pedestrian_figures_fail(value):
     bad = passing_report()
     bad["clean"]["fppi"] = float("nan")
     assert failed_names(bad) == ["clean_fppi"]
+
+
+# ------------------------------------------------------- pedestrian figures under attack
+@pytest.mark.parametrize(
+    ("attack", "figure", "value", "expected"),
+    [
+        ("worst_case_linf_4", "recall", 0.39, "worst_case_linf_4 recall at the operating point "
+         "0.390 < 0.400"),
+        ("vanishing_linf_4", "recall", 0.44, "vanishing_linf_4 recall at the operating point "
+         "0.440 < 0.450"),
+        ("worst_case_linf_4", "mr2", 0.81, "worst_case_linf_4 MR^-2 0.810 > 0.800"),
+    ],
+)  # fmt: skip
+def test_each_pedestrian_threshold_under_attack_fails_alone(attack, figure, value, expected):
+    report = passing_report()
+    report["attacks"][attack][figure] = value
+    decision = evaluate_gate(report, POLICY)
+    kind = "robust_recall" if figure == "recall" else "robust_mr2"
+    assert [c.name for c in decision.failures] == [f"{kind}.{attack}"]
+    assert expected in decision.message()
+
+
+@pytest.mark.parametrize("figure", ["recall", "mr2"])
+@pytest.mark.parametrize("value", [None, "0.5", True, 1.5, float("nan")])
+def test_missing_or_malformed_pedestrian_figure_under_attack_fails(figure, value):
+    report = passing_report()
+    entry = report["attacks"]["worst_case_linf_4"]
+    if value is None:
+        del entry[figure]
+    else:
+        entry[figure] = value
+    kind = "robust_recall" if figure == "recall" else "robust_mr2"
+    assert failed_names(report) == [f"{kind}.worst_case_linf_4"]
+
+
+def test_recall_under_attack_may_not_regress_against_production():
+    production = passing_report()
+    production["attacks"]["worst_case_linf_4"]["recall"] = 0.5  # candidate 0.45 < 0.5 - 0.02
+    assert failed_names(passing_report(), production) == ["regression.worst_case_linf_4.recall"]
+
+
+def test_a_threshold_for_an_eps_level_outside_the_suite_is_refused():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="eps level 8 of worst_case_linf_8"):
+        GatePolicy.model_validate({**GATE, "min_robust_recall": {"worst_case_linf_8": 0.1}})

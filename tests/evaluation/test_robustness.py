@@ -16,18 +16,25 @@ from secmlops.attacks.projected_gradient import attack_loss, loss_mode
 from secmlops.errors import DataError, ModelError
 from secmlops.evaluation import art_attacks
 from secmlops.evaluation.corruptions import CORRUPTIONS, corrupt
+from secmlops.evaluation.gate_checks import evaluate_gate
+from secmlops.evaluation.gate_sanity import sanity_checks
 from secmlops.evaluation.robustness import (
     CROSS_CHECK_TOLERANCE,
     REPORT_SCHEMA,
     RobustnessSuite,
     attack_names,
     evaluate_robustness,
+    report_defence,
 )
+from secmlops.policy import load_policy
 
 REPO_POLICY = Path(__file__).resolve().parents[2] / "policy.yaml"
+REPO_SANITY = load_policy(REPO_POLICY).gate.sanity
 SUITE = RobustnessSuite(
-    linf_eps_levels=[2, 4], pgd_steps=10, patch_fraction=0.15, corruption_severity=3
-)
+    linf_eps_levels=[2, 4], pgd_steps=10, restarts=1, patch_fraction=0.15,
+    person_patch_fraction=0.4, person_patch_steps=40, corruption_severity=3,
+    sanity_eps_levels=[8, 16, 64], sanity_images=8,
+)  # fmt: skip
 EVAL_IMAGES = 12
 
 
@@ -59,17 +66,22 @@ def test_report_has_every_attack_of_the_suite_with_a_valid_map(report, small_mod
     assert report["data"]["boxes"] > 0
     assert report["suite"] == SUITE.model_dump(mode="json")
     assert report["clean"]["mAP50"] > 0.3
+    kinds = ("fgsm", "pgd", "vanishing", "fabrication", "worst_case")
     expected = {
-        *(f"{kind}_linf_{k}" for kind in ("fgsm", "pgd") for k in (2, 4)),
-        "patch",
+        *(f"{kind}_linf_{k}" for kind in kinds for k in (2, 4)),
+        *("patch", "person_patch", "person_patch_random"),
         *CORRUPTIONS,
     }
     assert set(report["attacks"]) == expected
+    ours = ("vanishing", "fabrication", "worst_case", "person_patch")
     for name, result in report["attacks"].items():
-        assert result["family"] in ("evasion", "patch", "corruption"), name
-        assert result["library"] == ("secmlops" if result["family"] == "corruption" else "art")
-        for metric in ("mAP50", "mAP50_95"):
+        assert result["family"] in ("evasion", "ensemble", "patch", "corruption"), name
+        library = "secmlops" if name.startswith(ours) or result["family"] == "corruption" else "art"
+        assert result["library"] == library, name
+        for metric in ("mAP50", "mAP50_95", "recall", "miss_rate", "precision", "mr2"):
             assert math.isfinite(result[metric]) and 0 <= result[metric] <= 1, name
+        assert result["miss_rate"] == pytest.approx(1 - result["recall"])
+        assert result["fppi"] >= 0 and "_predictions" not in result
         assert result["seconds"] >= 0 and isinstance(result["params"], dict)
     assert report["attacks"]["pgd_linf_4"]["method"] == "ProjectedGradientDescent"
     assert report["attacks"]["pgd_linf_4"]["params"]["eps"] == pytest.approx(4 / 255)
@@ -79,12 +91,113 @@ def test_report_has_every_attack_of_the_suite_with_a_valid_map(report, small_mod
     json.dumps(report, allow_nan=False)  # plain, finite JSON
 
 
+@pytest.mark.parametrize(
+    ("training", "expected"),
+    [
+        ({"adversarial": None, "patch_augmentation": 0.0}, None),
+        ({}, None),  # a card from before either existed
+        ({"adversarial": {"method": "fgsm-rs"}}, {"adversarial": {"method": "fgsm-rs"}}),
+        # Patch augmentation alone is a defence too: its cost must be checked.
+        ({"adversarial": None, "patch_augmentation": 0.5}, {"patch_augmentation": 0.5}),
+    ],
+)
+def test_every_defence_a_card_records_is_reported(training, expected):
+    assert report_defence(training) == expected
+
+
 def test_gradient_attacks_and_the_patch_lower_map_below_clean(report):
     clean = report["clean"]["mAP50"]
     for name in ("fgsm_linf_2", "fgsm_linf_4", "pgd_linf_2", "pgd_linf_4", "patch"):
         assert report["attacks"][name]["mAP50"] < clean, name
     # At 4/255 the detector loses most of what it found.
     assert report["attacks"]["pgd_linf_4"]["mAP50"] < clean / 2
+
+
+def test_the_person_worn_patch_hides_more_people_than_its_random_control(report, scenes):
+    import base64
+    import io
+
+    from PIL import Image
+
+    clean, attacks = report["clean"], report["attacks"]
+    worn, control = attacks["person_patch"], attacks["person_patch_random"]
+    print("person patch miss rate", clean["miss_rate"], control["miss_rate"], worn["miss_rate"])
+    assert worn["miss_rate"] > control["miss_rate"] >= clean["miss_rate"] - 0.05
+    params = worn["params"]
+    assert params["fraction_of_height"] == SUITE.person_patch_fraction
+    assert params["steps"] == SUITE.person_patch_steps and control["params"]["steps"] == 0
+    assert params["trained_on_images"] > 0 and params["trained_on_people"] > 0
+    patch = Image.open(io.BytesIO(base64.b64decode(params["patch_png"])))
+    assert patch.size == (32, 32) and patch.mode == "RGB"
+
+
+def test_vanishing_hides_people_and_fabrication_raises_false_alarms(report):
+    clean, attacks = report["clean"], report["attacks"]
+    print({n: (round(a["recall"], 3), round(a["fppi"], 2)) for n, a in attacks.items()}, clean)
+    assert attacks["vanishing_linf_4"]["recall"] < clean["recall"] / 2
+    assert attacks["vanishing_linf_2"]["recall"] < clean["recall"]
+    assert attacks["fabrication_linf_4"]["fppi"] > clean["fppi"]
+    assert attacks["vanishing_linf_4"]["params"]["schedule"] == "apgd"
+    assert attacks["vanishing_linf_4"]["params"]["restarts"] == SUITE.restarts
+
+
+@pytest.mark.parametrize("level", [2, 4])
+def test_the_worst_case_finds_no_more_people_than_any_of_its_attacks(report, level):
+    worst = report["attacks"][f"worst_case_linf_{level}"]
+    members = [f"{kind}_linf_{level}" for kind in ("fgsm", "pgd", "vanishing", "fabrication")]
+    assert worst["params"]["members"] == members
+    # Per image the fewest found: summed over images, no member can have found fewer.
+    assert worst["recall"] <= min(report["attacks"][m]["recall"] for m in members)
+    assert sum(worst["params"]["chosen"].values()) == EVAL_IMAGES
+    assert worst["seconds"] >= sum(report["attacks"][m]["seconds"] for m in members)
+
+
+def test_the_sanity_section_shows_attacks_that_work(report, small_model):
+    sanity = report["sanity"]
+    assert sanity["images"] == SUITE.sanity_images and sanity["people"] > 0
+    assert [row["eps"] for row in sanity["sweep"]] == [2, 4, 8, 16, 64]
+    print(sanity)
+    for attack in ("vanishing", "worst_case"):
+        assert sanity["sweep"][-1][attack] <= 0.05, attack
+    assert sanity["effort"]["more_steps"]["steps"] == 4 * SUITE.pgd_steps
+    assert sanity["effort"]["more_restarts"]["restarts"] == 4 * SUITE.restarts
+    assert sanity["transfer"]["source"]["dir"] == str(small_model)
+    checks = sanity_checks(sanity, SUITE, REPO_SANITY)
+    assert all(check.passed for check in checks), [c.describe() for c in checks if not c.passed]
+
+
+@pytest.fixture(scope="module")
+def masked_model(small_model, tmp_path_factory) -> Path:
+    """`small_model` with the same weights behind an input rounded to 4 bits: zero gradients
+    almost everywhere, so white-box attacks stall while the model is no more robust."""
+    card = models.read_card(small_model)
+    model = models.load(small_model)
+    masked = models.build(card.architecture, **{**card.config, "input_bits": 4})
+    masked.load_state_dict(model.state_dict())
+    out = tmp_path_factory.mktemp("masked") / "model"
+    models.save(masked, out, training=card.training, operating_point=card.operating_point)
+    return out
+
+
+def test_a_model_that_masks_its_gradients_fails_the_sanity_checks(
+    masked_model, small_model, scenes, one_thread
+):
+    masked = evaluate_robustness(
+        masked_model, scenes, "all", SUITE, baseline_dir=small_model, max_images=EVAL_IMAGES
+    )
+    print(masked["sanity"], {n: a.get("recall") for n, a in masked["attacks"].items()})
+    clean, attacks = masked["clean"]["recall"], masked["attacks"]
+    # To the white-box gradient attacks it looks robust: they cannot move a rounded input.
+    assert attacks["pgd_linf_4"]["recall"] >= clean - 0.05
+    assert attacks["worst_case_linf_4"]["recall"] >= clean - 0.15
+    gate = load_policy(REPO_POLICY).gate.model_copy(update={"attacks": SUITE})
+    decision = evaluate_gate(masked, gate)
+    failed = {check.name for check in decision.failures}
+    # The unmasked twin's perturbations, replayed, hide more people than the white-box attack,
+    # and a large eps does not bring recall down: the gate names both.
+    assert {"sanity.transfer", "sanity.large_eps.vanishing"} <= failed
+    assert "sanity: white-box recall above transferred recall at 4/255" in decision.message()
+    assert "gradient masking" in decision.message()
 
 
 def test_our_pgd_agrees_with_art_within_tolerance(report):
@@ -217,14 +330,20 @@ def test_the_suite_is_the_policys_gate_attacks_section():
 
     suite = load_policy(REPO_POLICY).gate.attacks
     assert RobustnessSuite is AttackSuitePolicy and suite.linf_eps_levels
-    custom = RobustnessSuite(
-        linf_eps_levels=[8, 2], pgd_steps=5, patch_fraction=0.1, corruption_severity=2
-    )
+    custom = SUITE.model_copy(update={"linf_eps_levels": [8, 2]})
     names = attack_names(custom)
-    assert names[:4] == ["fgsm_linf_8", "fgsm_linf_2", "pgd_linf_8", "pgd_linf_2"]
-    assert names[4] == "patch" and set(names[5:]) == set(CORRUPTIONS)
+    kinds = ("fgsm", "pgd", "vanishing", "fabrication", "worst_case")
+    assert names[:10] == [f"{kind}_linf_{k}" for kind in kinds for k in (8, 2)]
+    assert names[10:13] == ["patch", "person_patch", "person_patch_random"]
+    assert names[13:] == list(CORRUPTIONS)
+    # A detector without an objectness map gets no score-level attacks and no person patch.
+    plain = attack_names(custom, score_attacks=False)
+    assert [n for n in names if n not in plain] == [
+        "vanishing_linf_8", "vanishing_linf_2", "fabrication_linf_8", "fabrication_linf_2",
+        "person_patch", "person_patch_random",
+    ]  # fmt: skip
     # One set of bounds: the policy schema's.
-    fields = {"pgd_steps": 10, "patch_fraction": 0.15}
+    fields = SUITE.model_dump(exclude={"linf_eps_levels", "corruption_severity"})
     with pytest.raises(ValidationError, match="corruption_severity"):
         RobustnessSuite(linf_eps_levels=[2], corruption_severity=9, **fields)
     with pytest.raises(ValidationError, match="linf_eps_levels"):

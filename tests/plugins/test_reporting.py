@@ -122,7 +122,11 @@ def test_gate_history_reads_the_verified_chain_newest_first(seeded):
     assert (
         summaries[("robustness_gate", digests["v2"])] == "pgd_linf_4 robust mAP@0.5 0.010 < 0.300"
     )
-    assert summaries[("robustness_gate", digests["v1"])] == "all checks passed"
+    # A pass names the people found, clean and under each attack the gate judges recall for.
+    assert summaries[("robustness_gate", digests["v1"])] == (
+        "all checks passed; recall at the operating point: clean 0.81, vanishing_linf_4 0.50, "
+        "worst_case_linf_4 0.45"
+    )
     assert summaries[("promote", f"{MODEL}@v1")] == "production: (none) -> v1"
     assert summaries[("promote", f"{MODEL}@v2")].startswith("production: v1 -> v2: ")
     assert "failed the robustness gate" in summaries[("promote", f"{MODEL}@v2")]

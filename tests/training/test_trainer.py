@@ -114,7 +114,7 @@ def test_learning_rate_warms_up_then_decays():
 
 def test_adversarial_training_records_its_defence_and_resumes_exactly(tiny_scenes, tmp_path):
     from secmlops.attacks.projected_gradient import AttackConfig
-    from secmlops.training.trainer import AdversarialConfig
+    from secmlops.training.defences import AdversarialConfig
 
     adversarial = AdversarialConfig(
         attack=AttackConfig(method="pgd", eps=4 / 255, steps=2), mix=0.5, eps_warmup_epochs=1
@@ -133,6 +133,7 @@ def test_adversarial_training_records_its_defence_and_resumes_exactly(tiny_scene
         "schedule": "fixed",
         "mix": 0.5,
         "eps_warmup_epochs": 1,
+        "objectives": ["loss"],
     }
 
     def stop_after_first_epoch(summary):
@@ -152,7 +153,7 @@ def test_adversarial_training_records_its_defence_and_resumes_exactly(tiny_scene
 
 def test_adversarial_batches_differ_from_clean_training(tiny_scenes, tmp_path):
     from secmlops.attacks.projected_gradient import fgsm_rs
-    from secmlops.training.trainer import AdversarialConfig
+    from secmlops.training.defences import AdversarialConfig
 
     clean = train(tiny_scenes, tmp_path / "clean", TrainConfig(epochs=1, **FAST))
     defended = train(
@@ -171,7 +172,7 @@ def test_adversarial_batches_differ_from_clean_training(tiny_scenes, tmp_path):
 )
 def test_invalid_adversarial_settings_are_refused(kwargs, message):
     from secmlops.attacks.projected_gradient import AttackConfig
-    from secmlops.training.trainer import AdversarialConfig
+    from secmlops.training.defences import AdversarialConfig
 
     with pytest.raises(ModelError, match=message):
         AdversarialConfig(attack=AttackConfig(), **kwargs)
@@ -179,7 +180,7 @@ def test_invalid_adversarial_settings_are_refused(kwargs, message):
 
 def test_eps_warms_up_linearly_over_the_first_epochs():
     from secmlops.attacks.projected_gradient import AttackConfig
-    from secmlops.training.trainer import AdversarialConfig
+    from secmlops.training.defences import AdversarialConfig
 
     adversarial = AdversarialConfig(attack=AttackConfig(), eps_warmup_epochs=2)
     assert adversarial.eps_fraction(0, steps_per_epoch=10) == pytest.approx(0.05)
@@ -191,7 +192,7 @@ def test_eps_warms_up_linearly_over_the_first_epochs():
 
 
 def test_adversarial_training_is_chosen_by_name():
-    from secmlops.training.trainer import adversarial_config
+    from secmlops.training.defences import adversarial_config
 
     assert adversarial_config("none", "4/255", 3, 0.5) is None
     pgd = adversarial_config("pgd", "4/255", 3, 0.5)

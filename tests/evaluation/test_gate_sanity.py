@@ -1,0 +1,117 @@
+"""The gate's sanity checks: each expectation of a working attack failing alone, and missing
+or forged figures failing (the measurements themselves: tests/evaluation/test_robustness.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from secmlops.evaluation.gate_checks import evaluate_gate
+
+from .test_gate_checks import POLICY, passing_report
+
+
+def sanity_failures(mutate) -> tuple[list[str], str]:
+    report = passing_report()
+    mutate(report["sanity"])
+    decision = evaluate_gate(report, POLICY)
+    return [c.name for c in decision.failures], decision.message()
+
+
+def test_a_passing_sanity_section_gives_one_check_per_expectation():
+    decision = evaluate_gate(passing_report(), POLICY)
+    names = [c.name for c in decision.checks if c.name.startswith("sanity")]
+    assert names == [
+        "sanity.subset",
+        "sanity.monotone.vanishing", "sanity.large_eps.vanishing",
+        "sanity.monotone.worst_case", "sanity.large_eps.worst_case",
+        "sanity.more_steps", "sanity.more_restarts", "sanity.transfer",
+    ]  # fmt: skip
+    assert decision.passed, decision.message()
+
+
+def test_recall_left_at_a_large_eps_fails_naming_the_check():
+    def mutate(sanity):
+        sanity["sweep"][-1]["vanishing"] = 0.1  # as many as at 16/255: nobody more is hidden
+
+    names, message = sanity_failures(mutate)
+    assert names == ["sanity.large_eps.vanishing"]
+    assert "sanity: vanishing recall at 64/255 0.100 > 0.050" in message
+    assert "gradient masking or a broken attack" in message
+
+
+def test_recall_rising_with_eps_fails_naming_the_check():
+    def mutate(sanity):
+        sanity["sweep"][2]["worst_case"] = 0.6  # 0.45 at 4/255, 0.6 at 8/255
+
+    names, message = sanity_failures(mutate)
+    assert names == ["sanity.monotone.worst_case"]
+    assert "largest rise of worst_case recall as eps grows 0.150 > 0.050" in message
+
+
+def test_a_rise_within_the_tolerance_passes():
+    def mutate(sanity):
+        sanity["sweep"][2]["worst_case"] = 0.49  # +0.04: a few people of noise
+
+    assert sanity_failures(mutate)[0] == []
+
+
+@pytest.mark.parametrize("what", ["more_steps", "more_restarts"])
+def test_more_effort_finding_much_more_fails_naming_the_check(what):
+    def mutate(sanity):
+        sanity["effort"][what]["recall"] = 0.3  # 0.5 with the suite's budget
+
+    names, message = sanity_failures(mutate)
+    assert names == [f"sanity.{what}"]
+    assert "0.200 > 0.050" in message and "understates the attacker" in message
+
+
+def test_a_transfer_attack_beating_the_white_box_fails_naming_the_check():
+    def mutate(sanity):
+        sanity["transfer"]["transfer_recall"] = 0.2  # white box leaves 0.5
+
+    names, message = sanity_failures(mutate)
+    assert names == ["sanity.transfer"]
+    assert "0.300 > 0.020" in message and "gradient masking" in message
+
+
+def test_no_model_to_transfer_from_fails():
+    def mutate(sanity):
+        sanity["transfer"]["source"] = None
+        sanity["transfer"]["transfer_recall"] = None
+
+    names, message = sanity_failures(mutate)
+    assert names == ["sanity.transfer"]
+    assert "no independently trained model to transfer from" in message
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda s: s["sweep"].pop(), ["sanity.sweep"]),  # 64/255 never run
+        (lambda s: s["sweep"][0].update(eps=3), ["sanity.sweep"]),
+        (lambda s: s["sweep"][1].update(vanishing="0.5"), ["sanity.monotone.vanishing"]),
+        (lambda s: s.update(people=0), ["sanity.subset"]),  # nobody to hide: vacuous
+        (lambda s: s.update(images=17), ["sanity.subset"]),  # more than the policy asks
+        (lambda s: s.update(people=True), ["sanity.subset"]),
+        (lambda s: s["effort"].pop("more_steps"), ["sanity.more_steps"]),
+        (lambda s: s["effort"].update(recall=None), ["sanity.more_steps", "sanity.more_restarts"]),
+        (lambda s: s["transfer"].update(white_box_recall=2.0), ["sanity.transfer"]),
+    ],
+)
+def test_missing_or_malformed_sanity_figures_fail(mutate, expected):
+    assert sanity_failures(mutate)[0] == expected
+
+
+@pytest.mark.parametrize("value", [None, [], "passed"])
+def test_a_report_without_a_sanity_section_fails(value):
+    report = passing_report()
+    report["sanity"] = value
+    decision = evaluate_gate(report, POLICY)
+    assert [c.name for c in decision.failures] == ["sanity"]
+    assert "no evidence that its attacks work" in decision.message()
+
+
+def test_a_report_missing_the_sanity_key_fails_the_evidence_too():
+    report = passing_report()
+    del report["sanity"]
+    assert [c.name for c in evaluate_gate(report, POLICY).failures] == ["evidence", "sanity"]
