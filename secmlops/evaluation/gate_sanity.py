@@ -119,7 +119,8 @@ def _transfer_check(transfer: Any, policy: SanityPolicy) -> GateCheck:
     if not isinstance(transfer, dict) or transfer.get("source") is None:
         missing = (
             "no independently trained model to transfer from: evaluate with the undefended "
-            "baseline (--baseline)"
+            "baseline (`secmlops evaluate --baseline`; the training DAG trains one for every "
+            "defended run, and an undefended run cannot pass)"
         )
         return _tolerance(name, label, None, policy.max_transfer_gap, "transfer", missing)
     white = _recall(transfer.get("white_box_recall"))

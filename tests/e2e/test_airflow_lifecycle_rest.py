@@ -95,7 +95,9 @@ def test_rest_trigger_of_data_pull_schedules_training_which_promotes(start_airfl
     # duties), the run fails, production stays where the approver put it, and it is audited.
     with server.client() as api:
         quick = {
-            "epochs": 2, "max_eval_images": 4, "adversarial": "none",
+            # Defended, so the undefended baseline is there for the gate's transfer check: an
+            # undefended run has no independent model to replay attacks from, and fails it.
+            "epochs": 2, "max_eval_images": 4, "adversarial": "fgsm-rs",
             "policy_overrides": ["gate.min_clean_map50=0.0", "gate.max_regression=1.0"],
             "override_reason": "e2e test: a 2-epoch model, only to reach the approval step",
         }  # fmt: skip
