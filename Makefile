@@ -136,7 +136,9 @@ pets: install
 	$(SECMLOPS) policy override runs/pets/policy.yaml --out runs/pets/policy.yaml \
 	  --set gate.min_robust_map50.fgsm_linf_4=0.65 --set gate.min_robust_map50.pgd_linf_2=0.72 \
 	  --set gate.min_robust_map50.pgd_linf_4=0.60 \
-	  --reason "PETS camera: its undefended detector already keeps 0.41 mAP@0.5 under PGD-10 at 4/255 (docs/results.md); the robustness bar must sit above that"
+	  --set gate.min_robust_recall.worst_case_linf_2=0.50 --set gate.min_robust_recall.worst_case_linf_4=0.45 \
+	  --set gate.min_robust_recall.person_patch=0.15 \
+	  --reason "PETS camera (docs/results.md): its undefended detector already keeps 0.41 mAP@0.5 under PGD-10 at 4/255 and 0.31 of its people under the 2/255 worst case, so those bars sit higher; its people are small, and a torso square of a quarter of their height hides half of them even with random pixels (defended 0.70 -> 0.35), so the person-patch floor sits lower"
 	$(call robustness_gate,runs/pets/train,runs/pets/test,all,runs/pets,runs/pets/policy.yaml)
 
 ## The DVC pipeline (dvc.yaml + params.yaml): reruns only the stages whose inputs changed.
