@@ -146,6 +146,18 @@ def person_patch_attacks(
     return {"person_patch": attack, "person_patch_random": control}
 
 
+def skipped_person_patch(reason: str) -> dict[str, dict[str, Any]]:
+    """The two person-patch entries when the patch cannot be made: no figures, and why."""
+    return {
+        name: {"family": "patch", "library": "secmlops", "method": method, "params": {},
+               "skipped": reason, "seconds": 0.0}
+        for name, method in (
+            ("person_patch", "person-worn patch (Thys et al. 2019, EOT)"),
+            ("person_patch_random", "random person-worn patch (control)"),
+        )
+    }  # fmt: skip
+
+
 def patch_png(patch: Tensor) -> str:
     """A [3,r,r] patch in [0,1] as a base64 PNG (what gets printed)."""
     pixels = (patch.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()

@@ -131,6 +131,26 @@ def test_the_person_worn_patch_hides_more_people_than_its_random_control(report,
     assert patch.size == (32, 32) and patch.mode == "RGB"
 
 
+def test_without_its_training_data_the_person_patch_is_skipped_and_the_gate_says_so(
+    small_model, scenes, tmp_path, one_thread
+):
+    """Imported weights carry no training data to make the patch on: the rest of the report
+    stands, the two entries say why they have no figures, and the gate fails on them."""
+    card = models.read_card(small_model)
+    imported = tmp_path / "imported"
+    training = {k: v for k, v in card.training.items() if k != "data"}
+    models.save(models.load(small_model), imported, training=training,
+                operating_point=card.operating_point)  # fmt: skip
+    report = evaluate_robustness(imported, scenes, "all", SUITE, max_images=2)
+    for name in ("person_patch", "person_patch_random"):
+        assert "recall" not in report["attacks"][name]
+        assert "training data" in report["attacks"][name]["skipped"]
+    assert "recall" in report["attacks"]["worst_case_linf_4"]
+    gate = load_policy(REPO_POLICY).gate.model_copy(update={"attacks": SUITE})
+    failed = {c.name: c for c in evaluate_gate(report, gate).failures}
+    assert "missing from the report" in failed["robust_recall.person_patch"].note
+
+
 def test_vanishing_hides_people_and_fabrication_raises_false_alarms(report):
     clean, attacks = report["clean"], report["attacks"]
     print({n: (round(a["recall"], 3), round(a["fppi"], 2)) for n, a in attacks.items()}, clean)
