@@ -75,13 +75,21 @@ def gate_report(
     largest = max(suite["linf_eps_levels"])
     levels = sorted({*suite["linf_eps_levels"], *suite["sanity_eps_levels"]})
     # Working attacks: recall falls to 0 at the largest eps; more effort and transfer find no more.
+    sweep = [
+        {
+            "eps": k,
+            "vanishing": 0.9 * (1 - i / (len(levels) - 1)),
+            "worst_case": 0.9 * (1 - i / (len(levels) - 1)),
+        }
+        for i, k in enumerate(levels)
+    ]
+    white = next(row["vanishing"] for row in sweep if row["eps"] == largest)
     sanity = {
         "images": suite["sanity_images"], "people": 5 * suite["sanity_images"], "threshold": 0.4,
-        "sweep": [{"eps": k, "vanishing": 0.9 * (1 - i / (len(levels) - 1)),
-                   "worst_case": 0.9 * (1 - i / (len(levels) - 1))} for i, k in enumerate(levels)],
-        "effort": {"eps": largest, "recall": 0.5, "more_steps": {"recall": 0.5},
-                   "more_restarts": {"recall": 0.5}},
-        "transfer": {"eps": largest, "white_box_recall": 0.5, "transfer_recall": 0.7,
+        "sweep": sweep,
+        "effort": {"eps": largest, "recall": white, "more_steps": {"recall": white},
+                   "more_restarts": {"recall": white}},
+        "transfer": {"eps": largest, "white_box_recall": white, "transfer_recall": 1.0,
                      "source": {"dir": "bench-plain", "weights_sha256": "7" * 64}},
     }  # fmt: skip
     return {

@@ -42,18 +42,27 @@ def sanity_checks(sanity: Any, suite: AttackSuitePolicy, policy: SanityPolicy) -
         return [GateCheck("sanity", "sanity checks", None, None, "==", False, note)]
     checks = [_subset_check(sanity, suite)]
     checks.extend(_sweep_checks(sanity.get("sweep"), suite, policy))
+    # The white-box figure more effort and the transfer are compared with is read from the
+    # sweep at the suite's largest eps: the report's other copies of it are only claims.
+    base = _white_box_recall(sanity.get("sweep"), max(suite.linf_eps_levels))
     effort = sanity.get("effort")
     if not isinstance(effort, dict):
         effort = {}
-    base = _recall(effort.get("recall"))
     for what, key in (("more_steps", "more_steps"), ("more_restarts", "more_restarts")):
         more = effort.get(key)
         stronger = _recall(more.get("recall")) if isinstance(more, dict) else None
         gain = None if base is None or stronger is None else round(base - stronger, 9)
         label = f"sanity: recall lost to {what.replace('_', ' ')} at {effort.get('eps')}/255"
         checks.append(_tolerance(f"sanity.{what}", label, gain, policy.max_effort_gain, what))
-    checks.append(_transfer_check(sanity.get("transfer"), policy))
+    checks.append(_transfer_check(sanity.get("transfer"), base, policy))
     return checks
+
+
+def _white_box_recall(sweep: Any, level: int) -> float | None:
+    """Recall under vanishing at eps `level` in the sweep (None: not there, or not a recall)."""
+    rows = sweep if isinstance(sweep, list) else []
+    found = [row for row in rows if isinstance(row, dict) and row.get("eps") == level]
+    return _recall(found[0].get("vanishing")) if len(found) == 1 else None
 
 
 def _tolerance(
@@ -114,7 +123,7 @@ def _sweep_checks(sweep: Any, suite: AttackSuitePolicy, policy: SanityPolicy) ->
     return checks
 
 
-def _transfer_check(transfer: Any, policy: SanityPolicy) -> GateCheck:
+def _transfer_check(transfer: Any, white: float | None, policy: SanityPolicy) -> GateCheck:
     name, label = "sanity.transfer", "sanity: white-box recall above transferred recall"
     if not isinstance(transfer, dict) or transfer.get("source") is None:
         missing = (
@@ -123,7 +132,6 @@ def _transfer_check(transfer: Any, policy: SanityPolicy) -> GateCheck:
             "defended run, and an undefended run cannot pass)"
         )
         return _tolerance(name, label, None, policy.max_transfer_gap, "transfer", missing)
-    white = _recall(transfer.get("white_box_recall"))
     moved = _recall(transfer.get("transfer_recall"))
     gap = None if white is None or moved is None else round(white - moved, 9)
     label = f"{label} at {transfer.get('eps')}/255"

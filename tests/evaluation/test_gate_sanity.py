@@ -89,17 +89,40 @@ def test_no_model_to_transfer_from_fails():
     [
         (lambda s: s["sweep"].pop(), ["sanity.sweep"]),  # 64/255 never run
         (lambda s: s["sweep"][0].update(eps=3), ["sanity.sweep"]),
-        (lambda s: s["sweep"][1].update(vanishing="0.5"), ["sanity.monotone.vanishing"]),
+        # 4/255 is also the white-box figure more effort and the transfer are compared with.
+        (
+            lambda s: s["sweep"][1].update(vanishing="0.5"),
+            [
+                "sanity.monotone.vanishing",
+                "sanity.more_steps",
+                "sanity.more_restarts",
+                "sanity.transfer",
+            ],
+        ),
+        (lambda s: s["sweep"][2].update(vanishing="0.3"), ["sanity.monotone.vanishing"]),
         (lambda s: s.update(people=0), ["sanity.subset"]),  # nobody to hide: vacuous
         (lambda s: s.update(images=17), ["sanity.subset"]),  # more than the policy asks
         (lambda s: s.update(people=True), ["sanity.subset"]),
         (lambda s: s["effort"].pop("more_steps"), ["sanity.more_steps"]),
-        (lambda s: s["effort"].update(recall=None), ["sanity.more_steps", "sanity.more_restarts"]),
-        (lambda s: s["transfer"].update(white_box_recall=2.0), ["sanity.transfer"]),
+        (lambda s: s["transfer"].update(transfer_recall=2.0), ["sanity.transfer"]),
+        (lambda s: s["transfer"].update(transfer_recall=None), ["sanity.transfer"]),
     ],
 )
 def test_missing_or_malformed_sanity_figures_fail(mutate, expected):
     assert sanity_failures(mutate)[0] == expected
+
+
+def test_the_white_box_figure_is_read_from_the_sweep_not_from_its_copies():
+    """A forger who lowers only the copies of the white-box recall (effort, transfer) to make
+    more effort and the transfer look harmless still fails: the sweep holds the figure."""
+
+    def mutate(sanity):
+        sanity["sweep"][1]["vanishing"] = 0.9  # 4/255 in the sweep: 0.9, nearly clean
+        sanity["sweep"][0]["vanishing"] = 0.9
+        sanity["effort"]["recall"] = sanity["transfer"]["white_box_recall"] = 0.45
+
+    names, _ = sanity_failures(mutate)
+    assert names == ["sanity.more_steps", "sanity.more_restarts", "sanity.transfer"]
 
 
 @pytest.mark.parametrize("value", [None, [], "passed"])
