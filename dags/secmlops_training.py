@@ -34,6 +34,7 @@ from secmlops.lifecycle.contracts import (
     DEFAULT_EPS,
     DEFENCE_METHODS,
     EPS_PATTERN,
+    OBJECTIVE_FORMS,
     Evaluation,
     GateResult,
     ProductionEvaluation,
@@ -127,7 +128,7 @@ A refused control fails its task once, without retries; every decision is in the
         "objectives": Param(
             DEFAULTS.objectives,
             type="string",
-            enum=list(TrainingRequest.OBJECTIVE_FORMS),
+            enum=list(OBJECTIVE_FORMS),
             description="What the training attack maximises; loss+vanishing: half the "
             "adversarial share against the true boxes, half with every person score pushed "
             "down (adversarial none: loss only).",

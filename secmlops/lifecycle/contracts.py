@@ -17,6 +17,7 @@ from secmlops.training.request import (
     DEFAULT_EPS,
     DEFENCE_METHODS,
     EPS_PATTERN,
+    OBJECTIVE_FORMS,
     TrainingRequest,
 )
 
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_EPS",
     "DEFENCE_METHODS",
     "EPS_PATTERN",
+    "OBJECTIVE_FORMS",
     "CheckReport",
     "Evaluation",
     "GateResult",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from secmlops.errors import InvalidRequest, ModelError
 from secmlops.names import json_schema_pattern
@@ -58,9 +58,6 @@ class TrainingRequest:
             than "loss" without adversarial training, or an eps, mix, patch probability, step
             or epoch count out of range.
     """
-
-    # The objectives forms the trigger form offers (its enum) and the request accepts.
-    OBJECTIVE_FORMS: ClassVar[tuple[str, ...]] = OBJECTIVE_FORMS
 
     architecture: str = "compact_centernet"
     epochs: int | None = None
@@ -126,7 +123,7 @@ class TrainingRequest:
         """
         from secmlops.attacks.budget import parse_eps
 
-        names = {f.name for f in fields(cls)}  # not __dataclass_fields__: it lists ClassVars
+        names = {f.name for f in fields(cls)}
         known = {k: v for k, v in params.items() if k in names and v is not None}
         if "eps" in known:
             try:

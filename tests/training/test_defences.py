@@ -292,7 +292,9 @@ def test_the_request_parses_objectives_and_patch_augmentation():
     assert config.patch_augmentation == 0.5
     assert TrainingRequest().train_config().adversarial.objectives == ("loss",)
     assert TrainingRequest().train_config().patch_augmentation == 0.0
-    assert OBJECTIVE_FORMS == TrainingRequest.OBJECTIVE_FORMS
+    from secmlops.lifecycle.contracts import OBJECTIVE_FORMS as DAG_FORM_ENUM
+
+    assert DAG_FORM_ENUM is OBJECTIVE_FORMS  # the trigger form offers exactly these
     for form in OBJECTIVE_FORMS:  # every form the trigger form offers trains
         TrainingRequest(objectives=form).train_config()
 
