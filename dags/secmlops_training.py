@@ -141,6 +141,14 @@ A refused control fails its task once, without retries; every decision is in the
             description="Probability that a training image's people wear a random torso patch "
             "(the defence against person-worn patches; 0: none).",
         ),
+        "patch_attack_steps": Param(
+            DEFAULTS.patch_attack_steps,
+            type="integer",
+            minimum=0,
+            description="With patch augmentation: wear each epoch's universal adversarial "
+            "patch, optimised this many steps against the model being trained (0: random "
+            "patches).",
+        ),
         "max_eval_images": Param(
             DEPLOYMENT.eval_max_images,
             type=["null", "integer"],

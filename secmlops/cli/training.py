@@ -79,6 +79,13 @@ def train_command(
             "defence against person-worn patches; 0: none)."
         ),
     ] = DEFAULTS.patch_augmentation,
+    patch_attack_steps: Annotated[
+        int,
+        typer.Option(
+            help="With --patch-augmentation: wear each epoch's universal adversarial patch, "
+            "optimised this many steps against the model being trained (0: random patches)."
+        ),
+    ] = DEFAULTS.patch_attack_steps,
     target_fppi: Annotated[
         float,
         typer.Option(
@@ -91,8 +98,9 @@ def train_command(
 
     Unless --adversarial none, a --mix share of every batch is replaced by adversarial examples
     crafted against the model being trained (FGSM with random start, or PGD-K), split between
-    the --objectives. With --patch-augmentation p, each training image's people wear a random
-    patch on the torso with probability p.
+    the --objectives. With --patch-augmentation p, each training image's people wear a patch on
+    the torso with probability p: a random one, or with --patch-attack-steps K the epoch's
+    universal adversarial patch, optimised K steps against the model.
     """
     from secmlops.training.trainer import train
 
@@ -100,6 +108,7 @@ def train_command(
         "architecture": architecture, "epochs": epochs, "seed": seed, "adversarial": adversarial,
         "eps": eps, "mix": mix, "attack_steps": steps, "eps_warmup_epochs": eps_warmup_epochs,
         "objectives": objectives, "patch_augmentation": patch_augmentation,
+        "patch_attack_steps": patch_attack_steps,
     })  # fmt: skip
     config = request.train_config(
         batch_size=batch_size, learning_rate=learning_rate, input_size=parse_size(input_size),
@@ -141,7 +150,9 @@ def train_command(
         objective = "" if request.objectives == "loss" else f" ({request.objectives})"
         defences.append(f"{request.adversarial} adversarial training{objective}")
     if request.patch_augmentation > 0:
-        defences.append(f"patch augmentation {request.patch_augmentation:g}")
+        steps = request.patch_attack_steps
+        kind = f"adversarial ({steps} steps)" if steps else "random"
+        defences.append(f"{kind} patch augmentation {request.patch_augmentation:g}")
     defence = f" with {' and '.join(defences)}" if defences else " undefended"
     console.print(
         f"trained {result.epochs} epochs{defence} on {result.device} in {result.seconds:.0f} s; "

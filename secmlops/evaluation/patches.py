@@ -28,7 +28,12 @@ from secmlops.attacks.person_patch import PersonPatchConfig, apply_patch, random
 from secmlops.data.dataset import load_dataset
 from secmlops.errors import DataError
 from secmlops.evaluation import art_attacks
-from secmlops.evaluation.attack_runs import Predictions, predict_under_transform, spread_indices
+from secmlops.evaluation.attack_runs import (
+    Predictions,
+    Transform,
+    predict_under_transform,
+    spread_indices,
+)
 from secmlops.evaluation.inference import select_split
 from secmlops.policy import AttackSuitePolicy
 from secmlops.training.batches import PreparedSplit, prepare_split
@@ -109,15 +114,7 @@ def person_patch_attacks(
 
     def worn(patch: Callable[[], Tensor]) -> Callable[[], Predictions]:
         def run() -> Predictions:
-            pixels = patch()
-            generator = torch.Generator().manual_seed(SEED)
-
-            def wear(images: Tensor, window: slice) -> Tensor:
-                return apply_patch(
-                    images, prepared.boxes[window], pixels, config.fraction,
-                    generator=generator, eot=True,
-                )  # fmt: skip
-
+            wear = wear_transform(prepared, patch(), config.fraction)
             return predict_under_transform(model, prepared, batch_size, wear)
 
         return run
@@ -144,6 +141,19 @@ def person_patch_attacks(
         {**params, "steps": 0}, worn(lambda: random_patch(config)),
     )  # fmt: skip
     return {"person_patch": attack, "person_patch_random": control}
+
+
+def wear_transform(prepared: PreparedSplit, patch: Tensor, fraction: float) -> Transform:
+    """A transform that puts `patch` on the torso of every person of each batch, as a camera
+    sees it (EOT draws seeded with `SEED`, so every model meets the same wearers)."""
+    generator = torch.Generator().manual_seed(SEED)
+
+    def wear(images: Tensor, window: slice) -> Tensor:
+        return apply_patch(
+            images, prepared.boxes[window], patch, fraction, generator=generator, eot=True
+        )
+
+    return wear
 
 
 def skipped_person_patch(reason: str) -> dict[str, dict[str, Any]]:

@@ -122,6 +122,8 @@ def report_defence(training: dict[str, Any]) -> dict[str, Any] | None:
         defence["adversarial"] = training["adversarial"]
     if training.get("patch_augmentation"):
         defence["patch_augmentation"] = training["patch_augmentation"]
+        if training.get("patch_attack_steps"):
+            defence["patch_attack_steps"] = training["patch_attack_steps"]
     return defence or None
 
 

@@ -25,17 +25,18 @@ tolerances.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from torch import nn
+from torch import Tensor, nn
 
 from secmlops import models
 from secmlops.attacks.projected_gradient import AttackConfig
 from secmlops.evaluation import art_attacks
 from secmlops.evaluation.attack_runs import (
     Predictions,
+    Transform,
     attack_transform,
     predict_under_transform,
     spread_indices,
@@ -77,6 +78,7 @@ def predict_with_restarts(
     *,
     source: nn.Module | None = None,
     loss_keys: Sequence[str] | None = None,
+    then: Callable[[Tensor], Tensor] | None = None,
 ) -> Predictions:
     """Predictions of `model` under `attack` run `restarts` times from different random starts,
     keeping per image the run that leaves the fewest people found at `threshold` (without an
@@ -84,15 +86,23 @@ def predict_with_restarts(
 
     Args:
         source: the model the attack is crafted on (default: `model` itself, white box).
+        then: what happens to the attacked images before `model` sees them (an input
+            defence the attack does not know of); default: nothing.
     """
     crafted_on = source or model
     runs = {}
     for seed in range(restarts if threshold is not None else 1):
         transform = attack_transform(crafted_on, prepared, attack, loss_keys, seed=seed)
+        if then is not None:
+            transform = _followed_by(transform, then)
         runs[f"restart_{seed}"] = predict_under_transform(model, prepared, batch_size, transform)
     if len(runs) == 1 or threshold is None:
         return runs["restart_0"]
     return worst_per_image(prepared.records, runs, threshold)[0]
+
+
+def _followed_by(transform: Transform, then: Callable[[Tensor], Tensor]) -> Transform:
+    return lambda images, window: then(transform(images, window))
 
 
 def sanity_subset(prepared: PreparedSplit, count: int) -> PreparedSplit:

@@ -4,8 +4,10 @@ Each configuration is one control at one setting, measured on the same data and 
 every other one of the study:
 
 - model configurations change what the deployed detector computes, so they have an accuracy:
-  no defence, adversarial training (FGSM-RS, PGD-K at an eps), and input preprocessing at
-  inference (ART's JPEG compression and spatial smoothing in front of a trained model);
+  no defence, adversarial training (FGSM-RS, PGD-K at an eps; on the training losses, or split
+  with TOG-vanishing, with or without random patches worn on the torso), and input
+  preprocessing at inference (ART's JPEG compression and spatial smoothing in front of a
+  trained model);
 - control configurations guard the lifecycle around the model and have a detection rate
   instead: data verification (signed manifest), the poisoning screen, signature verification at
   load, and adversarial-input screening at serving, each on or off.
@@ -20,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from secmlops.errors import PolicyError
+from secmlops.policy import GatePolicy
 
 MODEL_CONTROLS = ("none", "adversarial_training", "input_preprocessing")
 LIFECYCLE_CONTROLS = (
@@ -33,6 +36,9 @@ CONTROLS = (*MODEL_CONTROLS, *LIFECYCLE_CONTROLS)
 TrainingMethod = Literal["none", "fgsm-rs", "pgd"]
 PreprocessingKind = Literal["jpeg", "spatial_smoothing"]
 AttackMethod = Literal["fgsm", "pgd"]
+# Steps of each epoch's adversarial patch in the adversarial-patch configurations (full, quick).
+ADVERSARIAL_PATCH_STEPS = 50
+QUICK_ADVERSARIAL_PATCH_STEPS = 5
 
 
 @dataclass(frozen=True)
@@ -69,19 +75,38 @@ class TrainingDefence:
         eps_level: training eps in 1/255 steps (0 for "none").
         steps: PGD steps (ignored by FGSM-RS and "none").
         mix: share of every batch replaced by adversarial examples.
+        objectives: what the training attack maximises (`TrainingRequest.objectives`):
+            "loss", or "loss+vanishing" (half the adversarial share with TOG-vanishing).
+        patch_augmentation: probability that a training image's people wear a torso patch
+            (`TrainingRequest.patch_augmentation`).
+        patch_attack_steps: steps of each epoch's adversarial patch (0: random patches;
+            `TrainingRequest.patch_attack_steps`).
     """
 
     method: TrainingMethod = "none"
     eps_level: int = 0
     steps: int = 1
     mix: float = 0.5
+    objectives: str = "loss"
+    patch_augmentation: float = 0.0
+    patch_attack_steps: int = 0
 
     def params(self) -> str:
         """Short human-readable settings for the table."""
-        if self.method == "none":
-            return "clean training"
-        attack = "FGSM-RS" if self.method == "fgsm-rs" else f"PGD-{self.steps}"
-        return f"{attack} eps {self.eps_level}/255, mix {self.mix:g}"
+        parts = ["clean training"]
+        if self.method != "none":
+            attack = "FGSM-RS" if self.method == "fgsm-rs" else f"PGD-{self.steps}"
+            parts = [f"{attack} eps {self.eps_level}/255, mix {self.mix:g}"]
+            if self.objectives != "loss":
+                parts.append(f"objectives {self.objectives}")
+        if self.patch_augmentation:
+            kind = (
+                f"adversarial ({self.patch_attack_steps} steps per epoch)"
+                if self.patch_attack_steps
+                else "random"
+            )
+            parts.append(f"{kind} torso patches on {self.patch_augmentation:.0%} of images")
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -180,7 +205,13 @@ class Budget:
         eps_warmup_epochs: adversarial eps ramp (see `AdversarialConfig`).
         eval_images: evaluation images (None: the whole split).
         attacks: the attacks robust mAP is measured under.
-        main_attack: the attack the Pareto front is drawn for.
+        main_attack: the attack the Pareto front is drawn for; the pedestrian figures under
+            attack (vanishing, worst case) are measured at its eps.
+        restarts: random restarts of the vanishing and fabrication attacks (worst kept).
+        person_patch_steps: optimisation steps of the person-worn patch.
+        person_patch_fraction: its side as a share of the wearer's height (the policy's).
+        target_fppi: the FPPI the trainer picks each model's operating point at (the
+            policy's), where recall and the worst case are judged.
         latency_images: calls timed one image at a time for inference latency (cycling through
             the evaluation images when there are fewer).
         tamper_count: tampered copies (dataset files, model directories) per detection rate.
@@ -205,15 +236,25 @@ class Budget:
     poison_trigger_side: int | None
     calibration_images: int
     repeats: int
+    restarts: int
+    person_patch_steps: int
+    person_patch_fraction: float
+    target_fppi: float
 
     def __post_init__(self) -> None:
         counts = {"tamper_count": self.tamper_count, "repeats": self.repeats,
-                  "latency_images": self.latency_images}  # fmt: skip
+                  "latency_images": self.latency_images, "restarts": self.restarts,
+                  "person_patch_steps": self.person_patch_steps}  # fmt: skip
         for name, value in counts.items():
             if value < 1:
                 raise PolicyError(f"study budget: {name} must be at least 1, got {value}")
         if self.main_attack not in {a.name for a in self.attacks}:
             raise PolicyError(f"main attack {self.main_attack} is not among the study's attacks")
+
+    @property
+    def main_level(self) -> int:
+        """The main attack's eps in 1/255 steps: where the pedestrian figures are measured."""
+        return next(a.level for a in self.attacks if a.name == self.main_attack)
 
 
 @dataclass(frozen=True)
@@ -288,24 +329,52 @@ def _lifecycle_controls(defended: str) -> tuple[ControlConfiguration, ...]:
     )
 
 
-def _adversarial(method: TrainingMethod, level: int, steps: int) -> ModelConfiguration:
+def _adversarial(
+    method: TrainingMethod,
+    level: int,
+    steps: int,
+    objectives: str = "loss",
+    patch_augmentation: float = 0.0,
+    patch_attack_steps: int = 0,
+) -> ModelConfiguration:
     name = "fgsm-rs" if method == "fgsm-rs" else f"pgd{steps}"
-    return ModelConfiguration(
-        f"{name}-eps{level}", "adversarial_training", TrainingDefence(method, level, steps)
+    suffix = "-vanishing" if objectives != "loss" else ""
+    if patch_augmentation:
+        kind = "advpatch" if patch_attack_steps else "patch"
+        suffix += f"-{kind}{round(patch_augmentation * 100)}"
+    training = TrainingDefence(
+        method, level, steps, 0.5, objectives, patch_augmentation, patch_attack_steps
+    )
+    return ModelConfiguration(f"{name}-eps{level}{suffix}", "adversarial_training", training)
+
+
+def _pedestrian_defences(patch_steps: int) -> tuple[ModelConfiguration, ...]:
+    """The defences against a PDS's own attacks, on the lifecycle's default FGSM-RS 4/255:
+    the vanishing objective in training, and that plus patch augmentation on half the images,
+    with random patches and with each epoch's adversarial patch of `patch_steps` steps
+    (docs/results.md measures them against the person-worn patch)."""
+    return (
+        _adversarial("fgsm-rs", 4, 1, "loss+vanishing"),
+        _adversarial("fgsm-rs", 4, 1, "loss+vanishing", 0.5),
+        _adversarial("fgsm-rs", 4, 1, "loss+vanishing", 0.5, patch_steps),
     )
 
 
-def quick_grid(levels: list[int], pgd_steps: int, seed: int = 0) -> StudyGrid:
-    """The CI study: one eps (4/255) for FGSM-RS and PGD-2, both preprocessing defences once.
+def quick_grid(gate: GatePolicy, seed: int = 0) -> StudyGrid:
+    """The CI study: FGSM-RS at 4/255, the strongest pedestrian defence (loss+vanishing with
+    adversarial patches), both preprocessing defences once; the policy's suite with fewer
+    person-patch steps. PGD training and the other pedestrian defences are the full study's.
 
     Sized for ~100 synthetic 160x128 images on two CPU cores (see tests/tradeoffs).
     """
-    attacks, main = policy_attacks(levels, pgd_steps)
+    suite = gate.attacks
+    attacks, main = policy_attacks(list(suite.linf_eps_levels), suite.pgd_steps)
     fgsm = _adversarial("fgsm-rs", 4, 1)
     models = (
         ModelConfiguration("none", "none"),
         fgsm,
-        _adversarial("pgd", 4, 2),
+        # Its training split has ten batches an epoch: a few patch steps are already its cost.
+        _pedestrian_defences(QUICK_ADVERSARIAL_PATCH_STEPS)[-1],
         ModelConfiguration("jpeg-q50", "input_preprocessing", preprocessing=_jpeg(50)),
         ModelConfiguration("smooth-3", "input_preprocessing", preprocessing=_smooth(3)),
     )
@@ -313,15 +382,21 @@ def quick_grid(levels: list[int], pgd_steps: int, seed: int = 0) -> StudyGrid:
         epochs=20, batch_size=8, warmup_steps=10, eps_warmup_epochs=2, eval_images=16,
         attacks=attacks, main_attack=main, latency_images=40, tamper_count=6,
         poison_fraction=0.1, poison_trigger_side=10, calibration_images=20, repeats=3,
+        restarts=suite.restarts, person_patch_steps=min(suite.person_patch_steps, 30),
+        person_patch_fraction=suite.person_patch_fraction,
+        target_fppi=gate.operating_point.target_fppi,
     )  # fmt: skip
     return StudyGrid("quick", models, _lifecycle_controls(fgsm.id), budget, seed)
 
 
-def full_grid(levels: list[int], pgd_steps: int, seed: int = 0) -> StudyGrid:
-    """The published study: FGSM-RS and PGD-3 at eps 2, 4 and 8/255, JPEG (quality 50) and
-    median smoothing (3x3) on the undefended model, and JPEG stacked on the lifecycle's default
-    defence (FGSM-RS 4/255)."""
-    attacks, main = policy_attacks(levels, pgd_steps, extra_pgd_levels=(8,))
+def full_grid(gate: GatePolicy, seed: int = 0) -> StudyGrid:
+    """The published study: FGSM-RS and PGD-3 at eps 2, 4 and 8/255, the two pedestrian
+    defences, JPEG (quality 50) and median smoothing (3x3) on the undefended model, and JPEG
+    stacked on the lifecycle's default defence (FGSM-RS 4/255); the policy's suite."""
+    suite = gate.attacks
+    attacks, main = policy_attacks(
+        list(suite.linf_eps_levels), suite.pgd_steps, extra_pgd_levels=(8,)
+    )
     adversarial = tuple(
         _adversarial(method, level, 3) for method in ("fgsm-rs", "pgd") for level in (2, 4, 8)
     )
@@ -329,6 +404,7 @@ def full_grid(levels: list[int], pgd_steps: int, seed: int = 0) -> StudyGrid:
     models = (
         ModelConfiguration("none", "none"),
         *adversarial,
+        *_pedestrian_defences(ADVERSARIAL_PATCH_STEPS),
         ModelConfiguration("jpeg-q50", "input_preprocessing", preprocessing=_jpeg(50)),
         ModelConfiguration("smooth-3", "input_preprocessing", preprocessing=_smooth(3)),
         ModelConfiguration(
@@ -339,7 +415,10 @@ def full_grid(levels: list[int], pgd_steps: int, seed: int = 0) -> StudyGrid:
         epochs=None, batch_size=16, warmup_steps=100, eps_warmup_epochs=2, eval_images=None,
         attacks=attacks, main_attack=main, latency_images=200, tamper_count=12,
         poison_fraction=0.05, poison_trigger_side=None,
-        calibration_images=100, repeats=5,
+        calibration_images=100, repeats=5, restarts=suite.restarts,
+        person_patch_steps=suite.person_patch_steps,
+        person_patch_fraction=suite.person_patch_fraction,
+        target_fppi=gate.operating_point.target_fppi,
     )  # fmt: skip
     return StudyGrid("full", models, _lifecycle_controls(default.id), budget, seed)
 

@@ -1,8 +1,13 @@
 """Cost and benefit of the model configurations: training, accuracy under attack, latency.
 
 Every model is trained by the lifecycle's own trainer and attacked with the robustness suite's
-ART attacks (`secmlops.evaluation.art_attacks`, scored by `map_under_transform`), so the study
-measures exactly what the pipeline would deploy and gate.
+ART attacks (`secmlops.evaluation.art_attacks`) and its pedestrian attacks, so the study
+measures exactly what the pipeline would deploy and gate. Beside mAP@0.5 under every ART attack,
+each configuration is judged as a pedestrian detection system at its own signed operating point
+(`secmlops.evaluation.attack_runs.score_predictions`): clean recall and MR^-2, recall under
+TOG-vanishing, the per-image worst case of FGSM, PGD, vanishing and fabrication at the main
+attack's eps (`worst_per_image`), and recall with the person-worn patch of Thys et al. 2019
+(trained on the model's own training split, `secmlops.evaluation.patches`).
 
 Input preprocessing defences (ART's `JpegCompression` and `SpatialSmoothing`) run on every image
 in front of the detector, clean or attacked. Their main robust figures come from attacks computed
@@ -10,7 +15,9 @@ against the undefended forward pass: a *non-adaptive* attacker who does not know
 there. That overstates them: an attacker who knows can differentiate through the defence
 approximately (BPDA, Athalye, Carlini, Wagner, 2018, arXiv:1802.00420). The `adaptive` figure
 is that attacker: ART's PGD with the defence inside the estimator, whose non-differentiable
-preprocessing ART passes gradients through as the identity (its `estimate_gradient`).
+preprocessing ART passes gradients through as the identity (its `estimate_gradient`). The
+pedestrian figures of a preprocessing configuration are non-adaptive too; for the person-worn
+patch that is the physical case (a printed patch, then the camera's compression).
 """
 
 from __future__ import annotations
@@ -25,14 +32,27 @@ import torch
 from torch import Tensor, nn
 
 from secmlops import models
+from secmlops.attacks.person_patch import PersonPatchConfig, train_patch
+from secmlops.errors import ModelError
 from secmlops.evaluation import art_attacks
-from secmlops.evaluation.attack_runs import map_under_transform
+from secmlops.evaluation.attack_runs import (
+    Predictions,
+    predict_under_transform,
+    score_predictions,
+    worst_per_image,
+)
+from secmlops.evaluation.coco_map import coco_map
+from secmlops.evaluation.patches import SEED as PATCH_SEED
+from secmlops.evaluation.patches import training_people, wear_transform
+from secmlops.evaluation.robustness import SCORE_ATTACKS
+from secmlops.evaluation.sanity import objectness_attack, predict_with_restarts
 from secmlops.tradeoffs.configurations import (
     Budget,
     EvalAttack,
     InputPreprocessing,
     ModelConfiguration,
 )
+from secmlops.tradeoffs.report import PEDESTRIAN_COLUMNS
 from secmlops.tradeoffs.resources import Usage, measured
 from secmlops.training.batches import PreparedSplit
 from secmlops.training.request import TrainingRequest
@@ -66,6 +86,7 @@ class ModelMeasurement:
         adaptive_map: mAP under the main attack with BPDA through the preprocessing defence;
             the main attack's own figure when there is no defence to adapt to.
         training_cpu_s: the process's CPU time during training (see `resources.Usage`).
+        pedestrian: `PEDESTRIAN_COLUMNS` -> figure at the model's operating point.
     """
 
     config_id: str
@@ -76,6 +97,7 @@ class ModelMeasurement:
     robust: dict[str, float] = field(default_factory=dict)
     adaptive_map: float = float("nan")
     training_cpu_s: float = float("nan")
+    pedestrian: dict[str, float] = field(default_factory=dict)
 
 
 def train_configuration(
@@ -108,11 +130,14 @@ def train_configuration(
         epochs=budget.epochs, seed=seed, adversarial=training.method,
         eps=training.eps_level / 255 if defended else TrainingRequest.eps,
         mix=training.mix if defended else TrainingRequest.mix, attack_steps=training.steps,
-        eps_warmup_epochs=budget.eps_warmup_epochs,
+        eps_warmup_epochs=budget.eps_warmup_epochs, objectives=training.objectives,
+        patch_augmentation=training.patch_augmentation,
+        patch_attack_steps=training.patch_attack_steps,
     )  # fmt: skip
     config_train = request.train_config(
-        batch_size=budget.batch_size, warmup_steps=budget.warmup_steps, device=str(device)
-    )
+        batch_size=budget.batch_size, warmup_steps=budget.warmup_steps, device=str(device),
+        target_fppi=budget.target_fppi,
+    )  # fmt: skip
     with measured(device) as usage:
         result = train(data_dir, model_dir, config_train, overwrite=True)
     return TrainedModel(config.id, model_dir, usage, result.epochs, result.best_epoch)
@@ -153,7 +178,8 @@ def evaluate_configuration(
     budget: Budget,
     device: torch.device,
 ) -> ModelMeasurement:
-    """Clean and robust mAP and the evaluation cost of one configuration (latency: `detector`).
+    """Clean and robust figures and the evaluation cost of one configuration (latency:
+    `detector`).
 
     Args:
         config: the configuration (its preprocessing defence, if any, is applied here).
@@ -164,33 +190,98 @@ def evaluate_configuration(
 
     Returns:
         The measurement; training figures are the trained model's.
+
+    Raises:
+        ModelError: the model has no operating point or no objectness map to judge it by.
     """
     model = models.load(trained.model_dir, device=device)
-    architecture = _card(model).architecture
+    card = _card(model)
+    if card.operating_point is None or not models.has_objectness_map(model):
+        raise ModelError(
+            f"{trained.model_dir}: the study judges a model at its signed operating point with "
+            "the objectness attacks; this one has no operating point or no objectness map"
+        )
     defend = input_defence(config.preprocessing)
-    estimator = art_attacks.art_detector(model, architecture, device)
+    estimator = art_attacks.art_detector(model, card.architecture, device)
     robust: dict[str, float] = {}
+    # Worst-case members at the main attack's eps: method -> predictions.
+    at_main: dict[str, Predictions] = {}
     with measured(device) as usage:
-        clean = map_under_transform(model, prepared, EVAL_BATCH, lambda x, _: defend(x))["mAP50"]
+        clean = predict_under_transform(model, prepared, EVAL_BATCH, lambda x, _: defend(x))
         with art_attacks.input_gradients_only(model):
             for attack in budget.attacks:
                 craft = _crafter(estimator, attack, prepared)
-                robust[attack.name] = map_under_transform(
+                predictions = predict_under_transform(
                     model, prepared, EVAL_BATCH, _then(craft, defend)
-                )["mAP50"]
+                )
+                robust[attack.name] = coco_map(prepared.records, predictions)["mAP50"]
+                if attack.level == budget.main_level:
+                    at_main[attack.method] = predictions
             adaptive = robust[budget.main_attack]
             if config.preprocessing is not None:
-                adaptive = _adaptive_map(model, architecture, device, config, prepared, budget)
+                adaptive = _adaptive_map(model, card.architecture, device, config, prepared, budget)
+        pedestrian = _pedestrian_figures(model, card, prepared, budget, defend, clean, at_main)
     return ModelMeasurement(
         config_id=config.id,
         training_s=trained.usage.seconds,
         pipeline_s=trained.usage.seconds + usage.seconds,
         peak_mem_mb=max(trained.usage.peak_mb, usage.peak_mb),
-        clean_map=clean,
+        clean_map=coco_map(prepared.records, clean)["mAP50"],
         robust=robust,
         adaptive_map=adaptive,
         training_cpu_s=trained.usage.cpu_seconds,
+        pedestrian=pedestrian,
     )
+
+
+def _pedestrian_figures(
+    model: nn.Module,
+    card: models.ModelCard,
+    prepared: PreparedSplit,
+    budget: Budget,
+    defend: Transform,
+    clean: Predictions,
+    at_main: dict[str, Predictions],
+) -> dict[str, float]:
+    """`PEDESTRIAN_COLUMNS` at the operating point: clean, vanishing, the worst case of
+    `at_main` plus vanishing and fabrication, and the person-worn patch (all then `defend`)."""
+    assert card.operating_point is not None
+    threshold = card.operating_point.score_threshold
+    records = prepared.records
+    steps = next(a.steps for a in budget.attacks if a.name == budget.main_attack)
+    members = dict(at_main)
+    for kind in SCORE_ATTACKS:
+        members[kind] = predict_with_restarts(
+            model, prepared, objectness_attack(kind, budget.main_level, steps), budget.restarts,
+            threshold, EVAL_BATCH, then=defend,
+        )  # fmt: skip
+    worst, _ = worst_per_image(records, members, threshold)
+    patch_config = PersonPatchConfig(
+        fraction=budget.person_patch_fraction, steps=budget.person_patch_steps, seed=PATCH_SEED
+    )
+    people = training_people(card.training.get("data"), card.input_size)
+    patch = train_patch(model, people.images, people.boxes, patch_config)
+    wear = wear_transform(prepared, patch, patch_config.fraction)
+    worn = predict_under_transform(
+        model, prepared, EVAL_BATCH, lambda images, window: defend(wear(images, window))
+    )
+    scored = {
+        name: score_predictions(records, predictions, threshold)
+        for name, predictions in (
+            ("clean", clean), ("vanishing", members["vanishing"]), ("worst_case", worst),
+            ("person_patch", worn),
+        )
+    }  # fmt: skip
+    figures = {
+        "clean_recall": scored["clean"]["recall"],
+        "clean_mr2": scored["clean"]["mr2"],
+        "vanishing_recall": scored["vanishing"]["recall"],
+        "worst_case_recall": scored["worst_case"]["recall"],
+        "worst_case_mr2": scored["worst_case"]["mr2"],
+        "person_patch_recall": scored["person_patch"]["recall"],
+    }
+    assert tuple(figures) == PEDESTRIAN_COLUMNS
+    return figures
 
 
 def craft_attack(
@@ -262,9 +353,10 @@ def _adaptive_map(
     main = next(a for a in budget.attacks if a.name == budget.main_attack)
     craft = _crafter(estimator, main, prepared)
     defend = input_defence(config.preprocessing)
-    return map_under_transform(model, prepared, EVAL_BATCH, lambda x, w: defend(craft(x, w)))[
-        "mAP50"
-    ]
+    predictions = predict_under_transform(
+        model, prepared, EVAL_BATCH, lambda x, w: defend(craft(x, w))
+    )
+    return coco_map(prepared.records, predictions)["mAP50"]
 
 
 def detector(

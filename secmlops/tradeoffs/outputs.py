@@ -92,6 +92,11 @@ def plot_group(config: ModelConfiguration) -> str:
     """The legend entry of a model configuration on the plots."""
     training = {"none": "", "fgsm-rs": "FGSM-RS training", "pgd": "PGD training"}
     adversarial = training[config.training.method]
+    if config.training.objectives != "loss":
+        adversarial += f" ({config.training.objectives})"
+    if config.training.patch_augmentation:
+        kind = "adversarial patches" if config.training.patch_attack_steps else "random patches"
+        adversarial = f"{adversarial} + {kind}" if adversarial else kind
     if config.preprocessing is None:
         return adversarial or "no defence"
     kind = "JPEG" if config.preprocessing.kind == "jpeg" else "median smoothing"

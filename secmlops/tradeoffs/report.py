@@ -32,6 +32,11 @@ COSTS = [
     "pipeline_s",
 ]
 DETECTION = ["detection_rate", "false_alarm_rate"]
+# A model row's figures as a pedestrian detection system, at its signed operating point.
+PEDESTRIAN_COLUMNS = (
+    "clean_recall", "clean_mr2", "vanishing_recall", "worst_case_recall", "worst_case_mr2",
+    "person_patch_recall",
+)  # fmt: skip
 PARETO = "pareto"
 # What each column holds, for the Markdown and HTML notes.
 DEFINITIONS = {
@@ -49,6 +54,16 @@ DEFINITIONS = {
     "white-box ART attack (L-inf eps k/255)",
     "<main>_adaptive": "mAP@0.5 under the main attack computed through the preprocessing "
     "defence (BPDA); equal to the main attack's figure where there is no defence to adapt to",
+    "clean_recall, clean_mr2": "share of the evaluation images' people found at the model's "
+    "signed operating point (its score threshold at the policy's FPPI on val), and the "
+    "log-average miss rate MR^-2 (Dollar et al. 2012)",
+    "vanishing_recall": "recall at the operating point under TOG-vanishing (APGD on the "
+    "objectness map, the policy's restarts) at the main attack's eps",
+    "worst_case_recall, worst_case_mr2": "per image the worst of FGSM, PGD, vanishing and "
+    "fabrication at the main attack's eps (fewest people found): recall and MR^-2",
+    "person_patch_recall": "recall with a universal patch worn on every person's torso "
+    "(Thys et al. 2019, EOT; side the policy's share of the person's height), trained on the "
+    "model's own training split",
     "detection_rate": "share of the threat's cases caught (tampering refused, poisoned images "
     "flagged, attacked uploads flagged)",
     "false_alarm_rate": "share of clean cases refused or flagged",
@@ -60,7 +75,8 @@ DEFINITIONS = {
 def columns(attacks: Sequence[str], main_attack: str) -> list[str]:
     """Every column of the table, in order."""
     return [
-        *LEADING, *COSTS, "clean_map", *attacks, adaptive_column(main_attack), *DETECTION, PARETO,
+        *LEADING, *COSTS, "clean_map", *attacks, adaptive_column(main_attack),
+        *PEDESTRIAN_COLUMNS, *DETECTION, PARETO,
     ]  # fmt: skip
 
 
@@ -76,7 +92,7 @@ def applicable(control: str, attacks: Sequence[str], main_attack: str) -> list[s
         ValueError: unknown control.
     """
     if control in MODEL_CONTROLS:
-        return [*COSTS, "clean_map", *attacks, adaptive_column(main_attack)]
+        return [*COSTS, "clean_map", *attacks, adaptive_column(main_attack), *PEDESTRIAN_COLUMNS]
     if control in ("data_verification", "poisoning_screen"):
         return ["peak_mem_mb", "pipeline_s", *DETECTION]
     if control in LIFECYCLE_CONTROLS:

@@ -266,10 +266,7 @@ class _StudySetup:
     ) -> _StudySetup:
         policy_file = Path(policy_path)
         policy = load_policy(policy_file)
-        suite = policy.gate.attacks
-        grid = grid or (quick_grid if quick else full_grid)(
-            list(suite.linf_eps_levels), suite.pgd_steps, seed
-        )
+        grid = grid or (quick_grid if quick else full_grid)(policy.gate, seed)
         torch_device = pick_device(device)
         dataset = load_dataset(data_dir)
         eval_root = Path(eval_data or data_dir)
@@ -329,7 +326,7 @@ class _Study:
             "warm-up", "input_preprocessing", TrainingDefence("pgd", 4, 1),
             InputPreprocessing("jpeg"),
         )  # fmt: skip
-        budget = replace(self.budget, epochs=1, eval_images=2)
+        budget = replace(self.budget, epochs=1, eval_images=2, restarts=1, person_patch_steps=1)
         trained = train_configuration(
             config, self.data_dir, scratch / "warm-up", budget, self.grid.seed, self.device
         )
@@ -424,7 +421,7 @@ class _Study:
             "threat": "", "training_s": m.training_s, "training_cpu_s": m.training_cpu_s,
             "peak_mem_mb": m.peak_mem_mb,
             "pipeline_s": m.pipeline_s, "clean_map": m.clean_map, **m.robust,
-            reporting.adaptive_column(main): m.adaptive_map,
+            reporting.adaptive_column(main): m.adaptive_map, **m.pedestrian,
             "group": reporting.plot_group(config),
         }  # fmt: skip
 

@@ -3,13 +3,18 @@
 - Adversarial augmentation (Madry et al. 2018; FGSM-RS, Wong et al. 2020): a `mix` share of
   every batch is replaced by adversarial versions crafted against the current weights, split
   between attack objectives (the training losses, and TOG-vanishing on the objectness map).
-- Patch augmentation: random patches on the people's torsos, against person-worn patches.
+- Patch augmentation: patches on the people's torsos, against person-worn patches: random ones
+  (Cutout-style occlusion), or each epoch's universal adversarial patch against the current
+  weights (universal adversarial training, Shafahi et al. 2020, with the person-worn patch of
+  Thys et al. 2019 as the perturbation; Wu, Tong, Vorobeychik 2020, arXiv:1909.09552, and Rao,
+  Stutz, Schiele 2020, arXiv:2005.02313, train classifiers on optimised patches the same way).
 
 Both draw only from the generators the trainer hands them, so a resumed run replays exactly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -18,7 +23,7 @@ from torch import Tensor, nn
 
 from secmlops.attacks.budget import parse_eps
 from secmlops.attacks.objectness import OBJECTIVES
-from secmlops.attacks.person_patch import apply_patch
+from secmlops.attacks.person_patch import PersonPatchConfig, apply_patch, train_patch
 from secmlops.attacks.projected_gradient import AttackConfig, Objective, fgsm_rs, perturb
 from secmlops.errors import ModelError
 
@@ -26,6 +31,9 @@ from secmlops.errors import ModelError
 # from, as a share of the wearer's box height (the evaluation's person patch is 0.25).
 AUGMENT_PATCH_RESOLUTION = 32
 AUGMENT_PATCH_FRACTION = (0.15, 0.35)
+# Adversarial patch augmentation: Adam's learning rate on the epoch's patch pixels, three times
+# the evaluation's (0.01 x 150 steps), so that a few dozen steps move pixels across their range.
+ADVERSARIAL_PATCH_STEP_SIZE = 0.03
 
 
 @dataclass(frozen=True)
@@ -139,35 +147,76 @@ def adversarial_config(
     )
 
 
-def patch_augment(
-    images: Tensor, boxes: list[Tensor], probability: float, generator: torch.Generator
+def epoch_patch(
+    model: nn.Module, images: Tensor, boxes: Sequence[Tensor], steps: int, seed: int
 ) -> Tensor:
-    """Put a random patch on the torso of every person in a `probability` share of `images`.
+    """The universal person-worn patch of the current weights, for one epoch of patch augmentation.
 
-    An augmentation defence against person-worn adversarial patches (Thys, Van Ranst, Goedeme
-    2019, arXiv:1904.08653, `secmlops.attacks.person_patch`): Cutout-style occlusion where that
-    attack sits, so a detector learns that a covered torso still belongs to a person. It is not
-    certified: an adversarial patch is optimised, a random one is not, and it is the
-    evaluation's adversarial person patch that judges whether it helped.
+    Universal adversarial training (Shafahi, Najibi, Xu et al. 2020, "Universal Adversarial
+    Training", AAAI, arXiv:1811.11304) against the attack the evaluation runs: `train_patch`
+    (TOG-vanishing objective, EOT, Thys et al. 2019) for `steps` Adam steps over the training
+    images' people, from a fresh random start, at the middle of the augmentation's size range.
+    Made once per epoch, so its cost is `steps` small batches per epoch, and a run resumed at an
+    epoch boundary makes the same patch from the same weights.
+
+    Args:
+        model: the detector being trained (left as it was).
+        images: the training split's images (uint8 or float), at the model's input size.
+        boxes: their person boxes.
+        steps: optimisation steps.
+        seed: seeds the start, the sampling and the EOT draws.
+
+    Returns:
+        The patch, float [3, AUGMENT_PATCH_RESOLUTION, AUGMENT_PATCH_RESOLUTION] in [0,1], CPU.
+
+    Raises:
+        ModelError: no training image has a person, or the model has no objectness map.
+    """
+    low, high = AUGMENT_PATCH_FRACTION
+    config = PersonPatchConfig(
+        fraction=(low + high) / 2, steps=steps, resolution=AUGMENT_PATCH_RESOLUTION,
+        step_size=ADVERSARIAL_PATCH_STEP_SIZE, seed=seed,
+    )  # fmt: skip
+    return train_patch(model, images, boxes, config)
+
+
+def patch_augment(
+    images: Tensor,
+    boxes: list[Tensor],
+    probability: float,
+    generator: torch.Generator,
+    patch: Tensor | None = None,
+) -> Tensor:
+    """Put a patch on the torso of every person in a `probability` share of `images`.
+
+    A defence against person-worn adversarial patches (Thys, Van Ranst, Goedeme 2019,
+    arXiv:1904.08653, `secmlops.attacks.person_patch`), trained where that attack sits, so a
+    detector learns that a covered torso still belongs to a person. Without `patch` it is
+    random pixels: Cutout-style occlusion. With the epoch's adversarial patch (`epoch_patch`)
+    it is adversarial training with the attack's own kind of example. Neither is certified;
+    the evaluation's adversarial person patch judges whether it helped.
 
     Every call draws, from `generator` (the epoch's CPU generator: a resumed run replays it),
     which images are patched, one fresh patch of uniform random pixels
-    [3, AUGMENT_PATCH_RESOLUTION, AUGMENT_PATCH_RESOLUTION] for the batch, and its side as a
-    share of each wearer's height, U(AUGMENT_PATCH_FRACTION); `apply_patch` then places it with
-    its EOT draws (scale, rotation, colour, noise, jitter). People too small for a 2-pixel
-    patch, and the ignore regions, wear none.
+    [3, AUGMENT_PATCH_RESOLUTION, AUGMENT_PATCH_RESOLUTION] for the batch (worn unless `patch`
+    is given), and its side as a share of each wearer's height, U(AUGMENT_PATCH_FRACTION);
+    `apply_patch` then places it with its EOT draws (scale, rotation, colour, noise, jitter).
+    People too small for a 2-pixel patch, and the ignore regions, wear none.
 
     Args:
         images: float [B,3,H,W] in [0,1] (after `augment_batch`).
         boxes: per image, [n,4] person boxes x1y1x2y2 in the images' pixels (after it too).
         probability: per image, in [0,1].
         generator: a CPU generator.
+        patch: the patch to wear, [3,r,r] in [0,1] (default: the random one drawn).
 
     Returns:
         The batch with the chosen images patched (a new tensor; the others unchanged).
     """
     chosen = torch.rand(len(images), generator=generator) < probability
-    patch = torch.rand((3, AUGMENT_PATCH_RESOLUTION, AUGMENT_PATCH_RESOLUTION), generator=generator)
+    side = AUGMENT_PATCH_RESOLUTION
+    random = torch.rand((3, side, side), generator=generator)
+    worn = random if patch is None else patch
     low, high = AUGMENT_PATCH_FRACTION
     fraction = low + (high - low) * float(torch.rand((), generator=generator))
     index = chosen.nonzero().flatten()
@@ -176,7 +225,7 @@ def patch_augment(
     patched = apply_patch(
         images[index.to(images.device)],
         [boxes[i] for i in index.tolist()],
-        patch.to(images.device, images.dtype),
+        worn.to(images.device, images.dtype),
         fraction,
         generator=generator,
         eot=True,

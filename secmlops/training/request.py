@@ -50,13 +50,16 @@ class TrainingRequest:
     steps (3: PGD-3); the evaluation's PGD steps are the policy's `gate.attacks.pgd_steps`.
     `objectives` says what the training attack maximises ("loss+vanishing": half the
     adversarial share against the true boxes, half with every objectness score pushed down),
-    and `patch_augmentation` is the probability that a training image's people wear a random
-    torso patch (the defence against person-worn patches); either is a defence of its own.
+    and `patch_augmentation` is the probability that a training image's people wear a torso
+    patch (the defence against person-worn patches): random pixels, or, with
+    `patch_attack_steps` K, each epoch's universal adversarial patch, optimised K steps against
+    the weights the epoch starts with. Adversarial training and patch augmentation are each a
+    defence of its own.
 
     Raises:
         InvalidRequest: an unknown architecture, defence or objectives form, objectives other
-            than "loss" without adversarial training, or an eps, mix, patch probability, step
-            or epoch count out of range.
+            than "loss" without adversarial training, patch attack steps without patch
+            augmentation, or an eps, mix, patch probability, step or epoch count out of range.
     """
 
     architecture: str = "compact_centernet"
@@ -69,6 +72,7 @@ class TrainingRequest:
     eps_warmup_epochs: int = 2
     objectives: str = "loss"
     patch_augmentation: float = 0.0
+    patch_attack_steps: int = 0
 
     def __post_init__(self) -> None:
         from secmlops.attacks.budget import parse_eps
@@ -112,6 +116,19 @@ class TrainingRequest:
             raise InvalidRequest(
                 f"patch_augmentation is a probability in [0, 1], got {self.patch_augmentation!r}"
             )
+        if (
+            not isinstance(self.patch_attack_steps, int)
+            or isinstance(self.patch_attack_steps, bool)
+            or self.patch_attack_steps < 0
+        ):
+            raise InvalidRequest(
+                f"patch_attack_steps must be a whole number >= 0, got {self.patch_attack_steps!r}"
+            )
+        if self.patch_attack_steps and not self.patch_augmentation:
+            raise InvalidRequest(
+                "patch_attack_steps optimise the patches of patch augmentation; set "
+                "patch_augmentation above 0, or leave patch_attack_steps at 0"
+            )
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> TrainingRequest:
@@ -145,7 +162,10 @@ class TrainingRequest:
 
     def undefended(self) -> TrainingRequest:
         """The same request without any defence: the gate's defence-cost baseline."""
-        return replace(self, adversarial="none", objectives="loss", patch_augmentation=0.0)
+        return replace(
+            self, adversarial="none", objectives="loss", patch_augmentation=0.0,
+            patch_attack_steps=0,
+        )  # fmt: skip
 
     def train_config(self, **options: Any) -> TrainConfig:
         """The trainer's configuration for this request; `options` sets the trainer's other
@@ -159,7 +179,8 @@ class TrainingRequest:
         )  # fmt: skip
         return TrainConfig(
             architecture=self.architecture, epochs=self.epochs, seed=self.seed,
-            adversarial=defence, patch_augmentation=float(self.patch_augmentation), **options,
+            adversarial=defence, patch_augmentation=float(self.patch_augmentation),
+            patch_attack_steps=self.patch_attack_steps, **options,
         )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:

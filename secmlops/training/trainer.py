@@ -33,6 +33,7 @@ from secmlops.training.batches import AugmentConfig, PreparedSplit, augment_batc
 from secmlops.training.defences import (
     AdversarialConfig,
     adversarial_mix,
+    epoch_patch,
     patch_augment,
 )
 
@@ -69,6 +70,9 @@ class TrainConfig:
     # Probability that a training image's people wear a random patch this step (see
     # `patch_augment`): the defence against person-worn patches. 0 draws nothing.
     patch_augmentation: float = 0.0
+    # Steps of each epoch's universal adversarial patch (`epoch_patch`) that patch augmentation
+    # puts on people instead of random pixels (0: random pixels).
+    patch_attack_steps: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form recorded in model.json and checkpoints."""
@@ -185,6 +189,11 @@ def train(
 
     model = models.build(config.architecture, input_size=config.input_size, **config.model_config)
     model = model.to(device).to(memory_format=torch.channels_last)
+    if config.patch_attack_steps and not models.has_objectness_map(model):
+        raise ModelError(
+            f"adversarial patch augmentation optimises patches on the objectness map, which "
+            f"{config.architecture} does not have; use --patch-attack-steps 0 (random patches)"
+        )
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -207,6 +216,15 @@ def train(
         # cost no host-device copies and replay exactly on resume.
         attack_generator = torch.Generator(device).manual_seed(config.seed * 100_019 + epoch)
         order = torch.randperm(len(train_split), generator=generator)
+        # The epoch's universal adversarial patch, from the weights the epoch starts with.
+        adversarial_patch = (
+            epoch_patch(
+                model, train_split.images, train_split.boxes, config.patch_attack_steps,
+                config.seed * 100_043 + epoch,
+            )
+            if config.patch_attack_steps
+            else None
+        )  # fmt: skip
         losses: list[float] = []
         for step in range(steps_per_epoch):
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
@@ -220,8 +238,9 @@ def train(
             )
             if config.patch_augmentation > 0:  # 0: no draws, so older runs replay unchanged
                 images = patch_augment(
-                    images, [t["boxes"] for t in targets], config.patch_augmentation, generator
-                )
+                    images, [t["boxes"] for t in targets], config.patch_augmentation, generator,
+                    adversarial_patch,
+                )  # fmt: skip
             global_step = (epoch - 1) * steps_per_epoch + step
             if config.adversarial is not None:
                 images = adversarial_mix(
@@ -350,6 +369,10 @@ def _resolve_config(
         raise ModelError(
             f"patch augmentation is a probability in [0, 1], got {resolved.patch_augmentation}"
         )
+    if resolved.patch_attack_steps < 0:
+        raise ModelError(f"patch attack steps must be >= 0, got {resolved.patch_attack_steps}")
+    if resolved.patch_attack_steps and not resolved.patch_augmentation:
+        raise ModelError("patch attack steps need patch augmentation (a share of images above 0)")
     return resolved
 
 

@@ -26,7 +26,9 @@ def test_finished_units_are_kept_and_reused(tmp_path: Path) -> None:
     assert cache.trained("none") is None  # a model without its usage record is unfinished
     trained = TrainedModel("none", model_dir, Usage(12.5, 64.0, 11.0), epochs=20, best_epoch=17)
     cache.keep_trained(trained)
-    measured = ModelMeasurement("none", 12.5, 40.0, 64.0, 0.8, {"pgd_linf_4": 0.4}, 0.4, 11.0)
+    measured = ModelMeasurement(
+        "none", 12.5, 40.0, 64.0, 0.8, {"pgd_linf_4": 0.4}, 0.4, 11.0, {"clean_recall": 0.7}
+    )
     cache.keep_measurement(measured)
 
     again = StudyCache(tmp_path / "cache", tmp_path / "scratch2", SETTINGS)

@@ -10,6 +10,7 @@ from PIL import Image
 from secmlops.tradeoffs.outputs import mark_pareto
 from secmlops.tradeoffs.plots import PlotPoint, _ticks, scatter_png
 from secmlops.tradeoffs.report import (
+    PEDESTRIAN_COLUMNS,
     applicable,
     check_rows,
     columns,
@@ -30,6 +31,7 @@ def model_row(name: str, control: str, clean: float, robust: float, training: fl
         "latency_p95_ms": 12.25,
         "peak_mem_mb": 66.0, "pipeline_s": training + 30.0, "clean_map": clean,
         "fgsm_linf_4": robust + 0.1, "pgd_linf_4": robust, "pgd_linf_4_adaptive": robust,
+        **{name: robust for name in PEDESTRIAN_COLUMNS}, "clean_recall": clean,
         "group": control,
     }  # fmt: skip
 
@@ -66,6 +68,12 @@ def test_a_consistent_table_passes_the_checks(rows: list[dict]) -> None:
 def test_an_applicable_metric_must_be_a_finite_number(rows: list[dict], bad: object) -> None:
     rows[1]["pgd_linf_4_adaptive"] = bad
     with pytest.raises(ValueError, match="fgsm-rs-eps4: pgd_linf_4_adaptive must be a finite"):
+        check_rows(rows, ATTACKS, MAIN)
+
+
+def test_a_model_row_without_its_pedestrian_figures_is_refused(rows: list[dict]) -> None:
+    del rows[0]["worst_case_recall"]
+    with pytest.raises(ValueError, match="none: worst_case_recall must be a finite number"):
         check_rows(rows, ATTACKS, MAIN)
 
 

@@ -1,5 +1,6 @@
 """The trainer's two further defences: adversarial training that mixes attack objectives (the
-vanishing one included), and random patches on people's torsos."""
+vanishing one included), and patches on people's torsos (random, or optimised against the
+model being trained)."""
 
 import json
 import math
@@ -114,23 +115,24 @@ def test_objectives_round_trip_and_old_cards_default_to_the_loss():
 
 def test_a_checkpoint_replays_both_defences_and_an_old_one_loads_without_them(tmp_path):
     config = TrainConfig(
-        epochs=3, input_size=(128, 160), patch_augmentation=0.25,
+        epochs=3, input_size=(128, 160), patch_augmentation=0.25, patch_attack_steps=3,
         adversarial=adversarial_config("pgd", "4/255", 2, 0.5, objectives=("loss", "vanishing")),
     )  # fmt: skip
     checkpoints = tmp_path / CHECKPOINT_DIR
     checkpoints.mkdir()
     (checkpoints / "state.json").write_text(json.dumps({"config": config.to_json()}))
     resolved = trainer._resolve_config(TrainConfig(), None, checkpoints)
-    assert resolved.patch_augmentation == 0.25
+    assert resolved.patch_augmentation == 0.25 and resolved.patch_attack_steps == 3
     assert resolved.adversarial is not None
     assert resolved.adversarial.objectives == ("loss", "vanishing")
     assert resolved.to_json() == config.to_json()
 
     old = config.to_json()
-    del old["patch_augmentation"], old["adversarial"]["objectives"]
+    del old["patch_augmentation"], old["patch_attack_steps"], old["adversarial"]["objectives"]
     (checkpoints / "state.json").write_text(json.dumps({"config": old}))
     resolved = trainer._resolve_config(TrainConfig(), None, checkpoints)
     assert resolved.patch_augmentation == 0.0 and resolved.adversarial.objectives == ("loss",)
+    assert resolved.patch_attack_steps == 0
 
 
 # ------------------------------------------------------------------ patch augmentation
@@ -187,6 +189,35 @@ def test_patch_augmentation_is_seeded_and_off_at_zero():
     assert 0 < changed < len(many)
 
 
+def _objectness(model, images):
+    """The detector's summed person evidence (softplus of its objectness logits) per image."""
+    from secmlops.attacks.objectness import vanishing_objective
+    from secmlops.attacks.projected_gradient import loss_mode
+
+    with loss_mode(model) as attacked, torch.no_grad():
+        return vanishing_objective(attacked, images)
+
+
+def test_the_epoch_patch_hides_more_of_the_people_than_a_random_one():
+    """The attack the defence trains on is an attack: worn with the same draws, the epoch's
+    optimised patch leaves the model less person evidence than the random one; making it
+    leaves the model as it was, and the seed alone decides it."""
+    torch.manual_seed(0)
+    model = models.build("compact_centernet", input_size=(128, 160)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images, boxes = _people()
+    patch = defences.epoch_patch(model, images, boxes, steps=20, seed=1)
+    assert patch.shape == (3, 32, 32) and patch.min() >= 0 and patch.max() <= 1
+    random = patch_augment(images, boxes, 1.0, torch.Generator().manual_seed(1))
+    optimised = patch_augment(images, boxes, 1.0, torch.Generator().manual_seed(1), patch)
+    assert _objectness(model, optimised[:2]).sum() < _objectness(model, random[:2]).sum()
+    assert torch.equal(optimised[2], images[2])  # nobody to wear it
+    assert model.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert torch.equal(defences.epoch_patch(model, images, boxes, steps=20, seed=1), patch)
+
+
 def test_patch_augmentation_outside_0_1_is_refused(tiny_scenes, tmp_path):
     with pytest.raises(ModelError, match=r"probability in \[0, 1\], got 1.5"):
         trainer.train(tiny_scenes, tmp_path / "m", TrainConfig(epochs=1, patch_augmentation=1.5))
@@ -208,9 +239,9 @@ def test_a_run_with_both_defences_trains_and_records_them(tiny_scenes, tmp_path,
         augmented.append([t["boxes"] for t in targets])
         return images, targets
 
-    def spy_patch(images, boxes, probability, generator):
-        patched.append((boxes, probability))
-        return real_patch(images, boxes, probability, generator)
+    def spy_patch(images, boxes, probability, generator, patch):
+        patched.append((boxes, probability, patch))
+        return real_patch(images, boxes, probability, generator, patch)
 
     monkeypatch.setattr(trainer, "augment_batch", spy_augment)
     monkeypatch.setattr(trainer, "patch_augment", spy_patch)
@@ -218,18 +249,20 @@ def test_a_run_with_both_defences_trains_and_records_them(tiny_scenes, tmp_path,
     result = CliRunner().invoke(app, [
         "train", "--data", str(tiny_scenes), "--out", str(out), "--epochs", "1",
         "--batch-size", "8", "--adversarial", "fgsm-rs", "--objectives", "loss+vanishing",
-        "--patch-augmentation", "0.5",
+        "--patch-augmentation", "0.5", "--patch-attack-steps", "2",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "fgsm-rs adversarial training (loss+vanishing) and patch augmentation 0.5" in (
-        " ".join(result.output.split())
+    assert (
+        "fgsm-rs adversarial training (loss+vanishing) and adversarial (2 steps) patch "
+        "augmentation 0.5" in " ".join(result.output.split())
     )
     # Every step patched its augmented batch, with the boxes the augmentation moved.
     assert len(patched) == len(augmented) > 0
-    for (boxes, probability), moved in zip(patched, augmented, strict=True):
+    for (boxes, probability, patch), moved in zip(patched, augmented, strict=True):
         assert probability == 0.5 and all(a is b for a, b in zip(boxes, moved, strict=True))
+        assert patch is not None and patch.shape == (3, 32, 32)  # the epoch's adversarial one
     training = models.read_card(out).training
-    assert training["patch_augmentation"] == 0.5
+    assert training["patch_augmentation"] == 0.5 and training["patch_attack_steps"] == 2
     assert training["adversarial"]["objectives"] == ["loss", "vanishing"]
     state = json.loads((out / CHECKPOINT_DIR / "state.json").read_text())
     assert state["config"]["patch_augmentation"] == 0.5
@@ -243,7 +276,10 @@ class Interrupt(Exception):
 def test_a_resumed_run_with_both_defences_matches_the_uninterrupted_one(tiny_scenes, tmp_path):
     from safetensors.torch import load_file
 
-    request = TrainingRequest(epochs=2, seed=3, objectives="loss+vanishing", patch_augmentation=0.5)
+    request = TrainingRequest(
+        epochs=2, seed=3, objectives="loss+vanishing", patch_augmentation=0.5,
+        patch_attack_steps=2,
+    )  # fmt: skip
     config = request.train_config(batch_size=8, warmup_steps=4)
     trainer.train(tiny_scenes, tmp_path / "straight", config)
 
@@ -255,7 +291,7 @@ def test_a_resumed_run_with_both_defences_matches_the_uninterrupted_one(tiny_sce
     # The defences come from the checkpoint, not from the caller's (undefended) config.
     trainer.train(tiny_scenes, tmp_path / "resumed", TrainConfig(), resume=True)
     training = models.read_card(tmp_path / "resumed").training
-    assert training["patch_augmentation"] == 0.5
+    assert training["patch_augmentation"] == 0.5 and training["patch_attack_steps"] == 2
     assert training["adversarial"]["objectives"] == ["loss", "vanishing"]
     straight = load_file(str(tmp_path / "straight" / CHECKPOINT_DIR / "state.safetensors"))
     resumed = load_file(str(tmp_path / "resumed" / CHECKPOINT_DIR / "state.safetensors"))
@@ -308,6 +344,9 @@ def test_the_request_parses_objectives_and_patch_augmentation():
         ({"patch_augmentation": 1.5}, r"probability in \[0, 1\], got 1.5"),
         ({"patch_augmentation": -0.1}, r"probability in \[0, 1\]"),
         ({"patch_augmentation": math.nan}, r"probability in \[0, 1\]"),
+        ({"patch_attack_steps": 3}, "set patch_augmentation above 0"),
+        ({"patch_augmentation": 0.5, "patch_attack_steps": -1}, "whole number >= 0, got -1"),
+        ({"patch_augmentation": 0.5, "patch_attack_steps": 2.5}, "whole number >= 0"),
     ],
 )
 def test_the_request_refuses_bad_defences(params, message):
@@ -316,11 +355,14 @@ def test_the_request_refuses_bad_defences(params, message):
 
 
 def test_the_baseline_has_no_defence_at_all():
-    request = TrainingRequest(objectives="loss+vanishing", patch_augmentation=0.3)
+    request = TrainingRequest(
+        objectives="loss+vanishing", patch_augmentation=0.3, patch_attack_steps=4
+    )
     baseline = request.undefended()
-    assert (baseline.adversarial, baseline.objectives, baseline.patch_augmentation) == (
-        "none", "loss", 0.0,
-    )  # fmt: skip
+    assert (
+        baseline.adversarial, baseline.objectives, baseline.patch_augmentation,
+        baseline.patch_attack_steps,
+    ) == ("none", "loss", 0.0, 0)  # fmt: skip
     assert not baseline.defended
     assert baseline.train_config().adversarial is None
     assert baseline.train_config().patch_augmentation == 0.0
