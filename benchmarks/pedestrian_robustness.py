@@ -23,22 +23,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from named_paths import name_path_pairs
+
 from secmlops.evaluation.gate_checks import evaluate_gate
 from secmlops.evaluation.robustness import evaluate_robustness
 from secmlops.fsutil import atomic_write_json
 from secmlops.policy import load_policy
 
 COLUMNS = ("clean", "vanishing", "pgd", "patch", "person_patch", "person_patch_random", "worst")
-
-
-def _pairs(values: list[str], what: str) -> list[tuple[str, Path]]:
-    pairs = []
-    for value in values:
-        name, sep, path = value.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"--{what} must look like NAME=PATH, got {value!r}")
-        pairs.append((name, Path(path)))
-    return pairs
 
 
 def figures(report: dict[str, Any], column: str) -> dict[str, float] | None:
@@ -109,9 +101,9 @@ def main() -> None:
 
     policy = load_policy(args.policy)
     reports: dict[str, dict[str, Any]] = {}
-    for name, path in _pairs(args.report, "report"):
+    for name, path in name_path_pairs(args.report, "report"):
         reports[name] = json.loads(path.read_text())
-    for name, model_dir in _pairs(args.model, "model"):
+    for name, model_dir in name_path_pairs(args.model, "model"):
         baseline = args.baseline if args.baseline and args.baseline != model_dir else None
         print(f"attacking {name} ({model_dir}) ...", flush=True)
         reports[name] = evaluate_robustness(

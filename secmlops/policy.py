@@ -195,7 +195,8 @@ class SanityPolicy(_Section):
         description="most recall may rise from one eps level to the next larger one"
     )
     max_effort_gain: Fraction = Field(
-        description="most recall 4x the steps or 4x the restarts may take off the suite's figure"
+        description="most recall 4x the steps or 4x the restarts may take off the suite's "
+        "figure, and the most the optimised person patch may leave found above its random start"
     )
     max_transfer_gap: Fraction = Field(
         description="most the white-box recall may exceed the recall under the same attack "

@@ -4,7 +4,9 @@ What the robustness suite, its sanity checks and the trade-off study share: pred
 batch transform (an ART attack, our `perturb`, a corruption, a defence), COCO mAP and the
 pedestrian figures at the operating point from them, and the per-image worst case of several
 attacks (AutoAttack's principle, Croce and Hein 2020, arXiv:2003.01690: an attacker picks, per
-image, whatever hurts most).
+image, whatever hurts most). The worst case's threat model is its members' taken together: a
+white-box evasion attacker with the same L-inf budget eps per image, who runs every member and
+keeps, per image, the one that leaves the fewest people found at the operating point.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any, TypeGuard
 from secmlops.errors import GateFailed
 from secmlops.evaluation.gate_decision import GateCheck, GateDecision
 from secmlops.evaluation.gate_decision import fraction as _fraction
-from secmlops.evaluation.gate_sanity import sanity_checks
+from secmlops.evaluation.gate_sanity import person_patch_check, sanity_checks
 from secmlops.names import SHA256_HEX, matches
 from secmlops.policy import AttackSuitePolicy, GatePolicy
 
@@ -78,6 +78,8 @@ def evaluate_gate(
         checks.append(_at_most(f"robust_mr2.{name}", f"{name} MR^-2", mr2, ceiling, fraction=True))
     checks.append(_cross_check(report.get("cross_check", ABSENT)))
     checks.extend(sanity_checks(report.get("sanity"), policy.attacks, policy.sanity))
+    if "person_patch" in policy.min_robust_recall:  # a gated figure must come from a working attack
+        checks.append(person_patch_check(report.get("attacks"), policy.sanity))
     checks.append(_defence_cost_check(report, policy.max_defence_cost))
     checks.extend(_regression_checks(report, production, policy))
     return GateDecision(tuple(checks))

@@ -26,6 +26,9 @@ _WHY = {
     "more_restarts": "more restarts find much more: the suite's budget understates the attacker",
     "transfer": "a transferred attack beats the white-box one: the model's gradients mislead "
     "(gradient masking)",
+    "person_patch": "the optimised person patch hides fewer people than random pixels of the "
+    "same size, its own starting point: the patch attack failed on this model and its figure "
+    "is no evidence (a model trained on patches may take them as a person cue)",
 }
 
 
@@ -56,6 +59,28 @@ def sanity_checks(sanity: Any, suite: AttackSuitePolicy, policy: SanityPolicy) -
         checks.append(_tolerance(f"sanity.{what}", label, gain, policy.max_effort_gain, what))
     checks.append(_transfer_check(sanity.get("transfer"), base, policy))
     return checks
+
+
+def person_patch_check(attacks: Any, policy: SanityPolicy) -> GateCheck:
+    """The person-worn patch beats its random control (the same square, random pixels, worn the
+    same way; `train_patch` starts from such pixels): an optimisation that ends up hiding fewer
+    people than its own start is a failed attack, as more steps finding more is in the effort
+    checks, and within the same tolerance. Missing or malformed figures fail.
+
+    Args:
+        attacks: the report's `attacks` section.
+        policy: the tolerances (`max_effort_gain`).
+    """
+    entries = attacks if isinstance(attacks, dict) else {}
+    optimised, control = entries.get("person_patch"), entries.get("person_patch_random")
+    worn = _recall(optimised.get("recall")) if isinstance(optimised, dict) else None
+    random = _recall(control.get("recall")) if isinstance(control, dict) else None
+    lost = None if worn is None or random is None else round(worn - random, 9)
+    label = "sanity: recall with the optimised person patch above recall with random pixels"
+    return _tolerance(
+        "sanity.person_patch", label, lost, policy.max_effort_gain, "person_patch",
+        "missing: the person patch and its random control must both have a recall",
+    )  # fmt: skip
 
 
 def _white_box_recall(sweep: Any, level: int) -> float | None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from secmlops.evaluation.gate_checks import evaluate_gate
+from secmlops.policy import GatePolicy
 
-from .test_gate_checks import POLICY, passing_report
+from .test_gate_checks import GATE, POLICY, passing_report
 
 
 def sanity_failures(mutate) -> tuple[list[str], str]:
@@ -138,3 +139,49 @@ def test_a_report_missing_the_sanity_key_fails_the_evidence_too():
     report = passing_report()
     del report["sanity"]
     assert [c.name for c in evaluate_gate(report, POLICY).failures] == ["evidence", "sanity"]
+
+
+# ------------------------------------------------------------------ the person patch
+
+PATCH_POLICY = GatePolicy.model_validate(
+    {**GATE, "min_robust_recall": {**GATE["min_robust_recall"], "person_patch": 0.2}}
+)
+
+
+def patch_report(optimised, control) -> dict:
+    report = passing_report()
+    for name, recall in (("person_patch", optimised), ("person_patch_random", control)):
+        if recall is not None:
+            report["attacks"][name] = {"family": "patch", "mAP50": 0.5, "recall": recall}
+    return report
+
+
+def test_an_optimised_patch_weaker_than_random_pixels_fails_naming_the_check():
+    """A model trained on adversarial patches can make the patch attack fail: the evaluation's
+    patch then leaves more people found (0.84) than the random square it starts from (0.30),
+    and its high figure would pass the person-patch floor. It is no evidence."""
+    decision = evaluate_gate(patch_report(0.84, 0.30), PATCH_POLICY)
+    assert [c.name for c in decision.failures] == ["sanity.person_patch"]
+    assert "hides fewer people than random pixels" in decision.message()
+
+
+def test_an_optimised_patch_that_beats_random_pixels_passes():
+    decision = evaluate_gate(patch_report(0.45, 0.60), PATCH_POLICY)
+    assert decision.passed, decision.message()
+    assert "sanity.person_patch" in [c.name for c in decision.checks]
+    # Within the effort tolerance of its random start, too (seeded draws differ a little).
+    assert evaluate_gate(patch_report(0.62, 0.60), PATCH_POLICY).passed
+
+
+@pytest.mark.parametrize("control", [None, "0.3", 1.5])
+def test_a_missing_or_malformed_random_control_fails(control):
+    report = patch_report(0.45, None)
+    if control is not None:
+        report["attacks"]["person_patch_random"] = {"recall": control}
+    decision = evaluate_gate(report, PATCH_POLICY)
+    assert [c.name for c in decision.failures] == ["sanity.person_patch"]
+
+
+def test_without_a_gated_person_patch_there_is_no_patch_check():
+    names = [c.name for c in evaluate_gate(patch_report(0.84, 0.30), POLICY).checks]
+    assert "sanity.person_patch" not in names
