@@ -107,12 +107,17 @@ tradeoffs-pets: install
 	cp $(TRADEOFFS_PETS)/tradeoffs.csv $(TRADEOFFS_PETS)/tradeoffs.md $(TRADEOFFS_PETS)/study.json \
 	  $(TRADEOFFS_PETS)/robust_vs_training_cost.png $(TRADEOFFS_PETS)/robust_vs_clean_pareto.png docs/results/tradeoffs-pets/
 
-## Lint, format check, type check, then every test.
+## Lint, format check, type check, then every test: TEST_WORKERS pytest-xdist processes, one
+## test module each at a time (a module's trained fixtures are made once), the slow modules
+## (Airflow end to end, trainings) handed out first, in the order tests/conftest.py sorts them
+## (--no-loadscope-reorder: xdist would hand out the modules with the most tests first), so
+## none is left running alone at the end.
+TEST_WORKERS ?= 2
 test: install services
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 format: install
 	$(BIN)/ruff check --fix .

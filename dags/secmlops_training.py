@@ -70,12 +70,13 @@ DOC = """
 4. **evaluate_model**: the run policy's attack suite (PGD, FGSM, patch, corruptions; ART as the
    independent reference); **evaluate_production**: the same on the model in production, after
    refusing a dataset version older than the one production was trained on (unless
-   `older_data_reason` says why; audited).
+   `older_data_reason` says why; audited); **evaluate_baseline**: the same on the undefended
+   baseline, so the approver sees what the defence bought beside what it cost.
 5. **gate_model**: the robustness gate under the run policy. A failed gate fails the run with
    the gate's message, and nothing after it runs.
 6. **sign_model** (screener calibration, provenance naming the run policy's digest, signed with
    the trainer's key) -> **push_model** -> **summarize_release** (the gate's evidence, the
-   figures beside production's, the run's overrides).
+   figures beside the undefended baseline's and production's, the run's overrides).
 7. **approve_release** waits (Human-in-the-loop, "Required Actions" in the UI) for a person to
    approve the release for production. The user who triggered the run cannot approve it; a
    rejection, or no answer within `$SECMLOPS_APPROVAL_TIMEOUT_HOURS`, fails the run with
@@ -218,6 +219,21 @@ def secmlops_training():
         )  # fmt: skip
 
     @lifecycle_task(execution_timeout=timedelta(hours=2))
+    def evaluate_baseline(
+        plan: TrainingPlan, data: VerifiedData, baseline: TrainedModel | None
+    ) -> Evaluation | None:
+        from secmlops.lifecycle import evaluate
+
+        if baseline is None:
+            return None  # the candidate is the undefended model itself
+        run_dir = lifecycle_settings().run_dir(get_current_context()["run_id"])
+        # Figures to show beside the candidate's, not gated: no cross-check or sanity checks.
+        return evaluate(
+            plan["policy"], baseline["model_dir"], data, run_dir / "robustness-baseline.json",
+            max_images=plan["max_eval_images"], gate_evidence=False,
+        )  # fmt: skip
+
+    @lifecycle_task(execution_timeout=timedelta(hours=2))
     def evaluate_production(plan: TrainingPlan, data: VerifiedData) -> ProductionEvaluation | None:
         from secmlops.lifecycle import evaluate_production
 
@@ -251,11 +267,13 @@ def secmlops_training():
     @lifecycle_task(execution_timeout=timedelta(minutes=5))
     def summarize_release(
         plan: TrainingPlan, release: Release, gated: GateResult, evaluated: Evaluation,
-        production: ProductionEvaluation | None,
+        production: ProductionEvaluation | None, undefended: Evaluation | None,
     ) -> str:  # fmt: skip
         from secmlops.lifecycle import release_evidence
 
-        return release_evidence(release, gated, evaluated, production, plan["policy"])
+        return release_evidence(
+            release, gated, evaluated, production, plan["policy"], undefended=undefended
+        )
 
     @lifecycle_task(
         execution_timeout=timedelta(minutes=10), outlets=[MODEL], queue=DEPLOYMENT.release_queue
@@ -271,7 +289,9 @@ def secmlops_training():
     plan = plan_run()
     data = pull_and_verify_data(DATASET)
     trained = train_model(plan, data)
-    evaluated = evaluate_model(plan, data, trained, train_baseline(plan, data))
+    baseline = train_baseline(plan, data)
+    evaluated = evaluate_model(plan, data, trained, baseline)
+    undefended = evaluate_baseline(plan, data, baseline)
     production = evaluate_production(plan, data)
     gated = gate_model(plan, evaluated, production)
     release = push_model(sign_model(plan, data, trained, gated))
@@ -282,7 +302,7 @@ def secmlops_training():
         body="{{ ti.xcom_pull(task_ids='summarize_release') }}",
         response_timeout=timedelta(hours=DEPLOYMENT.approval_timeout_hours),
     )
-    summarize_release(plan, release, gated, evaluated, production) >> approval
+    summarize_release(plan, release, gated, evaluated, production, undefended) >> approval
     promote_model(release, approval.output)
 
 

@@ -24,13 +24,21 @@ def demo_command(
     """Data pull -> training -> gate -> release -> serving -> monitoring, run by Airflow."""
     from secmlops.local.airflow_runner import AirflowError
     from secmlops.local.demo import run_demo
+    from secmlops.local.story import render_summary
+
+    def say(line: str) -> None:
+        console.print(line, highlight=False, markup=False)
 
     try:
-        where = run_demo(workdir, images, seed, say=console.print)
+        summary = run_demo(workdir, images, seed, say=say)
     except (SecMLOpsError, AirflowError) as exc:
         fail(exc)
-    for name, value in where.items():
-        console.print(f"{name:14} {value}", highlight=False)
+    say("")
+    for line in render_summary(summary):
+        say(line)
+    say("")
+    for name, value in summary["where"].items():
+        say(f"{name:14} {value}")
     console.print(
         f"open the same DAGs and runs in the Airflow UI: make ui (secmlops ui --workdir {workdir})",
         highlight=False,

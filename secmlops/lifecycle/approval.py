@@ -46,27 +46,28 @@ class ApprovalRefused(Refusal):
 def release_evidence(
     release: Release, gated: GateResult, evaluated: Evaluation,
     production: ProductionEvaluation | None, run_policy: RunPolicy,
+    *, undefended: Evaluation | None = None,
 ) -> str:  # fmt: skip
     """What the approver reads (Markdown): the release, the gate's checks with their thresholds,
-    the defence's cost, the figures beside production's, and the run's policy overrides."""
+    the figures beside the undefended baseline's (what the defence bought and cost) and
+    production's, and the run's policy overrides."""
     lines = [
         f"**Release** `{release['name']}@{release['version']}` "
         f"(weights `{release['weights_sha256'][:16]}…`) asks to become `{PRODUCTION_ALIAS}`.",
         "",
         f"**Gate**: passed {gated['checks']} checks under policy `{gated['policy_digest'][:19]}…`.",
         "",
-        "| metric | candidate | production | change |",
-        "|---|---|---|---|",
+        "| metric | candidate | undefended | production | change |",
+        "|---|---|---|---|---|",
     ]
-    rows = {"clean mAP@0.5": evaluated["clean_mAP50"], **evaluated["attacks"]}
-    reference = (
-        {"clean mAP@0.5": production["clean_mAP50"], **production["attacks"]} if production else {}
-    )
+    rows = _map_rows(evaluated)
+    baseline, reference = _map_rows(undefended), _map_rows(production)
     for name, value in rows.items():
         before = reference.get(name)
-        shown = f"{before:.3f}" if before is not None else "-"
         change = f"{value - before:+.3f}" if before is not None else "-"
-        lines.append(f"| {name} | {value:.3f} | {shown} | {change} |")
+        lines.append(
+            f"| {name} | {value:.3f} | {_shown(baseline.get(name))} | {_shown(before)} | {change} |"
+        )
     lines += ["", *_gate_checks(Path(gated["record"]))]
     overrides = run_policy["overrides"]
     if overrides:
@@ -79,6 +80,16 @@ def release_evidence(
     else:
         lines += ["", f"In production now: `{production['version']}`."]
     return "\n".join(lines)
+
+
+def _map_rows(evaluation: Evaluation | None) -> dict[str, float]:
+    if evaluation is None:
+        return {}
+    return {"clean mAP@0.5": evaluation["clean_mAP50"], **evaluation["attacks"]}
+
+
+def _shown(value: float | None) -> str:
+    return f"{value:.3f}" if value is not None else "-"
 
 
 def _gate_checks(record: Path) -> list[str]:

@@ -121,7 +121,7 @@ def train(
 def attack_model(
     suite: AttackSuitePolicy, model_dir: Path, data_dir: Path, split: str, out: Path, *,
     baseline_dir: Path | None = None, max_images: int | None = None, device: str = "auto",
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None, gate_evidence: bool = True,
 ) -> Evaluation:  # fmt: skip
     """Attack a model with `suite` on one split; the report (schema `secmlops.robustness/v1`)
     goes to `out`. The candidate, its baseline and the production model all go through here.
@@ -129,13 +129,15 @@ def attack_model(
     Args:
         baseline_dir: the undefended model, for the gate's defence-cost check.
         max_images: only the first N images of the split (None: all).
+        gate_evidence: also run the cross-check and sanity checks (False: figures to compare
+            with, which no gate accepts; see `evaluate_robustness`).
     """
     from secmlops.evaluation.robustness import evaluate_robustness
     from secmlops.fsutil import atomic_write_json
 
     report = evaluate_robustness(
         Path(model_dir), Path(data_dir), split, suite, baseline_dir=baseline_dir, device=device,
-        max_images=max_images, progress=progress,
+        max_images=max_images, progress=progress, gate_evidence=gate_evidence,
     )  # fmt: skip
     atomic_write_json(out, report)
     return {
@@ -148,12 +150,16 @@ def attack_model(
 def evaluate(
     run_policy: RunPolicy, model_dir: str, data: VerifiedData, out: Path, *,
     baseline: TrainedModel | None = None, max_images: int | None = None,
+    gate_evidence: bool = True,
 ) -> Evaluation:  # fmt: skip
     """Attack the model with the run policy's suite on the test split; the report goes to `out`.
 
     Args:
-        baseline: the undefended model, attacked too for the gate's defence-cost check.
+        baseline: the undefended model, whose clean mAP the gate's defence-cost check compares
+            with, and from which the transfer check attacks.
         max_images: cap on attacked test images (None: all).
+        gate_evidence: False for a report only shown beside a candidate's (the undefended
+            baseline's): the same attacks, without the cross-check and sanity checks.
 
     Raises:
         PolicyError: the run's effective policy changed since it was resolved.
@@ -162,7 +168,7 @@ def evaluate(
     baseline_dir = Path(baseline["model_dir"]) if baseline else None
     return attack_model(
         suite, Path(model_dir), Path(data["data_dir"]), "test", out, baseline_dir=baseline_dir,
-        max_images=max_images,
+        max_images=max_images, gate_evidence=gate_evidence,
     )  # fmt: skip
 
 

@@ -50,7 +50,7 @@ ADMIN = "admin"
 # A second person: approves releases for production (the admin triggers runs, and the one who
 # triggers a run cannot approve it).
 APPROVER = "approver"
-APPROVAL_SETTLE_S = 5.0
+APPROVAL_SETTLE_S = 10.0
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 20.0
 
@@ -362,15 +362,21 @@ def answer_approval(api: httpx.Client, request: Mapping[str, Any], option: str) 
 
 
 def wait_for_success(
-    server: AirflowServer, api: httpx.Client, dag_id: str, run_id: str, timeout_s: float
-) -> None:
+    server: AirflowServer, api: httpx.Client, dag_id: str, run_id: str, timeout_s: float,
+    watch: Callable[[], None] | None = None,
+) -> None:  # fmt: skip
     """Wait until the run succeeds.
+
+    Args:
+        watch: called at every poll (`secmlops.local.story.RunProgress` prints progress).
 
     Raises:
         AirflowError: the run failed (with its task states and the logs' tails), or timed out.
     """
 
     def finished() -> bool:
+        if watch:
+            watch()
         state = run_state(api, dag_id, run_id)
         if state == "failed":
             states = {k: t["state"] for k, t in task_instances(api, dag_id, run_id).items()}
@@ -381,15 +387,21 @@ def wait_for_success(
 
 
 def wait_for_approval_request(
-    server: AirflowServer, api: httpx.Client, dag_id: str, run_id: str, timeout_s: float
-) -> dict[str, Any]:
+    server: AirflowServer, api: httpx.Client, dag_id: str, run_id: str, timeout_s: float,
+    watch: Callable[[], None] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Wait until the run asks a person for approval; returns the request (subject, body, ...).
+
+    Args:
+        watch: called at every poll (see `wait_for_success`).
 
     Raises:
         AirflowError: the run failed before asking (with its task states and logs), or timed out.
     """
 
     def asked() -> dict[str, Any] | None:
+        if watch:
+            watch()
         if run_state(api, dag_id, run_id) == "failed":
             states = {k: t["state"] for k, t in task_instances(api, dag_id, run_id).items()}
             raise AirflowError(f"{dag_id} run {run_id} failed: {states}\n{server.log_tails()}")
@@ -403,20 +415,23 @@ def wait_for_approval_request(
     # An answer within about a second of the task parking races Airflow 3.3's scheduler: the
     # executor's late "success" event for the parked attempt meets the task already re-queued
     # by the answer, and the scheduler fails it. A person never answers that fast; a script
-    # waits for the scheduler to settle first.
+    # waits for the scheduler to settle first (5 s was not always enough with the test suite's
+    # two workers loading both cores: the scheduler then failed the task before the answer
+    # was judged, and the refusal the test expects was never audited).
     time.sleep(APPROVAL_SETTLE_S)
     return request
 
 
 def approve_as_second_user(
-    server: AirflowServer, api: httpx.Client, dag_id: str, run_id: str, timeout_s: float
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    server: AirflowServer, api: httpx.Client, dag_id: str, run_id: str, timeout_s: float,
+    watch: Callable[[], None] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
     """Wait for the run's approval request and approve it as `APPROVER` (not the admin who
     triggers runs); returns (the request, Airflow's record of the answer).
 
     Raises:
         AirflowError: the run failed before asking, or did not ask in time.
     """
-    request = wait_for_approval_request(server, api, dag_id, run_id, timeout_s)
+    request = wait_for_approval_request(server, api, dag_id, run_id, timeout_s, watch)
     with server.client(user=APPROVER) as approver:
         return request, answer_approval(approver, request, "Approve")

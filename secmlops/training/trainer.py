@@ -8,6 +8,7 @@ Checkpoints are safetensors + JSON, like the model itself: no pickle anywhere.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -73,6 +74,11 @@ class TrainConfig:
     # Steps of each epoch's universal adversarial patch (`epoch_patch`) that patch augmentation
     # puts on people instead of random pixels (0: random pixels).
     patch_attack_steps: int = 0
+    # Decay of an exponential moving average of the weights (Polyak and Juditsky 1992; the
+    # "model EMA" of modern detector recipes), which validation, the best-epoch choice and the
+    # released model use instead of the last step's weights (0: off). The decay ramps up as
+    # min(ema_decay, (1 + t) / (10 + t)) at step t, so the average tracks the early steps.
+    ema_decay: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form recorded in model.json and checkpoints."""
@@ -203,9 +209,11 @@ def train(
     assert config.epochs is not None
     total_steps = steps_per_epoch * config.epochs
 
+    # The averaged weights are a copy of the model, updated after each step (None: no EMA).
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if config.ema_decay else None
     state: dict[str, Any] = {"epoch": 0, "best_epoch": 0, "best_map50": -1.0, "history": []}
     if resume:
-        state = _load_checkpoint(checkpoint_dir, model, optimizer, config, scaler)
+        state = _load_checkpoint(checkpoint_dir, model, optimizer, config, scaler, ema)
     resumed_from_epoch = int(state["epoch"])
 
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
@@ -262,11 +270,15 @@ def train(
             nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             scaler.step(optimizer)
             scaler.update()
+            if ema is not None:
+                update_ema(ema, model, ema_decay_at(global_step, config.ema_decay))
             losses.append(float(loss.detach()))
             if on_step:
                 on_step(step + 1, steps_per_epoch)
 
-        val_map50 = _validate(model, val_split) if val_split else float("nan")
+        judged = ema if ema is not None else model  # the weights a release would carry
+        val_map50 = _validate(judged, val_split) if val_split else float("nan")
+        model.train()
         summary = {
             "epoch": float(epoch),
             "loss": float(np.mean(losses)),
@@ -277,9 +289,9 @@ def train(
         # Without a validation split, the last epoch is the best one we can name.
         if not val_split or val_map50 > state["best_map50"]:
             state["best_map50"], state["best_epoch"] = val_map50, epoch
-            _save_weights(model, checkpoint_dir / "best.safetensors")
+            _save_weights(judged, checkpoint_dir / "best.safetensors")
         state["epoch"] = epoch
-        _save_checkpoint(checkpoint_dir, model, optimizer, config, state, scaler)
+        _save_checkpoint(checkpoint_dir, model, optimizer, config, state, scaler, ema)
         if on_epoch:
             on_epoch(summary)
 
@@ -338,6 +350,25 @@ def choose_operating_point(
     )  # fmt: skip
 
 
+def ema_decay_at(step: int, decay: float) -> float:
+    """The EMA decay after optimizer step `step` (0-based): ramped up so early weights, which
+    are far from the final ones, are forgotten quickly (a pure function of the step)."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, for weights and batch-norm statistics alike
+    (integer buffers, the batch counters, are copied)."""
+    for averaged, current in zip(
+        ema.state_dict().values(), model.state_dict().values(), strict=True
+    ):
+        if averaged.dtype.is_floating_point:
+            averaged.lerp_(current.detach(), 1 - decay)
+        else:
+            averaged.copy_(current)
+
+
 def _resolve_config(
     config: TrainConfig, dataset: DetectionDataset, checkpoint_dir: Path | None
 ) -> TrainConfig:
@@ -369,6 +400,8 @@ def _resolve_config(
         raise ModelError(
             f"patch augmentation is a probability in [0, 1], got {resolved.patch_augmentation}"
         )
+    if not 0 <= resolved.ema_decay < 1:
+        raise ModelError(f"EMA decay must be in [0, 1), got {resolved.ema_decay}")
     if resolved.patch_attack_steps < 0:
         raise ModelError(f"patch attack steps must be >= 0, got {resolved.patch_attack_steps}")
     if resolved.patch_attack_steps and not resolved.patch_augmentation:
@@ -381,9 +414,7 @@ def _validate(model: nn.Module, split: PreparedSplit) -> float:
 
 
 def _validation_metrics(model: nn.Module, split: PreparedSplit) -> dict[str, float]:
-    predictions = predict_prepared(model, split)
-    model.train()
-    return coco_map(split.records, predictions)
+    return coco_map(split.records, predict_prepared(model, split))
 
 
 def _save_weights(model: nn.Module, path: Path) -> None:
@@ -400,13 +431,19 @@ def _save_checkpoint(
     config: TrainConfig,
     state: dict[str, Any],
     scaler: torch.amp.GradScaler,
+    ema: nn.Module | None = None,
 ) -> None:
-    """Weights and optimizer tensors in safetensors, the rest in JSON; JSON written last.
+    """Weights (and their EMA) and optimizer tensors in safetensors, the rest in JSON; JSON
+    written last.
 
     The AMP loss scale is part of the state: a resumed run that restarted it at its initial value
     would skip or scale steps differently from the uninterrupted run.
     """
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update(
+            {f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema.state_dict().items()}
+        )
     optimizer_state = optimizer.state_dict()
     for param_id, param_state in optimizer_state["state"].items():
         for key, value in param_state.items():
@@ -433,6 +470,7 @@ def _load_checkpoint(
     optimizer: torch.optim.Optimizer,
     config: TrainConfig,
     scaler: torch.amp.GradScaler,
+    ema: nn.Module | None = None,
 ) -> dict[str, Any]:
     meta = json.loads((checkpoint_dir / "state.json").read_text())
     try:
@@ -442,6 +480,8 @@ def _load_checkpoint(
             f"{checkpoint_dir / 'state.safetensors'}: unreadable checkpoint ({exc})"
         ) from None
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if ema is not None:
+        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
     optimizer_state: dict[str, Any] = {"state": {}, "param_groups": meta["param_groups"]}
     for key, value in tensors.items():
         if key.startswith("optimizer."):

@@ -219,14 +219,19 @@ def test_fabrication_raises_objectness_everywhere(finder, one_thread):
 
 
 def test_apgd_stays_in_budget_and_is_no_weaker_than_fixed_steps(finder, one_thread):
-    """APGD keeps the best point per image, so its objective is at least the start's, and in
-    this budget it matches or beats fixed-step PGD (Croce and Hein's claim, checked here)."""
+    """APGD keeps the best point per image, so its objective is at least the start's, and with
+    20 steps it matches fixed-step PGD (Croce and Hein's claim, checked here).
+
+    Measured on this model (objective sums, APGD / fixed): 1.000 at 2/255 and 1.009 at 4/255
+    with 20 steps; with 10 steps APGD came out 2% (2/255) and 9% (4/255) weaker on one machine
+    and within 2% on another, so 10 steps is not where the claim is checked. The gate's worst
+    case also holds ART's fixed-step PGD, so it never rests on APGD alone."""
     from secmlops.attacks.objectness import vanishing_objective
 
     model, images, targets = finder
-    fixed = AttackConfig(eps=2 / 255, steps=10, objective="vanishing", random_start=False)
+    fixed = AttackConfig(eps=2 / 255, steps=20, objective="vanishing", random_start=False)
     apgd = AttackConfig(
-        eps=2 / 255, steps=10, objective="vanishing", random_start=False, schedule="apgd"
+        eps=2 / 255, steps=20, objective="vanishing", random_start=False, schedule="apgd"
     )
     with loss_mode(model), torch.no_grad():
         start = vanishing_objective(model, images)
@@ -236,7 +241,7 @@ def test_apgd_stays_in_budget_and_is_no_weaker_than_fixed_steps(finder, one_thre
     assert float((adversarial - images).abs().max()) <= 2 / 255 + 1e-6
     assert float(adversarial.min()) >= 0 and float(adversarial.max()) <= 1
     assert bool((after_apgd >= start).all())
-    assert float(after_apgd.sum()) >= float(after_fixed.sum()) * 1.02  # objectives are negative
+    assert float(after_apgd.sum()) >= float(after_fixed.sum()) * 1.01  # objectives are negative
 
 
 def test_apgd_checkpoints_follow_the_paper():

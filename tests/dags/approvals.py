@@ -51,6 +51,7 @@ class Approvals:
         BaseAuthManager._get_token_validator.cache_clear()
         self.client = TestClient(create_app(apps="core"))
         self.passwords, self.timeout_s = passwords, timeout_s
+        self.last_error: str | None = None
 
     def _headers(self, user: str) -> dict[str, str]:
         response = self.client.post(
@@ -82,29 +83,51 @@ class Approvals:
         answer = Answer()
 
         def respond() -> None:
+            deadline = time.monotonic() + wait_s
             try:
-                headers = self._headers(user)
-                deadline = time.monotonic() + wait_s
-                while (pending := self._pending(headers, dag_id)) is None:
+                while (status := self._try_answer(user, option, dag_id)) is None:
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"no approval of {dag_id} asked within {wait_s} s")
+                        raise TimeoutError(
+                            f"no approval of {dag_id} answered within {wait_s} s "
+                            f"(last error: {self.last_error})"
+                        )
                     time.sleep(0.5)
-                ti = pending["task_instance"]
-                url = (
-                    f"/api/v2/dags/{ti['dag_id']}/dagRuns/{ti['dag_run_id']}/taskInstances/"
-                    f"{ti['task_id']}/{ti['map_index']}/hitlDetails"
-                )
-                response = self.client.patch(
-                    url, json={"chosen_options": [option], "params_input": {}}, headers=headers
-                )
-                answer.status = response.status_code
+                answer.status = status
             except Exception as exc:  # reported to the test, which asserts on it
                 answer.error = f"{type(exc).__name__}: {exc}"
+                # dag.test() in the main thread would wait for ever on the unanswered task:
+                # fail it, so the run ends and the test reports this error.
+                _fail_when_waiting(dag_id, wait_s)
             finally:
                 answer.done.set()
 
         threading.Thread(target=respond, daemon=True).start()
         return answer
+
+    def _try_answer(self, user: str, option: str, dag_id: str) -> int | None:
+        """Answer the pending approval: the answer's HTTP status, or None when none is pending
+        yet or the API could not be reached (SQLite busy while dag.test() writes, on a loaded
+        machine: the caller tries again)."""
+        try:
+            headers = self._headers(user)
+            pending = self._pending(headers, dag_id)
+            if pending is None:
+                return None
+            ti = pending["task_instance"]
+            url = (
+                f"/api/v2/dags/{ti['dag_id']}/dagRuns/{ti['dag_run_id']}/taskInstances/"
+                f"{ti['task_id']}/{ti['map_index']}/hitlDetails"
+            )
+            response = self.client.patch(
+                url, json={"chosen_options": [option], "params_input": {}}, headers=headers
+            )
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            return None
+        if response.status_code >= 500:
+            self.last_error = f"HTTP {response.status_code}: {response.text[:200]}"
+            return None
+        return response.status_code
 
     def expire(self, dag_id: str = "secmlops_training", wait_s: float = 600) -> Answer:
         """Start a thread that, once the approval is pending and its timeout has passed, runs
@@ -136,3 +159,25 @@ class Approvals:
 
         threading.Thread(target=sweep, daemon=True).start()
         return answer
+
+
+def _fail_when_waiting(dag_id: str, wait_s: float) -> None:
+    """Fail `dag_id`'s approval task once it awaits input (within `wait_s`)."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
+
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        with create_session() as session:
+            waiting = (
+                session.query(TaskInstance)
+                .filter(TaskInstance.dag_id == dag_id, TaskInstance.task_id == TASK_ID)
+                .filter(TaskInstance.state == TaskInstanceState.AWAITING_INPUT)
+                .all()
+            )
+            for ti in waiting:
+                ti.state = TaskInstanceState.FAILED
+        if waiting:
+            return
+        time.sleep(0.5)

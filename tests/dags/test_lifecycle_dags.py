@@ -28,7 +28,8 @@ SMALL_POLICY = {
         for name in ("worst_case_linf_2", "worst_case_linf_4", "person_patch")
     },
     "gate.max_robust_mr2.worst_case_linf_4": 1.0,
-    # The person-worn patch and the sanity checks at a CI budget (the checks stay on).
+    # The attacks, the person-worn patch and the sanity checks at a CI budget (all stay on).
+    "gate.attacks.pgd_steps": 4,
     "gate.attacks.person_patch_steps": 20,
     "gate.attacks.sanity_images": 8,
 }
@@ -151,7 +152,7 @@ def test_the_runs_overrides_reach_the_evaluation_and_the_gate(released, workspac
     from secmlops.settings import Settings
 
     settings = Settings.from_env()
-    assert load_policy(settings.policy).gate.attacks.pgd_steps == 10
+    assert load_policy(settings.policy).gate.attacks.pgd_steps == 4  # SMALL_POLICY
     run_dir = settings.run_dir(released["trained"].run_id)
     effective = load_policy(run_dir / "policy.effective.yaml")
     assert effective.gate.attacks.pgd_steps == 3
@@ -187,7 +188,8 @@ def test_a_failing_gate_stops_promotion(dagbag, released, workspace):
 
     registry = Registry.open(workspace.env["SECMLOPS_REGISTRY"])
     before, _ = registry.resolve("pedestrian-detector", "production")
-    conf = {**TRAINING_CONF, "adversarial": "none",
+    # Two epochs and four test images: the gate refuses any model at this bar.
+    conf = {**TRAINING_CONF, "adversarial": "none", "epochs": 2, "max_eval_images": 4,
             "policy_overrides": [*RUN_OVERRIDES, "gate.min_clean_map50=0.99"],
             "override_reason": "e2e test: a bar no model of this size reaches"}  # fmt: skip
     run = dagbag.get_dag("secmlops_training").test(run_conf=conf)

@@ -172,6 +172,7 @@ CASES = [
     ("secmlops_training", "train_model", "train", PolicyError("refused")),
     ("secmlops_training", "train_baseline", "train", PolicyError("refused")),
     ("secmlops_training", "evaluate_model", "evaluate", PolicyError("policy changed")),
+    ("secmlops_training", "evaluate_baseline", "evaluate", PolicyError("policy changed")),
     ("secmlops_training", "evaluate_production", "evaluate_production",
      IntegrityError("production signature")),
     ("secmlops_training", "gate_model", "gate", GateFailed("clean mAP below 0.7")),
@@ -218,9 +219,17 @@ def test_a_refusal_fails_the_task_once_and_is_audited_once(
     def stage(name: str):
         def run(*args: Any, **kwargs: Any) -> Any:
             calls.append(name)
-            # train_model and train_baseline both call `train`: refuse only the one under test.
-            which = {"model": "train_model", "baseline": "train_baseline"}.get(kwargs.get("name"))
-            if name == function and (name != "train" or which == task_id):
+            # train_model and train_baseline both call `train`, evaluate_model and
+            # evaluate_baseline both `evaluate`: refuse only the one under test.
+            which = {
+                "train": {"model": "train_model", "baseline": "train_baseline"}.get(
+                    kwargs.get("name")
+                ),
+                "evaluate": "evaluate_baseline"
+                if kwargs.get("gate_evidence") is False
+                else "evaluate_model",
+            }.get(name, task_id)
+            if name == function and which == task_id:
                 raise refusal
             return payloads[name]
 
@@ -236,7 +245,7 @@ def test_a_refusal_fails_the_task_once_and_is_audited_once(
     assert run.state == "failed"
     assert str(tis[task_id].state) == "failed"
     assert tis[task_id].try_number == 1, "a refusal must not be retried"
-    assert calls.count(function) == (2 if function == "train" else 1)
+    assert calls.count(function) == (2 if function in ("train", "evaluate") else 1)
     failures = [e for e in audit_entries(audit) if e["action"] == "task_failed"]
     assert [e["subject"] for e in failures] == [f"{dag_id}.{task_id}"]
     assert type(refusal).__name__ in failures[0]["details"]["error"]

@@ -20,6 +20,8 @@ from secmlops.local.airflow_runner import (
     wait_for_approval_request,
     wait_for_success,
 )
+from secmlops.local.story import RunProgress
+from secmlops.settings import Settings
 
 from ..conftest import REPO_ROOT
 from ..dags.test_lifecycle_dags import SMALL_POLICY
@@ -64,11 +66,26 @@ def test_rest_trigger_of_data_pull_schedules_training_which_promotes(start_airfl
             return triggered[0] if triggered else None
 
         training = server.wait_until(asset_triggered_run, 120)
+        # What `make demo` prints while it waits: tasks as they start and end, epochs as they
+        # are checkpointed.
+        progress_lines: list[str] = []
+        run_dir = Settings.from_env(space.env).run_dir(training)
+        progress = RunProgress(
+            api, "secmlops_training", training, progress_lines.append,
+            {"model": run_dir / "model" / "checkpoints" / "state.json"},
+        )  # fmt: skip
         # The run asks a person; the approver (a second Airflow user) answers through REST.
         request, answer = approve_as_second_user(
-            server, api, "secmlops_training", training, timeout_s=900
+            server, api, "secmlops_training", training, timeout_s=900, watch=progress
         )
         assert request["subject"].startswith("Promote ") and "| clean mAP@0.5 |" in request["body"]
+        # The approver sees the undefended baseline's figures beside the candidate's.
+        assert "| candidate | undefended |" in request["body"]
+        shown = "\n".join(progress_lines)
+        assert "secmlops_training > train_model started" in shown, shown
+        assert "secmlops_training > evaluate_baseline success in" in shown, shown
+        assert "approve_release waits for a person's answer" in shown, shown
+        assert "model epoch 12/12: loss" in shown, shown
         assert answer["responded_by"]["name"] == "approver"
         again = api.patch(
             f"/api/v2/dags/secmlops_training/dagRuns/{training}/taskInstances/approve_release/-1"

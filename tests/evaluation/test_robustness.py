@@ -220,6 +220,23 @@ def test_a_model_that_masks_its_gradients_fails_the_sanity_checks(
     assert "gradient masking" in decision.message()
 
 
+def test_a_comparison_report_has_the_same_attacks_but_no_gate_accepts_it(small_model, scenes):
+    """The undefended baseline's report, shown beside a candidate's, skips the cross-check and
+    the sanity checks: a gate given it fails on exactly that missing evidence."""
+    from secmlops.evaluation.gate_checks import evaluate_gate
+
+    cheap = SUITE.model_copy(update={"pgd_steps": 2, "person_patch_steps": 5})
+    shown = evaluate_robustness(
+        small_model, scenes, "all", cheap, max_images=4, gate_evidence=False
+    )
+    assert shown["cross_check"] is None and shown["sanity"] is None
+    assert set(shown["attacks"]) >= set(attack_names(cheap, score_attacks=True))
+    assert all(0 <= shown["attacks"][f"worst_case_linf_{k}"]["recall"] <= 1 for k in (2, 4))
+    gate = load_policy(REPO_POLICY).gate.model_copy(update={"attacks": cheap})
+    failed = {c.name for c in evaluate_gate(shown, gate).checks if not c.passed}
+    assert {"cross_check", "sanity"} <= failed
+
+
 def test_our_pgd_agrees_with_art_within_tolerance(report):
     cross = report["cross_check"]
     assert cross["attack"] == "pgd_linf_4"

@@ -81,6 +81,31 @@ def test_ignore_regions_remove_negative_loss(compact):
     assert ignored < plain
 
 
+def test_giou_judges_the_box_overlap_in_the_size_loss():
+    """The GIoU term is zero for a box decoded exactly on its target and grows with the
+    misfit; without it the size loss is the L1 terms alone."""
+    from secmlops.models.compact_centernet import centernet_losses
+
+    heatmap = torch.zeros(1, 1, 24, 32)
+    offset = torch.zeros(1, 2, 24, 32)
+    target = [{"boxes": torch.tensor([[40.0, 20.0, 56.0, 68.0]])}]  # centre (48, 44), 16 x 48
+    cell_x, cell_y = 48 // 4, 44 // 4
+
+    def size_loss(width: float, height: float, weight: float) -> float:
+        size = torch.zeros(1, 2, 24, 32)
+        size[0, :, cell_y, cell_x] = torch.tensor([width / 4, height / 4]).log()
+        losses = centernet_losses(heatmap, size, offset, target, 4, giou_weight=weight)
+        return float(losses["loss_size"])
+
+    assert size_loss(16, 48, 1.0) == pytest.approx(0.0, abs=1e-6)
+    assert size_loss(8, 24, 1.0) > size_loss(12, 36, 1.0) > 0
+    plain, with_giou = size_loss(8, 24, 0.0), size_loss(8, 24, 1.0)
+    assert with_giou > plain > 0
+    assert with_giou - plain == pytest.approx(1 - 0.25, abs=1e-5)  # IoU 1/4, nested boxes
+    with pytest.raises(ModelError, match="giou_weight"):
+        models.build("compact_centernet", input_size=SIZE, giou_weight=-1)
+
+
 def test_save_load_round_trip_gives_identical_predictions(tmp_path, compact):
     compact.eval()
     card = models.save(compact, tmp_path / "m", metrics={"val": {"mAP50": 0.5}})

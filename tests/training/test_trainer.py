@@ -67,6 +67,49 @@ def test_resumed_run_matches_the_uninterrupted_one(tiny_scenes, tmp_path):
             torch.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-6)
 
 
+def test_ema_weights_are_released_and_a_resumed_run_replays_them(tiny_scenes, tmp_path):
+    """With an EMA the released weights are the average, not the last step's, and the average
+    is part of the checkpoint: a resumed run ends on the same one."""
+    config = TrainConfig(epochs=2, ema_decay=0.99, **FAST)
+    train(tiny_scenes, tmp_path / "straight", config)
+    with pytest.raises(Interrupt):
+        train(tiny_scenes, tmp_path / "resumed", config, on_epoch=lambda _: _interrupt())
+    train(tiny_scenes, tmp_path / "resumed", TrainConfig(), resume=True)
+    straight = load_file(str(tmp_path / "straight" / "checkpoints" / "state.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "checkpoints" / "state.safetensors"))
+    averaged = {k for k in straight if k.startswith("ema.")}
+    assert averaged and averaged == {k for k in resumed if k.startswith("ema.")}
+    for key in averaged:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-6)
+    released = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    best = load_file(str(tmp_path / "straight" / "checkpoints" / "best.safetensors"))
+    last_step = {k[6:]: v for k, v in straight.items() if k.startswith("model.")}
+    weight = "head.1.weight"
+    torch.testing.assert_close(released[weight], best[weight])
+    assert not torch.allclose(released[weight], last_step[weight])  # the average, not the last
+
+
+def test_ema_decay_ramps_up_and_bad_decays_are_refused(tiny_scenes, tmp_path):
+    from secmlops.training.trainer import ema_decay_at, update_ema
+
+    assert ema_decay_at(0, 0.999) == pytest.approx(0.1)
+    assert ema_decay_at(90, 0.999) == pytest.approx(0.91)
+    assert ema_decay_at(10**6, 0.999) == 0.999
+    ema, model = torch.nn.BatchNorm1d(2), torch.nn.BatchNorm1d(2)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    model.num_batches_tracked.fill_(7)
+    update_ema(ema, model, 0.75)
+    assert torch.allclose(ema.weight, torch.full((2,), 1.5))  # 0.75 * 1 + 0.25 * 3
+    assert int(ema.num_batches_tracked) == 7  # counters are copied, not averaged
+    with pytest.raises(ModelError, match="EMA decay"):
+        train(tiny_scenes, tmp_path / "m", TrainConfig(epochs=1, ema_decay=1.0, **FAST))
+
+
+def _interrupt() -> None:
+    raise Interrupt
+
+
 def test_existing_model_is_not_overwritten_by_accident(tiny_model, tiny_scenes):
     before = (tiny_model / "model.safetensors").read_bytes()
     with pytest.raises(ModelError, match="already holds a model"):
