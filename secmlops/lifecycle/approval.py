@@ -92,14 +92,23 @@ def _shown(value: float | None) -> str:
     return f"{value:.3f}" if value is not None else "-"
 
 
-def _gate_checks(record: Path) -> list[str]:
-    """The gate record's checks as a list (the signed record's payload; display only)."""
+def gate_record_checks(record: Path) -> list[dict[str, Any]]:
+    """The checks of a signed gate record, read from its DSSE payload for display only (not
+    verified here: the release's consumers verify it).
+
+    Raises:
+        OSError, ValueError, KeyError, TypeError: the record is missing or malformed.
+    """
     import base64
 
+    envelope = json.loads(Path(record).read_bytes())
+    return list(json.loads(base64.b64decode(envelope["payload"]))["predicate"]["checks"])
+
+
+def _gate_checks(record: Path) -> list[str]:
+    """The gate record's checks as a list (the signed record's payload; display only)."""
     try:
-        envelope = json.loads(record.read_bytes())
-        predicate = json.loads(base64.b64decode(envelope["payload"]))["predicate"]
-        checks = predicate["checks"]
+        checks = gate_record_checks(record)
     except (OSError, ValueError, KeyError, TypeError):
         return [f"(gate record {record} unreadable)"]
     shown = ["**Gate checks**:"]

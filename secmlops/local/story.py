@@ -11,7 +11,6 @@ turns it into the few lines a person reads. The same summary is written as JSON 
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 import urllib.parse
@@ -22,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from secmlops.lifecycle.approval import gate_record_checks
 from secmlops.local.airflow_runner import task_instances
 
 FINISHED = ("success", "failed", "skipped", "upstream_failed")
@@ -109,13 +109,6 @@ def xcom(api: httpx.Client, dag_id: str, run_id: str, task_id: str) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def gate_checks(record: Path) -> list[dict[str, Any]]:
-    """The checks of a signed gate record (its DSSE payload; display only, not verified here:
-    the release's consumers verify it)."""
-    envelope = json.loads(Path(record).read_bytes())
-    return list(json.loads(base64.b64decode(envelope["payload"]))["predicate"]["checks"])
-
-
 def model_figures(report: Mapping[str, Any]) -> dict[str, float | None]:
     """Headline clean and robust figures of one robustness report, at its operating point."""
     clean, attacks = report["clean"], report["attacks"]
@@ -156,7 +149,7 @@ def demo_summary(
     verdict = xcom(api, "secmlops_monitoring", watch, "check_window")
 
     report = json.loads(Path(evaluated["report"]).read_text())
-    checks = gate_checks(Path(gated["record"]))
+    checks = gate_record_checks(Path(gated["record"]))
     undefended = (
         model_figures(json.loads(Path(baseline_evaluated["report"]).read_text()))
         if baseline_evaluated

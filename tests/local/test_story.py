@@ -6,7 +6,8 @@ import base64
 import json
 from pathlib import Path
 
-from secmlops.local.story import gate_checks, model_figures, render_summary
+from secmlops.lifecycle.approval import gate_record_checks
+from secmlops.local.story import model_figures, render_summary
 
 CHECKS = [
     {"name": "clean_map50", "label": "clean mAP@0.5", "measured": 0.81, "threshold": 0.75,
@@ -93,4 +94,4 @@ def test_gate_checks_come_from_the_records_signed_payload(tmp_path: Path):
     payload = base64.b64encode(json.dumps(statement).encode()).decode()
     record = tmp_path / "gate-record.json"
     record.write_text(json.dumps({"payload": payload, "signatures": []}))
-    assert gate_checks(record) == CHECKS
+    assert gate_record_checks(record) == CHECKS
