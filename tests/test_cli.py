@@ -118,6 +118,20 @@ def test_train_with_adversarial_augmentation_records_the_defence(tiny_scenes, tm
     assert adversarial["eps"] == pytest.approx(8 / 255)
 
 
+def test_train_on_crops_records_them_and_refuses_a_crop_that_does_not_fit(tiny_scenes, tmp_path):
+    out = tmp_path / "cropped"
+    result = run("train", "--data", tiny_scenes, "--out", out, "--epochs", "1", "--batch-size",
+                 "8", "--adversarial", "none", "--train-crop", "64x96")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    training = json.loads((out / "model.json").read_text())["training"]
+    assert training["train_crop"] == [64, 96] and training["input_size"] == [128, 160]
+    result = run("train", "--data", tiny_scenes, "--out", tmp_path / "m", "--train-crop", "64")
+    assert result.exit_code != 0 and "--train-crop must look like 240x320" in result.output
+    result = run("train", "--data", tiny_scenes, "--out", tmp_path / "m", "--train-crop", "256x96")
+    assert result.exit_code == EXIT_USER_ERROR and "fit the input size 128x160" in result.output
+    assert not (tmp_path / "m").exists()
+
+
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [("--adversarial", "trades", "unknown adversarial training"), ("--eps", "big", "eps"),

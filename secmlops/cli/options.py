@@ -90,12 +90,12 @@ def model_registry(uri: str | None) -> Registry:
     return Registry.open(uri or settings.registry, settings.s3_endpoint_url)
 
 
-def parse_size(text: str | None) -> tuple[int, int] | None:
-    """`--input-size HxW` as (height, width)."""
+def parse_size(text: str | None, option: str = "--input-size") -> tuple[int, int] | None:
+    """`--input-size HxW` (or another `option` of that form) as (height, width)."""
     if text is None:
         return None
     try:
         height, width = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise typer.BadParameter(f"--input-size must look like 240x320, got {text!r}") from None
+        raise typer.BadParameter(f"{option} must look like 240x320, got {text!r}") from None
     return height, width

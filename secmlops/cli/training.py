@@ -36,6 +36,13 @@ def train_command(
     input_size: Annotated[
         str | None, typer.Option(help="HxW the model sees (default: from the data).")
     ] = None,
+    train_crop: Annotated[
+        str | None,
+        typer.Option(
+            help="HxW window of each image a training step sees, at the input size's scale "
+            "(default: the input shrunk to 384 on its long side; the input size: whole images)."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = DEFAULTS.seed,
     device: DeviceOption = "auto",
     resume: Annotated[
@@ -112,7 +119,7 @@ def train_command(
     })  # fmt: skip
     config = request.train_config(
         batch_size=batch_size, learning_rate=learning_rate, input_size=parse_size(input_size),
-        device=device, target_fppi=target_fppi,
+        train_crop=parse_size(train_crop, "--train-crop"), device=device, target_fppi=target_fppi,
     )  # fmt: skip
     with Progress(
         TextColumn("[bold]{task.description}"),

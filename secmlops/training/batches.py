@@ -100,6 +100,7 @@ def augment_batch(
     ignore: Sequence[Tensor],
     generator: torch.Generator,
     config: AugmentConfig,
+    crop: tuple[int, int] | None = None,
 ) -> tuple[Tensor, list[dict[str, Tensor]]]:
     """Randomly flip, zoom, shift and recolour a float batch; move the boxes with the pixels.
 
@@ -107,11 +108,19 @@ def augment_batch(
         images: float [B,3,H,W] in [0,1].
         boxes, ignore: per image [n,4] x1y1x2y2 pixels.
         generator: CPU generator that makes the augmentation reproducible (and resumable).
+        crop: (height, width) of a window cut at a random place of each (zoomed) image, at the
+            input's own scale (None: the whole image). A step on crops costs what a step on
+            images of the crop's size costs, while people keep the resolution the model
+            detects them at.
 
     Returns:
-        The augmented images and per-image targets {"boxes", "labels", "ignore"}.
+        The augmented images (crop-sized when cropping) and per-image targets
+        {"boxes", "labels", "ignore"} in their pixels.
     """
     b, _, h, w = images.shape
+    out_h, out_w = crop if crop is not None else (h, w)
+    if out_h > h or out_w > w:
+        raise ValueError(f"crop {crop} is larger than the images ({h}x{w})")
     device = images.device
 
     def uniform(low: float, high: float) -> Tensor:
@@ -120,15 +129,18 @@ def augment_batch(
     flip = (torch.rand(b, generator=generator) < config.flip).to(device)
     # affine_grid maps output coords u to input coords x = zoom * u + shift (normalised [-1,1]).
     zoom = 1.0 / uniform(*config.scale)
-    shift_x, shift_y = (
-        uniform(-config.translate, config.translate),
-        uniform(-config.translate, config.translate),
-    )
+    # A crop's window spans zoom * out/in of the image (normalised): it may sit anywhere the
+    # window fits, plus the translation every image gets.
+    span_x, span_y = zoom * out_w / w, zoom * out_h / h
+    reach_x = config.translate + (1 - span_x).clamp(min=0) * (crop is not None)
+    reach_y = config.translate + (1 - span_y).clamp(min=0) * (crop is not None)
+    shift_x = (torch.rand(b, generator=generator).to(device) * 2 - 1) * reach_x
+    shift_y = (torch.rand(b, generator=generator).to(device) * 2 - 1) * reach_y
     sign = torch.where(flip, -1.0, 1.0)
     theta = torch.zeros(b, 2, 3, device=device)
-    theta[:, 0, 0], theta[:, 0, 2] = zoom * sign, shift_x
-    theta[:, 1, 1], theta[:, 1, 2] = zoom, shift_y
-    grid = F.affine_grid(theta, [b, 3, h, w], align_corners=False)
+    theta[:, 0, 0], theta[:, 0, 2] = span_x * sign, shift_x
+    theta[:, 1, 1], theta[:, 1, 2] = span_y, shift_y
+    grid = F.affine_grid(theta, [b, 3, out_h, out_w], align_corners=False)
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     # Saturation, contrast and brightness are all affine in RGB, so one batched 3x3 matrix and
@@ -140,7 +152,7 @@ def augment_batch(
     colour = contrast * (saturation * eye + (1 - saturation) / 3)
     mean = images.mean(dim=(1, 2, 3)).view(b, 1, 1)
     offset = (1 - contrast) * mean + brightness
-    images = torch.baddbmm(offset, colour, images.reshape(b, 3, h * w)).view(b, 3, h, w)
+    images = torch.baddbmm(offset, colour, images.reshape(b, 3, -1)).view(b, 3, out_h, out_w)
     if config.noise_std > 0:
         noise = torch.randn(images.shape, generator=generator).to(device)
         images = images + noise * uniform(0, config.noise_std).view(b, 1, 1, 1)
@@ -148,9 +160,12 @@ def augment_batch(
 
     targets = []
     for i in range(b):
-        params = (float(zoom[i]), float(sign[i]), float(shift_x[i]), float(shift_y[i]))
-        kept, cut = _move_boxes(boxes[i].to(device), params, w, h)
-        moved_ignore, _ = _move_boxes(ignore[i].to(device), params, w, h, keep_all=True)
+        params = (float(span_x[i]), float(span_y[i]), float(sign[i]), float(shift_x[i]),
+                  float(shift_y[i]))  # fmt: skip
+        kept, cut = _move_boxes(boxes[i].to(device), params, (w, h), (out_w, out_h))
+        moved_ignore, _ = _move_boxes(
+            ignore[i].to(device), params, (w, h), (out_w, out_h), keep_all=True
+        )
         targets.append(
             {
                 "boxes": kept,
@@ -162,17 +177,25 @@ def augment_batch(
 
 
 def _move_boxes(
-    boxes: Tensor, params: tuple[float, float, float, float], w: int, h: int, keep_all: bool = False
+    boxes: Tensor,
+    params: tuple[float, float, float, float, float],
+    in_size: tuple[int, int],
+    out_size: tuple[int, int],
+    keep_all: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Apply the inverse of the sampling grid to boxes; split into kept and cut-off boxes."""
+    """Apply the inverse of the sampling grid to boxes; split into kept and cut-off boxes.
+
+    `in_size` and `out_size` are (width, height) of the images before and after the grid.
+    """
     if len(boxes) == 0:
         return boxes.reshape(0, 4), boxes.reshape(0, 4)
-    zoom, sign, shift_x, shift_y = params
-    # pixel -> normalised input coords -> output coords u = (x - shift) / (zoom * sign) -> pixel
-    nx = (boxes[:, 0::2] / w) * 2 - 1
-    ny = (boxes[:, 1::2] / h) * 2 - 1
-    ux = (nx - shift_x) / (zoom * sign)
-    uy = (ny - shift_y) / zoom
+    span_x, span_y, sign, shift_x, shift_y = params
+    (in_w, in_h), (w, h) = in_size, out_size
+    # pixel -> normalised input coords -> output coords u = (x - shift) / (span * sign) -> pixel
+    nx = (boxes[:, 0::2] / in_w) * 2 - 1
+    ny = (boxes[:, 1::2] / in_h) * 2 - 1
+    ux = (nx - shift_x) / (span_x * sign)
+    uy = (ny - shift_y) / span_y
     px = (ux + 1) / 2 * w
     py = (uy + 1) / 2 * h
     x1, x2 = px.min(dim=1).values, px.max(dim=1).values

@@ -39,8 +39,14 @@ from secmlops.training.defences import (
 )
 
 CHECKPOINT_DIR = "checkpoints"
-# Longest input side the default compact model trains at on a CPU; larger images are shrunk.
+# Longest input side the default compact model detects at; larger images are shrunk. (PETS
+# frames at 576 instead, trained on crops, gain AP@0.5 in the ablation of docs/results.md;
+# the default stays until the defended model's robustness is measured at that size.)
 MAX_INPUT_SIDE = 384
+# Longest side of the images one training step sees on a CPU: larger inputs (`--input-size`)
+# train on random crops of this size (`TrainConfig.train_crop`), so a step costs the same at
+# any input size.
+MAX_STEP_SIDE = 384
 # Optimizer steps the default schedule aims for; epochs follow from the training-set size.
 TARGET_STEPS = 600
 MIN_EPOCHS, MAX_EPOCHS = 8, 60
@@ -79,11 +85,18 @@ class TrainConfig:
     # released model use instead of the last step's weights (0: off). The decay ramps up as
     # min(ema_decay, (1 + t) / (10 + t)) at step t, so the average tracks the early steps.
     ema_decay: float = 0.0
+    # (height, width) of the random window of each image a training step sees, at the input
+    # size's scale (the input size itself: whole images; None: `choose_train_crop`). Lets a
+    # model detect at a high input resolution while a step costs what a step on crop-sized
+    # images costs; validation and inference see whole images (the detector is fully
+    # convolutional).
+    train_crop: tuple[int, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form recorded in model.json and checkpoints."""
         data = asdict(self)
         data["input_size"] = list(self.input_size) if self.input_size else None
+        data["train_crop"] = list(self.train_crop) if self.train_crop else None
         data["adversarial"] = self.adversarial.to_json() if self.adversarial else None
         return data
 
@@ -125,6 +138,16 @@ def choose_input_size(dataset: DetectionDataset, max_side: int = MAX_INPUT_SIDE)
         max(32, round(height * scale / 16) * 16),
         max(32, round(width * scale / 16) * 16),
     )
+
+
+def choose_train_crop(
+    input_size: tuple[int, int], max_side: int = MAX_STEP_SIDE
+) -> tuple[int, int]:
+    """The training window: the whole input when its longer side is at most `max_side`, else
+    the input's shape shrunk to `max_side` (sides multiples of 16)."""
+    height, width = input_size
+    scale = min(1.0, max_side / max(height, width))
+    return max(32, int(height * scale) // 16 * 16), max(32, int(width * scale) // 16 * 16)
 
 
 def choose_epochs(train_images: int, batch_size: int, target_steps: int = TARGET_STEPS) -> int:
@@ -207,6 +230,7 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
     assert config.epochs is not None
+    crop = config.train_crop if config.train_crop != config.input_size else None
     total_steps = steps_per_epoch * config.epochs
 
     # The averaged weights are a copy of the model, updated after each step (None: no EMA).
@@ -234,6 +258,8 @@ def train(
             else None
         )  # fmt: skip
         losses: list[float] = []
+        # On crops, the model takes the crop as its input size (no resize) until validation.
+        model.input_size = crop or config.input_size  # type: ignore[assignment]
         for step in range(steps_per_epoch):
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
             images = train_split.images[index].to(device).float().div_(255)
@@ -243,6 +269,7 @@ def train(
                 [train_split.ignore[i] for i in index],
                 generator,
                 config.augment,
+                crop,
             )
             if config.patch_augmentation > 0:  # 0: no draws, so older runs replay unchanged
                 images = patch_augment(
@@ -276,6 +303,7 @@ def train(
             if on_step:
                 on_step(step + 1, steps_per_epoch)
 
+        model.input_size = config.input_size  # type: ignore[assignment]
         judged = ema if ema is not None else model  # the weights a release would carry
         val_map50 = _validate(judged, val_split) if val_split else float("nan")
         model.train()
@@ -379,6 +407,8 @@ def _resolve_config(
         }
         saved["augment"] = AugmentConfig(**augment)
         saved["input_size"] = tuple(saved["input_size"])
+        if saved.get("train_crop"):
+            saved["train_crop"] = tuple(saved["train_crop"])
         if saved.get("adversarial"):
             saved["adversarial"] = AdversarialConfig.from_json(saved["adversarial"])
         return TrainConfig(**saved)
@@ -390,6 +420,11 @@ def _resolve_config(
     )
     if resolved.input_size is None:
         resolved.input_size = choose_input_size(dataset)
+    if resolved.train_crop is None:  # other architectures resize their inputs themselves
+        compact = resolved.architecture == models.DEFAULT_ARCHITECTURE
+        resolved.train_crop = (
+            choose_train_crop(resolved.input_size) if compact else resolved.input_size
+        )
     if resolved.epochs is None:
         resolved.epochs = choose_epochs(len(dataset.splits.get("train", [])), resolved.batch_size)
     if resolved.epochs < 1 or resolved.batch_size < 1:
@@ -402,6 +437,19 @@ def _resolve_config(
         )
     if not 0 <= resolved.ema_decay < 1:
         raise ModelError(f"EMA decay must be in [0, 1), got {resolved.ema_decay}")
+    crop = resolved.train_crop = (int(resolved.train_crop[0]), int(resolved.train_crop[1]))
+    if crop != resolved.input_size:
+        if resolved.architecture != models.DEFAULT_ARCHITECTURE:
+            raise ModelError(
+                f"crop training needs {models.DEFAULT_ARCHITECTURE} ({resolved.architecture} "
+                f"resizes its inputs itself)"
+            )
+        height, width = resolved.input_size
+        if any(side % 16 or side < 32 for side in crop) or crop[0] > height or crop[1] > width:
+            raise ModelError(
+                f"training crop {crop[0]}x{crop[1]} must be multiples of 16, at least 32, and "
+                f"fit the input size {height}x{width}"
+            )
     if resolved.patch_attack_steps < 0:
         raise ModelError(f"patch attack steps must be >= 0, got {resolved.patch_attack_steps}")
     if resolved.patch_attack_steps and not resolved.patch_augmentation:

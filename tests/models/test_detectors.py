@@ -199,3 +199,29 @@ def test_art_object_detector_wraps_the_model_predicts_and_runs_fgsm(compact):
     before = sum(v.item() for v in detector.compute_losses(x, labels).values())
     after = sum(v.item() for v in detector.compute_losses(adversarial, labels).values())
     assert after > before
+
+
+def test_box_region_learns_the_box_at_the_cells_around_the_centre():
+    """With a box region, a cell next to the centre that decodes the exact box costs nothing
+    and one that decodes a wrong box costs; at the centre cell alone (region 0) the neighbour
+    is not judged at all."""
+    from secmlops.models.compact_centernet import centernet_losses
+
+    heatmap = torch.zeros(1, 1, 24, 32)
+    target = [{"boxes": torch.tensor([[40.0, 20.0, 56.0, 68.0]])}]  # centre cell (12, 11)
+
+    def losses(neighbour_size: float, region: float) -> tuple[float, float]:
+        size = torch.zeros(1, 2, 24, 32)
+        size[0, :] = torch.tensor([16 / 4, 48 / 4]).log().view(2, 1, 1)  # exact everywhere
+        offset = torch.zeros(1, 2, 24, 32)
+        ys, xs = torch.meshgrid(torch.arange(24.0), torch.arange(32.0), indexing="ij")
+        offset[0, 0], offset[0, 1] = 12.0 - xs, 11.0 - ys  # every cell points at the centre
+        size[0, :, 12, 12] += neighbour_size  # the cell below the centre misjudges the size
+        result = centernet_losses(heatmap, size, offset, target, 4, box_region=region)
+        return float(result["loss_size"]), float(result["loss_offset"])
+
+    assert losses(0.0, 0.5) == pytest.approx((0.0, 0.0), abs=1e-5)
+    assert losses(0.5, 0.5)[0] > 0.01
+    assert losses(0.5, 0.0)[0] == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ModelError, match="box_region"):
+        models.build("compact_centernet", input_size=SIZE, box_region=1.5)

@@ -13,6 +13,7 @@ from secmlops.training.trainer import (
     TrainConfig,
     choose_epochs,
     choose_input_size,
+    choose_train_crop,
     learning_rate_at,
     train,
 )
@@ -106,6 +107,51 @@ def test_ema_decay_ramps_up_and_bad_decays_are_refused(tiny_scenes, tmp_path):
         train(tiny_scenes, tmp_path / "m", TrainConfig(epochs=1, ema_decay=1.0, **FAST))
 
 
+def test_crop_training_steps_on_windows_and_releases_a_whole_image_model(
+    tiny_scenes, tmp_path, monkeypatch
+):
+    """Training on crops: every step sees crop-sized images (what it costs), the released model
+    detects on whole images at the full input size, and a resumed run replays it exactly."""
+    shapes: list[tuple[int, ...]] = []
+    original = models.CompactCenterNet.forward
+
+    def recording_forward(self, images, targets=None):
+        if self.training:
+            shapes.append(tuple(images.shape))
+        return original(self, images, targets)
+
+    config = TrainConfig(epochs=2, train_crop=(64, 96), **FAST)
+    with monkeypatch.context() as patched:
+        patched.setattr(models.CompactCenterNet, "forward", recording_forward)
+        train(tiny_scenes, tmp_path / "straight", config)
+    assert shapes and {s[-2:] for s in shapes} == {(64, 96)}
+    card = models.read_card(tmp_path / "straight")
+    assert card.input_size == (128, 160) and card.training["train_crop"] == [64, 96]
+    with pytest.raises(Interrupt):
+        train(tiny_scenes, tmp_path / "resumed", config, on_epoch=lambda _: _interrupt())
+    train(tiny_scenes, tmp_path / "resumed", TrainConfig(), resume=True)
+    straight = load_file(str(tmp_path / "straight" / "checkpoints" / "state.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "checkpoints" / "state.safetensors"))
+    for key in straight:
+        if key.startswith("model."):
+            torch.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("crop", "message"),
+    [((60, 96), "multiples of 16"), ((144, 96), "fit the input size"), ((16, 32), "at least 32")],
+)
+def test_bad_training_crops_are_refused_before_any_work(tiny_scenes, tmp_path, crop, message):
+    with pytest.raises(ModelError, match=message):
+        train(tiny_scenes, tmp_path / "m", TrainConfig(epochs=1, train_crop=crop, **FAST))
+
+
+def test_crops_are_refused_for_detectors_that_resize_their_inputs(tiny_scenes, tmp_path):
+    config = TrainConfig(architecture="ssdlite320", epochs=1, train_crop=(64, 96), **FAST)
+    with pytest.raises(ModelError, match="crop training needs compact_centernet"):
+        train(tiny_scenes, tmp_path / "m", config)
+
+
 def _interrupt() -> None:
     raise Interrupt
 
@@ -146,6 +192,10 @@ def test_defaults_follow_the_data(tiny_scenes):
     assert choose_epochs(800, 16) == 12  # 50 steps an epoch -> 600 steps
     assert choose_epochs(10_000, 16) == 8  # at least a few passes over big data
     assert choose_epochs(16, 16) == 60  # and a bounded number over tiny data
+    # Synthetic scenes train on whole images; PETS frames (576x768) at 432x576, on crops.
+    assert choose_train_crop((240, 320)) == (240, 320)
+    assert choose_train_crop((432, 576)) == (288, 384)
+    assert choose_train_crop((576, 768)) == (288, 384)
 
 
 def test_learning_rate_warms_up_then_decays():
