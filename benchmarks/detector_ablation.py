@@ -41,8 +41,8 @@ from secmlops.training.trainer import (
 Change = Callable[[TrainConfig, DetectionDataset], TrainConfig]
 
 
-def _previous_default(config: TrainConfig, data: DetectionDataset) -> TrainConfig:
-    """The recipe before crop training: input shrunk to 384, whole images, centre-cell boxes."""
+def _default(config: TrainConfig, data: DetectionDataset) -> TrainConfig:
+    """The default recipe, pinned: input shrunk to 384, whole images, centre-cell boxes."""
     size = choose_input_size(data, max_side=384)
     return dataclasses.replace(
         config, input_size=size, train_crop=size,
@@ -69,8 +69,8 @@ def _ema(config: TrainConfig, _: DetectionDataset) -> TrainConfig:
 
 # (row name, the change it adds to the row above).
 VARIANTS: list[tuple[str, Change | None]] = [
-    ("compact, previous default (input side 384)", _previous_default),
-    ("+ input side 576, trained on 288x384 crops (default)", _crops),
+    ("compact (default, input side 384)", _default),
+    ("+ input side 576, trained on 288x384 crops", _crops),
     ("+ boxes learnt around the centre (TTFNet)", _box_region),
     ("+ GIoU box loss (weight 1)", _giou),
     ("+ EMA weights (0.999)", _ema),

@@ -60,8 +60,8 @@ class CompactCenterNet(nn.Module):
         box_region: regress each person's box at every output cell within this fraction of
             its width and height around its centre (TTFNet's Gaussian-area samples, Liu et al.
             2020: more samples per person train the box heads in fewer steps), each cell
-            weighted by the person's Gaussian and log-area; the smallest person owns a cell
-            two share. 0: the centre cell alone (CenterNet).
+            weighted by the person's Gaussian and log-area; of a cell two people share, the
+            one centred there owns it, else the smaller. 0: the centre cell alone (CenterNet).
         input_bits: round every input pixel to this many bits first (None: no rounding). This
             is feature squeezing's bit-depth reduction (Xu, Evans, Qi 2018, arXiv:1704.01155);
             its gradient is zero almost everywhere, so it MASKS gradients rather than adding
@@ -318,18 +318,26 @@ def centernet_losses(
         pred_offset = offset.permute(0, 2, 3, 1).reshape(b, h * w, 2)[sample_batch, flat]
         weight = weight / weight.sum()
 
-        def weighted_l1(pred: Tensor, target: Tensor) -> Tensor:
-            return ((pred - target).abs().mean(-1) * weight).sum()
+        def weighted_mean(loss: Tensor) -> Tensor:
+            # At the centre cells alone every weight is equal: the plain mean, which replays
+            # the runs from before box regions bit for bit.
+            return (
+                loss.mean()
+                if box_region <= 0
+                else (loss.reshape(len(weight), -1).mean(-1) * weight).sum()
+            )
 
-        loss_size = weighted_l1(pred_size, wh[owner].log())
-        loss_offset = weighted_l1(pred_offset, centre[owner] - sample_cell)
+        loss_size = weighted_mean(F.l1_loss(pred_size, wh[owner].log(), reduction="none"))
+        loss_offset = weighted_mean(
+            F.l1_loss(pred_offset, centre[owner] - sample_cell, reduction="none")
+        )
         if giou_weight:
             # The box the decoder would output at this cell (same clamp), in cell units.
             pred_centre = sample_cell + pred_offset
             pred_wh = pred_size.clamp(max=8).exp()
             pred_box = torch.cat([pred_centre - pred_wh / 2, pred_centre + pred_wh / 2], -1)
             giou = generalized_box_iou_loss(pred_box, boxes[owner], reduction="none")
-            loss_size = loss_size + giou_weight * (giou * weight).sum()
+            loss_size = loss_size + giou_weight * weighted_mean(giou)
     else:
         # Keep the graph connected so gradients (and attacks) still flow through every head.
         loss_size = size.sum() * 0.0
@@ -345,7 +353,8 @@ def _box_samples(
     `region` 0: each box's centre cell, weight 1 (CenterNet). Otherwise every cell whose centre
     lies within `region` x the box's width and height around its centre (the centre cell
     always), weighted by a Gaussian of the box's shape x log of its area (TTFNet), normalised
-    per box; where boxes of one image overlap, the smallest one owns the cell.
+    per box; where boxes of one image overlap, a box's own centre cell stays its own and the
+    smallest box owns the other shared cells.
     """
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2
     centre = torch.stack([centre[:, 0].clamp(0, w - 1e-3), centre[:, 1].clamp(0, h - 1e-3)], -1)
@@ -360,11 +369,14 @@ def _box_samples(
     dy = (ys - centre[:, 1].view(-1, 1, 1)) / wh[:, 1].view(-1, 1, 1)
     inside = (dx.abs() <= region / 2) & (dy.abs() <= region / 2)
     inside = inside.view(len(boxes), -1)
-    inside[torch.arange(len(boxes)), (centre_cell[:, 1] * w + centre_cell[:, 0]).long()] = True
-    # Ownership: per image and cell, the smallest box covering it (ties to the later box).
+    own_centre = torch.zeros_like(inside)
+    own_centre[torch.arange(len(boxes)), (centre_cell[:, 1] * w + centre_cell[:, 0]).long()] = True
+    inside |= own_centre
+    # Ownership: per image and cell, a box whose centre it is, else the smallest box covering it
+    # (ties to the later box): the cell a detection is decoded at always learns its own box.
     area = wh[:, 0] * wh[:, 1]
     rank = -area + torch.arange(len(boxes), device=boxes.device) * 1e-6
-    claim = torch.where(inside, rank.view(-1, 1), -math.inf)
+    claim = torch.where(inside, rank.view(-1, 1) + own_centre * 1e9, -math.inf)
     best = claim.new_full((b, h * w), -math.inf)
     best.scatter_reduce_(0, batch_index.view(-1, 1).expand(-1, h * w), claim, "amax")
     owned = inside & (claim == best[batch_index])

@@ -129,13 +129,18 @@ def augment_batch(
     flip = (torch.rand(b, generator=generator) < config.flip).to(device)
     # affine_grid maps output coords u to input coords x = zoom * u + shift (normalised [-1,1]).
     zoom = 1.0 / uniform(*config.scale)
-    # A crop's window spans zoom * out/in of the image (normalised): it may sit anywhere the
-    # window fits, plus the translation every image gets.
-    span_x, span_y = zoom * out_w / w, zoom * out_h / h
-    reach_x = config.translate + (1 - span_x).clamp(min=0) * (crop is not None)
-    reach_y = config.translate + (1 - span_y).clamp(min=0) * (crop is not None)
-    shift_x = (torch.rand(b, generator=generator).to(device) * 2 - 1) * reach_x
-    shift_y = (torch.rand(b, generator=generator).to(device) * 2 - 1) * reach_y
+    span_x, span_y = zoom, zoom
+    reach_x: Tensor | float = config.translate
+    reach_y: Tensor | float = config.translate
+    if crop is not None:
+        # A crop's window spans zoom * out/in of the image (normalised): it may sit anywhere
+        # the window fits, plus the translation every image gets.
+        span_x, span_y = zoom * out_w / w, zoom * out_h / h
+        reach_x = config.translate + (1 - span_x).clamp(min=0)
+        reach_y = config.translate + (1 - span_y).clamp(min=0)
+    # (As `uniform(-reach, reach)`, so whole-image batches replay earlier runs bit for bit.)
+    shift_x = torch.rand(b, generator=generator).to(device) * (2 * reach_x) - reach_x
+    shift_y = torch.rand(b, generator=generator).to(device) * (2 * reach_y) - reach_y
     sign = torch.where(flip, -1.0, 1.0)
     theta = torch.zeros(b, 2, 3, device=device)
     theta[:, 0, 0], theta[:, 0, 2] = span_x * sign, shift_x

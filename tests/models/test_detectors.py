@@ -225,3 +225,19 @@ def test_box_region_learns_the_box_at_the_cells_around_the_centre():
     assert losses(0.5, 0.0)[0] == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ModelError, match="box_region"):
         models.build("compact_centernet", input_size=SIZE, box_region=1.5)
+
+
+def test_box_samples_keep_each_centre_cell_for_its_own_person():
+    """A tall person whose centre lies inside a small person's region still learns its own box
+    at its centre cell (where its detection is decoded); other shared cells go to the smaller."""
+    from secmlops.models.compact_centernet import _box_samples
+
+    tall = [10.0, 2.0, 14.0, 22.0]  # cell units: centre (12, 12), 4 x 20
+    small = [11.0, 11.0, 14.0, 16.0]  # centre (12.5, 13.5): cell (12, 13); covers (12, 12)
+    owner, flat, weight = _box_samples(torch.tensor([tall, small]), torch.tensor([0, 0]), 1,
+                                       24, 32, 0.54, 4)  # fmt: skip
+    cells = {(int(o), int(f) % 32, int(f) // 32) for o, f in zip(owner, flat, strict=True)}
+    assert (0, 12, 12) in cells and (1, 12, 12) not in cells  # the tall one's centre
+    assert (1, 12, 13) in cells and (1, 12, 14) in cells  # the small one's centre and region
+    assert (0, 12, 13) not in cells and (0, 12, 14) not in cells  # shared: the smaller's
+    assert torch.all(weight > 0) and len({c[1:] for c in cells}) == len(cells)  # one owner each
