@@ -79,7 +79,7 @@ def test_crops_cut_a_window_at_the_input_scale_and_move_the_boxes_into_it():
         assert abs(bright[:, 1].max().item() + 1 - x2) <= 1.5
         assert abs(bright[:, 0].min().item() - y1) <= 1.5
         assert abs(bright[:, 0].max().item() + 1 - y2) <= 1.5
-        if 0 < x1 and x2 < 64 and 0 < y1 and y2 < 64:
+        if x1 > 0 and x2 < 64 and y1 > 0 and y2 < 64:
             assert x2 - x1 == pytest.approx(24, abs=0.5)  # no zoom: the input's own scale
     assert 4 <= seen < 16  # the window moves: the person is in some crops, not in all
 
