@@ -192,7 +192,7 @@ def test_defaults_follow_the_data(tiny_scenes):
     assert choose_epochs(800, 16) == 12  # 50 steps an epoch -> 600 steps
     assert choose_epochs(10_000, 16) == 8  # at least a few passes over big data
     assert choose_epochs(16, 16) == 60  # and a bounded number over tiny data
-    # Synthetic scenes train on whole images; PETS frames (576x768) at 432x576, on crops.
+    # Inputs up to 384 train on whole images; larger ones (PETS at 432x576 or 576x768) on crops.
     assert choose_train_crop((240, 320)) == (240, 320)
     assert choose_train_crop((432, 576)) == (288, 384)
     assert choose_train_crop((576, 768)) == (288, 384)
