@@ -128,7 +128,10 @@ def test_train_on_crops_records_them_and_refuses_a_crop_that_does_not_fit(tiny_s
     result = run("train", "--data", tiny_scenes, "--out", tmp_path / "m", "--train-crop", "64")
     assert result.exit_code != 0 and "--train-crop must look like 240x320" in result.output
     result = run("train", "--data", tiny_scenes, "--out", tmp_path / "m", "--train-crop", "256x96")
-    assert result.exit_code == EXIT_USER_ERROR and "fit the input size 128x160" in result.output
+    assert (
+        result.exit_code == EXIT_USER_ERROR
+        and "does not fit the input size 128x160" in result.output
+    )
     assert not (tmp_path / "m").exists()
 
 

@@ -311,7 +311,7 @@ def centernet_losses(
     loss_heatmap = (pos_loss + neg_loss) / num_pos
 
     if len(boxes):
-        owner, flat, weight = _box_samples(boxes, batch_index, b, h, w, box_region, stride)
+        owner, flat, weight = _box_samples(centre, wh, batch_index, b, h, w, box_region, stride)
         sample_cell = torch.stack([flat % w, flat // w], -1).float()
         sample_batch = batch_index[owner]
         pred_size = size.permute(0, 2, 3, 1).reshape(b, h * w, 2)[sample_batch, flat]
@@ -346,45 +346,45 @@ def centernet_losses(
 
 
 def _box_samples(
-    boxes: Tensor, batch_index: Tensor, b: int, h: int, w: int, region: float, stride: int
-) -> tuple[Tensor, Tensor, Tensor]:
+    centre: Tensor, wh: Tensor, batch_index: Tensor, b: int, h: int, w: int, region: float,
+    stride: int,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """The cells each box's size and offset are learnt at: (box index, flat cell, weight).
 
+    `centre` (clamped into the map) and `wh` are the boxes' centres and sizes in cells.
     `region` 0: each box's centre cell, weight 1 (CenterNet). Otherwise every cell whose centre
     lies within `region` x the box's width and height around its centre (the centre cell
     always), weighted by a Gaussian of the box's shape x log of its area (TTFNet), normalised
     per box; where boxes of one image overlap, a box's own centre cell stays its own and the
     smallest box owns the other shared cells.
     """
-    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-    centre = torch.stack([centre[:, 0].clamp(0, w - 1e-3), centre[:, 1].clamp(0, h - 1e-3)], -1)
+    count, device = len(centre), centre.device
     centre_cell = centre.floor()
+    centre_flat = (centre_cell[:, 1] * w + centre_cell[:, 0]).long()
     if region <= 0:
-        flat = (centre_cell[:, 1] * w + centre_cell[:, 0]).long()
-        return torch.arange(len(boxes), device=boxes.device), flat, boxes.new_ones(len(boxes))
-    wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1e-2)
-    ys = torch.arange(h, device=boxes.device, dtype=torch.float32).view(1, h, 1) + 0.5
-    xs = torch.arange(w, device=boxes.device, dtype=torch.float32).view(1, 1, w) + 0.5
+        return torch.arange(count, device=device), centre_flat, centre.new_ones(count)
+    ys = torch.arange(h, device=device, dtype=torch.float32).view(1, h, 1) + 0.5
+    xs = torch.arange(w, device=device, dtype=torch.float32).view(1, 1, w) + 0.5
     dx = (xs - centre[:, 0].view(-1, 1, 1)) / wh[:, 0].view(-1, 1, 1)
     dy = (ys - centre[:, 1].view(-1, 1, 1)) / wh[:, 1].view(-1, 1, 1)
     inside = (dx.abs() <= region / 2) & (dy.abs() <= region / 2)
-    inside = inside.view(len(boxes), -1)
+    inside = inside.view(count, -1)
     own_centre = torch.zeros_like(inside)
-    own_centre[torch.arange(len(boxes)), (centre_cell[:, 1] * w + centre_cell[:, 0]).long()] = True
+    own_centre[torch.arange(count), centre_flat] = True
     inside |= own_centre
     # Ownership: per image and cell, a box whose centre it is, else the smallest box covering it
     # (ties to the later box): the cell a detection is decoded at always learns its own box.
     area = wh[:, 0] * wh[:, 1]
-    rank = -area + torch.arange(len(boxes), device=boxes.device) * 1e-6
+    rank = -area + torch.arange(count, device=device) * 1e-6
     claim = torch.where(inside, rank.view(-1, 1) + own_centre * 1e9, -math.inf)
     best = claim.new_full((b, h * w), -math.inf)
     best.scatter_reduce_(0, batch_index.view(-1, 1).expand(-1, h * w), claim, "amax")
     owned = inside & (claim == best[batch_index])
     owner, flat = owned.nonzero(as_tuple=True)
     # sigma = side / 6 over the region, as the heatmap's Gaussian (TTFNet's beta = alpha).
-    distance2 = (dx**2 + dy**2).view(len(boxes), -1)[owner, flat]
+    distance2 = (dx**2 + dy**2).view(count, -1)[owner, flat]
     gauss = torch.exp(-distance2 * 18 / region**2)
-    per_box = gauss.new_zeros(len(boxes)).index_add_(0, owner, gauss)
+    per_box = gauss.new_zeros(count).index_add_(0, owner, gauss)
     # log of the area in input pixels (at least 1): larger people weigh a little more.
     weight = gauss / per_box[owner] * (area[owner] * stride**2).clamp(min=math.e).log()
     return owner, flat, weight

@@ -446,11 +446,14 @@ def _resolve_config(
                 f"resizes its inputs itself)"
             )
         height, width = resolved.input_size
-        if any(side % 16 or side < 32 for side in crop) or crop[0] > height or crop[1] > width:
-            raise ModelError(
-                f"training crop {crop[0]}x{crop[1]} must be multiples of 16, at least 32, and "
-                f"fit the input size {height}x{width}"
-            )
+        problem = (
+            "must be multiples of 16" if any(side % 16 for side in crop)
+            else "must be at least 32x32" if min(crop) < 32
+            else f"does not fit the input size {height}x{width}"
+            if crop[0] > height or crop[1] > width else None
+        )  # fmt: skip
+        if problem:
+            raise ModelError(f"training crop {crop[0]}x{crop[1]} {problem}")
     if resolved.patch_attack_steps < 0:
         raise ModelError(f"patch attack steps must be >= 0, got {resolved.patch_attack_steps}")
     if resolved.patch_attack_steps and not resolved.patch_augmentation:

@@ -234,8 +234,9 @@ def test_box_samples_keep_each_centre_cell_for_its_own_person():
 
     tall = [10.0, 2.0, 14.0, 22.0]  # cell units: centre (12, 12), 4 x 20
     small = [11.0, 11.0, 14.0, 16.0]  # centre (12.5, 13.5): cell (12, 13); covers (12, 12)
-    owner, flat, weight = _box_samples(torch.tensor([tall, small]), torch.tensor([0, 0]), 1,
-                                       24, 32, 0.54, 4)  # fmt: skip
+    boxes = torch.tensor([tall, small])
+    centre, wh = (boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]
+    owner, flat, weight = _box_samples(centre, wh, torch.tensor([0, 0]), 1, 24, 32, 0.54, 4)
     cells = {(int(o), int(f) % 32, int(f) // 32) for o, f in zip(owner, flat, strict=True)}
     assert (0, 12, 12) in cells and (1, 12, 12) not in cells  # the tall one's centre
     assert (1, 12, 13) in cells and (1, 12, 14) in cells  # the small one's centre and region

@@ -139,7 +139,11 @@ def test_crop_training_steps_on_windows_and_releases_a_whole_image_model(
 
 @pytest.mark.parametrize(
     ("crop", "message"),
-    [((60, 96), "multiples of 16"), ((144, 96), "fit the input size"), ((16, 32), "at least 32")],
+    [
+        ((60, 96), "multiples of 16"),
+        ((144, 96), "does not fit the input size 128x160"),
+        ((16, 32), "at least 32x32"),
+    ],
 )
 def test_bad_training_crops_are_refused_before_any_work(tiny_scenes, tmp_path, crop, message):
     with pytest.raises(ModelError, match=message):
